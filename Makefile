@@ -1,0 +1,44 @@
+# optkit: two commands do everything on a fresh machine with Python 3.11.
+#   make week   create .venv, install, build the models, run the sprint week
+#   make test   create/use .venv, run the whole test suite (notebooks included)
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+MODELS := build/models
+WEEK_ARGS ?=
+
+.PHONY: week test install models wrk smoke clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "optkit needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# wrk is optional: the built-in load generator works without it.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq wrk >/dev/null) \
+	      || echo "optkit: could not install wrk; benchmarks fall back to the built-in generator"; \
+	  else echo "optkit: wrk not installed (needs root + apt-get); using the built-in generator"; fi; }
+
+models: $(STAMP)
+	$(BIN)/optkit models build --repository $(MODELS)
+
+smoke: models
+	$(BIN)/optkit smoke --repository $(MODELS)
+
+week: models wrk
+	$(BIN)/optkit smoke --repository $(MODELS)
+
+test: $(STAMP) wrk
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf build runs $(VENV)

@@ -1,0 +1,37 @@
+"""optkit: make an inference service faster one layer at a time, and prove it.
+
+The package face: every public name is re-exported here from a private module.
+"""
+
+__version__ = "0.1.0"
+
+from ._config import (BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig, ServiceConfig,
+                      StreamingConfig, load_config)
+from ._exceptions import (BenchError, ConfigError, InferenceError, LaunchError, ModelLoadError,
+                          ModelNotFound, ModelNotReady, OptkitError, PayloadTooLarge, PoolTimeout,
+                          ProtocolError, QueueFull, UpstreamError, UpstreamTimeout,
+                          UpstreamUnavailable)
+from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_split, load_model
+from ._pool import ConnectionPool, DirectClient, PoolStatistics, UpstreamResponse
+from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
+                        encode_infer_response, parse_infer_request, validate_inputs)
+from ._repository import ModelRepository, RepositoryStatistics
+
+__all__ = [
+    "__version__",
+    # configuration
+    "ServiceConfig", "ServerConfig", "PoolingConfig", "BatchingConfig", "StreamingConfig",
+    "LoadingConfig", "load_config",
+    # errors
+    "OptkitError", "ConfigError", "ProtocolError", "PayloadTooLarge", "ModelNotFound",
+    "ModelNotReady", "ModelLoadError", "InferenceError", "UpstreamError", "UpstreamUnavailable",
+    "UpstreamTimeout", "PoolTimeout", "QueueFull", "LaunchError", "BenchError",
+    # protocol
+    "InferRequest", "TensorSpec", "parse_infer_request", "validate_inputs",
+    "encode_infer_request", "encode_infer_response", "decode_infer_response",
+    # models
+    "Model", "ModelConfig", "load_model", "build_repository", "digits_split", "MODEL_NAMES",
+    "ModelRepository", "RepositoryStatistics",
+    # layers
+    "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamResponse",
+]

@@ -1,0 +1,247 @@
+"""One configuration object that decides how the service behaves.
+
+A service config is a tree of small frozen sections, one per layer::
+
+    ServiceConfig
+    ├── server     bind address, body bound, timeouts      (both tiers)
+    ├── pooling    upstream connections: new per request, or pooled
+    ├── batching   coalesce concurrent requests per model, or not
+    ├── streaming  send large responses in chunks, or fully buffered
+    └── loading    load models synchronously on the loop, or in the background
+
+Every layer's switch defaults to *off*, so ``ServiceConfig()`` is the honest naive
+baseline. YAML files map 1:1 onto these dataclasses (see ``experiments/``); an
+unknown key or an out-of-range value is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
+
+import yaml
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "ServerConfig",
+    "PoolingConfig",
+    "BatchingConfig",
+    "StreamingConfig",
+    "LoadingConfig",
+    "ServiceConfig",
+    "load_config",
+]
+
+MiB = 1024 * 1024
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Settings shared by both tiers.
+
+    Args:
+        host: interface to bind; loopback unless told otherwise.
+        max_body_bytes: largest request body accepted (413 above it).
+        upstream_timeout_s: total time the gateway waits for an upstream answer.
+        upstream_connect_timeout_s: time allowed to open an upstream connection.
+        shutdown_timeout_s: how long SIGTERM waits for in-flight requests.
+        access_log: log every request (off: it costs throughput).
+    """
+
+    host: str = "127.0.0.1"
+    max_body_bytes: int = 4 * MiB
+    upstream_timeout_s: float = 5.0
+    upstream_connect_timeout_s: float = 1.0
+    shutdown_timeout_s: float = 10.0
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("server.max_body_bytes", self.max_body_bytes)
+        _positive("server.upstream_timeout_s", self.upstream_timeout_s)
+        _positive("server.upstream_connect_timeout_s", self.upstream_connect_timeout_s)
+        _positive("server.shutdown_timeout_s", self.shutdown_timeout_s)
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"server.host must be a non-empty string, got {self.host!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolingConfig:
+    """Upstream connections: a new one per request (off) or a reused pool (on).
+
+    Names follow aiohttp's ``TCPConnector``: ``limit`` connections in all,
+    ``limit_per_host`` per upstream (0 = no per-host cap), idle connections
+    closed after ``keepalive_timeout`` seconds, which should be shorter than
+    the upstream's own idle timeout so the pool, not the server, closes them.
+    """
+
+    enabled: bool = False
+    limit: int = 100
+    limit_per_host: int = 0
+    keepalive_timeout: float = 15.0
+    acquire_timeout_s: float = 1.0
+    retry_stale: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("pooling.limit", self.limit)
+        _positive("pooling.limit_per_host", self.limit_per_host, allow_zero=True)
+        _positive("pooling.keepalive_timeout", self.keepalive_timeout)
+        _positive("pooling.acquire_timeout_s", self.acquire_timeout_s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingConfig:
+    """Coalesce concurrent requests for one model into one call.
+
+    A batch is a bus that leaves when full (``max_batch_size`` rows) or when
+    its first passenger has waited ``max_delay_ms``; at most ``max_queue``
+    requests wait, beyond that callers get a 503 (backpressure).
+    """
+
+    enabled: bool = False
+    max_batch_size: int = 32
+    max_delay_ms: float = 1.0
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        _positive("batching.max_batch_size", self.max_batch_size)
+        _positive("batching.max_delay_ms", self.max_delay_ms, allow_zero=True)
+        _positive("batching.max_queue", self.max_queue)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamingConfig:
+    """Send responses in chunks of ``chunk_bytes`` instead of one buffered body."""
+
+    enabled: bool = False
+    chunk_bytes: int = 64 * 1024
+    threshold_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        _positive("streaming.chunk_bytes", self.chunk_bytes)
+        _positive("streaming.threshold_bytes", self.threshold_bytes, allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadingConfig:
+    """How models get loaded.
+
+    ``mode: sync`` (baseline) reads and builds every model on the serving
+    loop, blocking it; ``background`` does that in a worker thread while the
+    loop keeps serving. ``models`` lists what to load at start-up (empty:
+    every model in the repository).
+    """
+
+    mode: Literal["sync", "background"] = "sync"
+    models: tuple[str, ...] = ()
+    warmup: bool = True
+    memory_budget_mb: float = 0.0
+    #: per-model parameter overrides, e.g. ``{"synthetic": {"cost_b_us": 18}}``:
+    #: experiments change a model's cost without rebuilding the repository.
+    parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sync", "background"):
+            raise ConfigError(f"loading.mode must be 'sync' or 'background', got {self.mode!r}")
+        if isinstance(self.models, list):
+            object.__setattr__(self, "models", tuple(self.models))
+        _positive("loading.memory_budget_mb", self.memory_budget_mb, allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """The whole service: one section per layer; the default is the baseline."""
+
+    name: str = "baseline"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    loading: LoadingConfig = field(default_factory=LoadingConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "ServiceConfig":
+        """Build a config from plain data, rejecting unknown keys by name."""
+        data = dict(data or {})
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "name":
+                kwargs[key] = str(value)
+                continue
+            section_cls = _SECTIONS[key]
+            kwargs[key] = _build(section_cls, key, value)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ServiceConfig":
+        """Read a YAML file; its top-level keys are the sections."""
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = dict(data or {})
+        data.setdefault("name", Path(path).stem)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-ready), the inverse of :meth:`from_dict`."""
+        out = dataclasses.asdict(self)
+        out["loading"]["models"] = list(self.loading.models)
+        out["loading"]["parameters"] = {k: dict(v) for k, v in self.loading.parameters.items()}
+        return out
+
+    def replace(self, **changes: Any) -> "ServiceConfig":
+        """A copy with whole sections (or ``name``) replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "pooling": PoolingConfig,
+    "batching": BatchingConfig,
+    "streaming": StreamingConfig,
+    "loading": LoadingConfig,
+}
+
+T = TypeVar("T")
+
+
+def _build(section_cls: type[T], key: str, value: Any) -> T:
+    if value is None:
+        return section_cls()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config section {key!r} must be a mapping, got {type(value).__name__}")
+    names = {f.name for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
+    unknown = set(value) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {key!r}: {', '.join(sorted(unknown))}")
+    try:
+        return section_cls(**value)
+    except TypeError as exc:
+        raise ConfigError(f"bad section {key!r}: {exc}") from exc
+
+
+def load_config(source: "str | Path | Mapping[str, Any] | ServiceConfig | None") -> ServiceConfig:
+    """Accept a path to YAML, a mapping, a config, or None (the baseline)."""
+    if source is None:
+        return ServiceConfig()
+    if isinstance(source, ServiceConfig):
+        return source
+    if isinstance(source, Mapping):
+        return ServiceConfig.from_dict(source)
+    return ServiceConfig.from_yaml(source)

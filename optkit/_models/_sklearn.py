@@ -1,0 +1,42 @@
+"""Serve a scikit-learn estimator stored with joblib (``model.joblib``).
+
+The adapter calls ``predict_proba`` and returns probabilities and labels, the
+same outputs as the numpy MLP, so optkit can be compared with other servers
+(MLServer's sklearn runtime, say) on an identical artefact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import joblib
+import numpy as np
+
+from ._base import ModelConfig
+
+__all__ = ["SklearnModel"]
+
+
+class SklearnModel:
+    """Adapter: v2 tensors in, ``predict_proba`` and arg-max label out."""
+
+    def __init__(self, config: ModelConfig, version_dir: Path) -> None:
+        self.config = config
+        # joblib files are pickles: only ever read from the repository the
+        # operator configured, never from a path a request names.
+        self._estimator: Any = joblib.load(version_dir / "model.joblib")
+        self._input = config.inputs[0].name
+        self._prob_name, self._label_name = (t.name for t in config.outputs)
+        self._classes = np.asarray(self._estimator.classes_)
+        self._nbytes = (version_dir / "model.joblib").stat().st_size
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs[self._input].astype(np.float64, copy=False)
+        proba = self._estimator.predict_proba(x).astype(np.float32)
+        labels = self._classes[proba.argmax(axis=1)].astype(np.int64).reshape(-1, 1)
+        return {self._prob_name: proba, self._label_name: labels}

@@ -1,0 +1,350 @@
+"""Open Inference Protocol v2 (REST) request/response codec and validation.
+
+A v2 inference request is a JSON document naming input tensors::
+
+    {"id": "42",
+     "inputs":  [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": [...128 numbers...]}],
+     "outputs": [{"name": "label"}]}
+
+Tensors carry a leading batch dimension, so a request with ``shape[0] == n`` is
+answered row for row, and a batched upstream call is an ordinary v2 request.
+``data`` may be flat (row-major) or nested. The binary tensor extension
+(Triton's, used by default by ``tritonclient``) is supported both ways: the body
+is a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw
+little-endian tensor bytes, each input saying its ``binary_data_size``.
+
+Everything a client can get wrong raises :class:`ProtocolError` (-> 400) with a
+message that says what and where; nothing here raises anything else on bad input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from ._exceptions import ProtocolError
+
+__all__ = [
+    "DATATYPES",
+    "BINARY_HEADER",
+    "TensorSpec",
+    "InferInput",
+    "InferRequest",
+    "parse_infer_request",
+    "validate_inputs",
+    "encode_infer_request",
+    "encode_infer_response",
+    "decode_infer_response",
+    "json_dumps",
+    "json_loads",
+    "error_body",
+]
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+#: v2 datatype name -> numpy dtype (little-endian, as the binary extension requires).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("bool"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_NAME_OF = {dt: name for name, dt in DATATYPES.items()}
+_MAX_DIMS = 8
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_dumps(obj: Any) -> bytes:
+    """Serialize with orjson (numpy arrays included)."""
+    return orjson.dumps(obj, option=_OPTS)
+
+
+json_loads = orjson.loads
+
+
+def error_body(message: str) -> bytes:
+    """The JSON error body every endpoint answers with: ``{"error": message}``."""
+    return orjson.dumps({"error": message})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as metadata describes it; ``-1`` is a free dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TensorSpec":
+        return cls(str(data["name"]), str(data["datatype"]), tuple(int(d) for d in data["shape"]))
+
+
+@dataclass
+class InferInput:
+    """One decoded input tensor."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass
+class InferRequest:
+    """A decoded v2 inference request."""
+
+    inputs: list[InferInput]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: requested output names -> wants binary data; empty means "all, as JSON".
+    outputs: dict[str, bool] = field(default_factory=dict)
+    binary_default: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.inputs[0].array.shape[0]) if self.inputs and self.inputs[0].array.ndim else 1
+
+    def input(self, name: str) -> np.ndarray:
+        for item in self.inputs:
+            if item.name == name:
+                return item.array
+        raise ProtocolError(f"missing input {name!r}")
+
+
+def _check_shape(raw: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) > _MAX_DIMS:
+        raise ProtocolError(f"{where}: 'shape' must be a list of at most {_MAX_DIMS} integers")
+    for dim in raw:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ProtocolError(f"{where}: 'shape' must hold non-negative integers, got {raw!r}")
+    return tuple(raw)
+
+
+def _decode_json_data(data: Any, dtype: np.dtype, where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}: 'data' must be a list")
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise ProtocolError(f"{where}: 'data' is not a regular array: {exc}") from None
+    kind = arr.dtype.kind
+    if arr.size == 0:
+        return np.zeros(0, dtype=dtype)
+    if dtype.kind == "b":
+        if kind != "b":
+            raise ProtocolError(f"{where}: BOOL data must be true/false")
+        return arr.reshape(-1)
+    if kind not in "biuf":
+        raise ProtocolError(f"{where}: data must be numbers for datatype {_NAME_OF[dtype]}")
+    if dtype.kind in "iu":
+        if kind == "f":
+            raise ProtocolError(f"{where}: integer datatype {_NAME_OF[dtype]} got non-integer data")
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
+    elif kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(f"{where}: data holds NaN or infinity")
+    return arr.astype(dtype, copy=False).reshape(-1)
+
+
+def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Decode a v2 infer body (JSON, or JSON header + binary tensors).
+
+    Args:
+        body: the whole request body.
+        header_length: value of ``Inference-Header-Content-Length`` if present.
+
+    Raises:
+        ProtocolError: anything malformed, with what and where.
+    """
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise ProtocolError(f"{BINARY_HEADER} {header_length} is outside the body")
+        head, blob = body[:header_length], memoryview(body)[header_length:]
+    else:
+        head, blob = body, memoryview(b"")
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("request body must be a JSON object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ProtocolError("request needs a non-empty 'inputs' list")
+    offset = 0
+    inputs: list[InferInput] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"{where} must be an object")
+        name, datatype = raw.get("name"), raw.get("datatype")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"{where}: 'name' must be a non-empty string")
+        where = f"input {name!r}"
+        if name in seen:
+            raise ProtocolError(f"{where} appears twice")
+        seen.add(name)
+        dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+        if dtype is None:
+            raise ProtocolError(f"{where}: unsupported datatype {datatype!r}")
+        shape = _check_shape(raw.get("shape"), where)
+        count = math.prod(shape)
+        params = raw.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ProtocolError(f"{where}: bad binary_data_size {size!r}")
+            if offset + size > len(blob):
+                raise ProtocolError(f"{where}: binary data runs past the end of the body")
+            if size != count * dtype.itemsize:
+                raise ProtocolError(
+                    f"{where}: {size} binary bytes do not match shape {list(shape)} of {datatype}")
+            flat = np.frombuffer(blob[offset:offset + size], dtype=dtype)
+            offset += size
+        else:
+            if "data" not in raw:
+                raise ProtocolError(f"{where}: needs 'data' (or binary_data_size)")
+            flat = _decode_json_data(raw["data"], dtype, where)
+        if flat.size != count:
+            raise ProtocolError(
+                f"{where}: {flat.size} values do not match shape {list(shape)} ({count} values)")
+        inputs.append(InferInput(name, datatype, flat.reshape(shape)))
+    if offset != len(blob):
+        raise ProtocolError("binary data left over after the last input")
+    outputs: dict[str, bool] = {}
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError("'parameters' must be an object")
+    raw_outputs = doc.get("outputs") or []
+    if not isinstance(raw_outputs, list):
+        raise ProtocolError("'outputs' must be a list")
+    for j, raw in enumerate(raw_outputs):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise ProtocolError(f"outputs[{j}] must be an object with a 'name'")
+        oparams = raw.get("parameters") or {}
+        outputs[raw["name"]] = bool(isinstance(oparams, dict) and oparams.get("binary_data"))
+    rid = doc.get("id")
+    return InferRequest(
+        inputs=inputs,
+        id=None if rid is None else str(rid),
+        parameters=params,
+        outputs=outputs,
+        binary_default=bool(params.get("binary_data_output")),
+    )
+
+
+def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batch_size: int) -> None:
+    """Check a request's inputs against a model's metadata (names, datatypes, shapes).
+
+    Raises:
+        ProtocolError: missing/unexpected input, wrong datatype or shape, batch too large.
+    """
+    given = {item.name: item for item in request.inputs}
+    wanted = {spec.name for spec in specs}
+    extra = set(given) - wanted
+    if extra:
+        raise ProtocolError(f"unexpected input(s) {sorted(extra)}; the model takes {sorted(wanted)}")
+    batch = None
+    for spec in specs:
+        item = given.get(spec.name)
+        if item is None:
+            raise ProtocolError(f"missing input {spec.name!r}")
+        if item.datatype != spec.datatype:
+            raise ProtocolError(
+                f"input {spec.name!r}: datatype {item.datatype} given, model expects {spec.datatype}")
+        shape = item.array.shape
+        if len(shape) != len(spec.shape) or any(
+                want != -1 and got != want for got, want in zip(shape, spec.shape)):
+            raise ProtocolError(
+                f"input {spec.name!r}: shape {list(shape)} given, model expects {list(spec.shape)}")
+        if batch is None:
+            batch = shape[0] if shape else 1
+        elif shape and shape[0] != batch:
+            raise ProtocolError("inputs disagree on the batch size")
+    if batch is not None and (batch < 1 or (max_batch_size > 0 and batch > max_batch_size)):
+        raise ProtocolError(f"batch size {batch} outside 1..{max_batch_size}")
+
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    outputs: Iterable[tuple[str, np.ndarray]],
+    *,
+    request_id: str | None = None,
+    binary: Mapping[str, bool] | None = None,
+    binary_default: bool = False,
+) -> tuple[bytes, int | None]:
+    """Encode a v2 response; returns ``(body, binary_header_length or None)``."""
+    doc_outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, arr in outputs:
+        arr = np.ascontiguousarray(arr)
+        entry: dict[str, Any] = {"name": name, "shape": list(arr.shape),
+                                 "datatype": _NAME_OF[arr.dtype.newbyteorder("<")
+                                                      if arr.dtype.byteorder == ">" else arr.dtype]}
+        if (binary or {}).get(name, binary_default):
+            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = arr.reshape(-1)
+        doc_outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
+                           "outputs": doc_outputs}
+    if request_id is not None:
+        doc["id"] = request_id
+    head = json_dumps(doc)
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def encode_infer_request(inputs: Mapping[str, np.ndarray], *, request_id: str | None = None,
+                         outputs: Sequence[str] = ()) -> bytes:
+    """Encode numpy arrays as a JSON v2 request body (used by clients and benches)."""
+    doc: dict[str, Any] = {"inputs": [
+        {"name": name, "shape": list(arr.shape), "datatype": _NAME_OF[np.asarray(arr).dtype],
+         "data": np.ascontiguousarray(arr).reshape(-1)} for name, arr in inputs.items()]}
+    if request_id is not None:
+        doc["id"] = request_id
+    if outputs:
+        doc["outputs"] = [{"name": name} for name in outputs]
+    return json_dumps(doc)
+
+
+def decode_infer_response(body: bytes, header_length: int | None = None) -> dict[str, np.ndarray]:
+    """Decode a v2 response body into ``{output name: array}``."""
+    head = body if header_length is None else body[:header_length]
+    doc = orjson.loads(head)
+    blob = memoryview(body)[len(head):]
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in doc["outputs"]:
+        dtype = DATATYPES[entry["datatype"]]
+        size = (entry.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            arr = np.frombuffer(blob[offset:offset + size], dtype=dtype)
+            offset += size
+        else:
+            arr = np.asarray(entry["data"], dtype=dtype)
+        out[entry["name"]] = arr.reshape(entry["shape"])
+    return out

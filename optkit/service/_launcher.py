@@ -1,0 +1,193 @@
+"""Start a stack (model server + gateway) as subprocesses, and stop it.
+
+::
+
+    launch_stack(config, repository=DIR)
+      ├─ model server  python -m optkit serve model-server --port 0 --port-file F1
+      │    wait for F1 (the port it bound), then GET /v2/health/ready == 200
+      └─ gateway       python -m optkit serve gateway --upstream http://127.0.0.1:<p1> ...
+           wait the same way
+    stack.stop()  SIGTERM each (the server drains in-flight requests), SIGKILL after a bound
+
+Ports are picked by the servers themselves (port 0) and reported through a file,
+so concurrent launches never race for a port. Everything binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .._config import ServiceConfig, load_config
+from .._exceptions import LaunchError
+
+__all__ = ["Stack", "ServiceProcess", "launch_stack", "launch_service"]
+
+
+@dataclass
+class ServiceProcess:
+    """One running server process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, wait up to ``timeout_s`` for the drain, then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+@dataclass
+class Stack:
+    """A running model server and (optionally) gateway; a context manager."""
+
+    config: ServiceConfig
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    workdir: Path | None = None
+
+    @property
+    def model_server_url(self) -> str:
+        return self.services["model-server"].url
+
+    @property
+    def gateway_url(self) -> str | None:
+        gw = self.services.get("gateway")
+        return gw.url if gw else None
+
+    @property
+    def url(self) -> str:
+        """Where clients go: the gateway if there is one, else the model server."""
+        return self.gateway_url or self.model_server_url
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: svc.pid for name, svc in self.services.items()}
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the gateway first (it drains into the model server), then the rest."""
+        bound = timeout_s if timeout_s is not None else self.config.server.shutdown_timeout_s + 5
+        for name in sorted(self.services, key=lambda n: n != "gateway"):
+            self.services[name].stop(bound)
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n} pid {s.pid} at {s.url}" for n, s in self.services.items())
+        return f"<Stack {self.config.name!r}: {parts}>"
+
+
+def _wait_ready(svc: ServiceProcess, port_file: Path, deadline: float) -> str:
+    while not port_file.exists():
+        if svc.process.poll() is not None:
+            raise LaunchError(f"{svc.name} exited with {svc.process.returncode}:\n{svc.log_tail()}")
+        if time.monotonic() > deadline:
+            svc.stop(2)
+            raise LaunchError(f"{svc.name} did not bind a port in time:\n{svc.log_tail()}")
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{int(port_file.read_text())}"
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return url
+        except (urllib.error.URLError, OSError):
+            pass
+        if svc.process.poll() is not None:
+            raise LaunchError(f"{svc.name} exited with {svc.process.returncode}:\n{svc.log_tail()}")
+        if time.monotonic() > deadline:
+            svc.stop(2)
+            raise LaunchError(f"{svc.name} at {url} not ready in time:\n{svc.log_tail()}")
+        time.sleep(0.05)
+
+
+def launch_service(kind: str, args: list[str], *, workdir: Path, config_path: Path,
+                   ready_timeout_s: float = 30.0, cpus: set[int] | None = None,
+                   env: Mapping[str, str] | None = None) -> ServiceProcess:
+    """Start ``optkit serve KIND ...`` and wait until it answers ready."""
+    port_file = workdir / f"{kind}.port"
+    log_path = workdir / f"{kind}.log"
+    port_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "optkit", "serve", kind, *args, "--port", "0",
+           "--port-file", str(port_file), "--config", str(config_path)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})})
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
+    svc = ServiceProcess(kind, proc, "", log_path)
+    svc.url = _wait_ready(svc, port_file, time.monotonic() + ready_timeout_s)
+    return svc
+
+
+def launch_stack(config: ServiceConfig | str | Path | Mapping[str, Any] | None = None, *,
+                 repository: str | Path, gateway: bool = True,
+                 cpus: Mapping[str, set[int]] | None = None, ready_timeout_s: float = 30.0,
+                 workdir: str | Path | None = None) -> Stack:
+    """Start a model server over ``repository`` and, if ``gateway``, a gateway in front.
+
+    Args:
+        config: the service config (a ServiceConfig, a YAML path, a mapping, or None
+            for the baseline). Both tiers get the same config.
+        repository: the model repository folder (build it with ``optkit models build``).
+        cpus: optional CPU pinning, e.g. ``{"model-server": {0}, "gateway": {0}}``.
+        workdir: where port files and logs go (a fresh temporary folder by default).
+
+    Raises:
+        LaunchError: a process exited or was not ready within ``ready_timeout_s``
+            (the message carries the end of its log).
+    """
+    cfg = load_config(config)
+    repo = Path(repository).resolve()
+    if not repo.is_dir():
+        raise LaunchError(f"model repository {repo} does not exist; run `optkit models build`")
+    wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="optkit-stack-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    config_path = wd / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    stack = Stack(cfg, workdir=wd)
+    pin = cpus or {}
+    try:
+        stack.services["model-server"] = launch_service(
+            "model-server", ["--repository", str(repo)], workdir=wd, config_path=config_path,
+            ready_timeout_s=ready_timeout_s, cpus=pin.get("model-server"))
+        if gateway:
+            stack.services["gateway"] = launch_service(
+                "gateway", ["--upstream", stack.model_server_url], workdir=wd,
+                config_path=config_path, ready_timeout_s=ready_timeout_s, cpus=pin.get("gateway"))
+    except BaseException:
+        stack.stop(5)
+        raise
+    return stack

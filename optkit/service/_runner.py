@@ -1,0 +1,61 @@
+"""Run an aiohttp app as a server process: uvloop, a port file, graceful SIGTERM.
+
+``serve(app, ...)`` binds (port 0 picks a free one), writes the bound port to
+``port_file`` once it is listening (so a launcher never races for ports), then
+waits for SIGTERM/SIGINT. On the signal it stops accepting, lets in-flight
+requests finish (up to ``shutdown_timeout`` seconds) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["serve", "install_uvloop"]
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop where it is installed; say whether it is."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # type: ignore[attr-defined]
+    return True
+
+
+async def _serve(app: web.Application, host: str, port: int, port_file: str | None,
+                 shutdown_timeout: float, access_log: bool) -> None:
+    kwargs: dict[str, Any] = {"shutdown_timeout": shutdown_timeout}
+    if not access_log:
+        kwargs["access_log"] = None
+    runner = web.AppRunner(app, **kwargs)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if port_file:
+        tmp = Path(f"{port_file}.tmp")
+        tmp.write_text(str(bound))
+        os.replace(tmp, port_file)
+    print(f"optkit: serving on http://{host}:{bound}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def serve(app: web.Application, *, host: str = "127.0.0.1", port: int = 0,
+          port_file: str | None = None, shutdown_timeout: float = 10.0,
+          access_log: bool = False) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and return."""
+    install_uvloop()
+    asyncio.run(_serve(app, host, port, port_file, shutdown_timeout, access_log))

@@ -1,0 +1,46 @@
+"""Shared fixtures: a real model repository and real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from optkit import build_repository
+from optkit.service import Stack, create_model_server, launch_stack
+
+TEST_MODELS = ("digits-mlp", "digits-sklearn", "synthetic", "synthetic-wide")
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with the models the tests need (built once, seeded)."""
+    root = tmp_path_factory.mktemp("models")
+    build_repository(root, models=TEST_MODELS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple:
+    """The held-out digits split every model was evaluated on."""
+    from optkit import digits_split
+
+    return digits_split()
+
+
+@pytest.fixture(scope="module")
+def stack(repository: Path) -> Iterator[Stack]:
+    """A baseline stack (model server + gateway) as real processes."""
+    with launch_stack(None, repository=repository) as running:
+        yield running
+
+
+@pytest.fixture
+async def model_server(repository: Path) -> AsyncIterator[TestClient]:
+    """The model server app in-process, on a real loopback socket."""
+    client = TestClient(TestServer(create_model_server(repository), host="127.0.0.1"))
+    await client.start_server()
+    yield client
+    await client.close()
