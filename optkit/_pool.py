@@ -51,9 +51,10 @@ resent, once, within what is left of ``upstream_timeout_s``:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Mapping, Protocol, Self
+from typing import Protocol, Self
 
 import aiohttp
 from aiohttp import ClientTimeout

@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ._http import STATS_KEY
+
 __all__ = ["serve", "install_uvloop"]
 
 
@@ -51,6 +53,11 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    counters = app.get(STATS_KEY)
+    if counters is not None:  # the drain's receipt: every accepted request completed
+        print(f"optkit: stopped after draining: accepted={counters.accepted} "
+              f"completed={counters.completed} in_flight={counters.in_flight}",
+              file=sys.stderr, flush=True)
 
 
 def serve(app: web.Application, *, host: str = "127.0.0.1", port: int = 0,
