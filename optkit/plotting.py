@@ -1,0 +1,177 @@
+"""Figures of the validation method: they draw results, they compute nothing.
+
+Every function takes values already computed (the tidy trial table, ``MetricVerdict``s, percentile
+curves from ``stats.percentile_curve``) and returns a ``matplotlib.figure.Figure`` built without
+pyplot: no global backend is switched, no figure is left open, nothing is shown. Jupyter displays
+the returned figure; elsewhere call ``fig.savefig(path)`` (rendered with Agg).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from .stats import MetricVerdict, pct
+
+__all__ = [
+    "PERCENTILE_TICKS",
+    "VERDICT_COLORS",
+    "effect_forest",
+    "latency_percentiles",
+    "latency_vs_load",
+    "paired_trials",
+]
+
+#: Percentiles marked on the x axis of ``latency_percentiles``.
+PERCENTILE_TICKS: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9, 99.99)
+
+_PALETTE = sns.color_palette("colorblind")
+#: Colour of each verdict in ``effect_forest``.
+VERDICT_COLORS: Mapping[str, tuple[float, float, float]] = {
+    "improved": _PALETTE[2],
+    "regressed": _PALETTE[3],
+    "within noise": _PALETTE[1],
+    "no change detected": _PALETTE[7],
+}
+_ARM_COLORS = {"A": _PALETTE[0], "B": _PALETTE[1]}
+
+
+def paired_trials(trials: pd.DataFrame, metric: str) -> Figure:
+    """A slope chart of one metric: each pair's A and B trials joined by a line.
+
+    Lines that mostly slope the same way are a consistent effect; a line sloping the other
+    way is a pair that disagrees. Pairs with an invalid trial are drawn dashed (they are not
+    analysed, but they are not hidden either).
+
+    Args:
+        trials: tidy trial table (columns pair, arm, label, valid, and ``metric``), one load.
+        metric: the column to plot, e.g. "throughput_rps".
+    Returns:
+        a figure with one axes: one line per complete pair, one scatter per arm.
+    """
+    if metric not in trials.columns:
+        raise ValueError(f"trial table has no column {metric!r}")
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    x_of = {"A": 0, "B": 1}
+    for _, pair in trials.sort_values("arm").groupby("pair"):
+        if len(pair) == 2:
+            solid = bool(pair["valid"].all())
+            ax.plot([x_of[a] for a in pair["arm"]], pair[metric], color="0.6", lw=1,
+                    ls="-" if solid else "--", zorder=1)
+    for arm in ("A", "B"):
+        rows = trials[trials["arm"] == arm]
+        label = f"{arm}: {rows['label'].iloc[0]}" if "label" in rows and len(rows) else arm
+        ax.scatter(np.full(len(rows), x_of[arm]), rows[metric], color=_ARM_COLORS[arm],
+                   label=label, zorder=2)
+    ax.set_xticks([0, 1], ["A", "B"])
+    ax.set_xlim(-0.4, 1.4)
+    ax.set_xlabel("arm")
+    ax.set_ylabel(metric)
+    load = trials["load"].iloc[0] if "load" in trials and len(trials) else ""
+    ax.set_title(f"{metric}, paired trials {load}".strip())
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def effect_forest(verdicts: Sequence[MetricVerdict]) -> Figure:
+    """One row per metric: the effect in % with its CI, against that metric's ±delta band.
+
+    A row whose whole interval lies outside the grey band (and is significant) is a real change;
+    the verdict is written in the row's label and sets the colour.
+
+    Args:
+        verdicts: results of ``stats.analyse``.
+    Returns:
+        a figure with one axes: one errorbar and one band per metric.
+    """
+    verdicts = list(verdicts)
+    if not verdicts:
+        raise ValueError("no verdicts to plot")
+    fig = Figure(figsize=(7, 1.0 + 0.7 * len(verdicts)), layout="constrained")
+    ax = fig.add_subplot()
+    for i, v in enumerate(verdicts):
+        lo, hi = float(pct(-v.delta)), float(pct(v.delta))
+        ax.barh(i, hi - lo, left=lo, height=0.6, color="0.85", zorder=0)
+        ax.errorbar(
+            v.change_pct, i,
+            xerr=[[v.change_pct - v.ci_low_pct], [v.ci_high_pct - v.change_pct]],
+            fmt="o", color=VERDICT_COLORS[v.verdict], capsize=4, zorder=2,
+        )
+    ax.axvline(0.0, color="0.3", lw=0.8, zorder=1)
+    ax.set_yticks(range(len(verdicts)), [
+        f"{v.metric} ({'higher' if v.higher_is_better else 'lower'} is better)\n{v.verdict}"
+        for v in verdicts
+    ])
+    ax.invert_yaxis()
+    ax.set_xlabel("change B vs A (%), CI; grey: ±δ noise band")
+    ax.set_title("effect per metric")
+    return fig
+
+
+def latency_percentiles(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+    """HDR-style latency by percentile: the tail stretched so p99.9 is as visible as p50.
+
+    x is 1/(1 - p) on a log axis, so each extra "9" gets the same width.
+
+    Args:
+        curves: label -> (quantiles as fractions in [0, 1), latencies in ms), e.g. from
+            ``stats.percentile_curve``.
+    Returns:
+        a figure with one axes and one line per label.
+    """
+    if not curves:
+        raise ValueError("no curves to plot")
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, (quantiles, latencies) in curves.items():
+        q = np.asarray(quantiles, dtype=float)
+        if np.any((q < 0) | (q >= 1)):
+            raise ValueError(f"{label}: quantiles must be fractions in [0, 1), not percents")
+        ax.plot(1.0 / (1.0 - q), latencies, label=str(label))
+    ax.set_xscale("log")
+    ax.set_xticks([1.0 / (1.0 - p / 100.0) for p in PERCENTILE_TICKS],
+                  [f"{p:g}%" for p in PERCENTILE_TICKS])
+    ax.minorticks_off()
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("latency by percentile")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def latency_vs_load(df: pd.DataFrame, *, slo_ms: float | None = None) -> Figure:
+    """p50 and p99 against the offered rate, one line per label: where each curve bends up
+    is the service's knee; with ``slo_ms`` the SLO is drawn on the p99 panel.
+
+    Args:
+        df: columns label, offered_rps, p50_ms, p99_ms (one row per label and rate).
+        slo_ms: optional latency SLO to draw.
+    Returns:
+        a figure with two axes (p50, p99) sharing x, one line per label on each.
+    """
+    need = {"label", "offered_rps", "p50_ms", "p99_ms"}
+    if missing := need - set(df.columns):
+        raise ValueError(f"latency_vs_load needs columns {sorted(missing)}")
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    labels = list(df["label"].unique())
+    colors = sns.color_palette("colorblind", len(labels))
+    for ax, col in zip(axes, ("p50_ms", "p99_ms")):
+        for label, color in zip(labels, colors):
+            rows = df[df["label"] == label].sort_values("offered_rps")
+            ax.plot(rows["offered_rps"], rows[col], marker="o", color=color, label=str(label))
+        ax.set_xlabel("offered rate (req/s)")
+        ax.set_ylabel(f"{col.removesuffix('_ms')} latency (ms)")
+        ax.set_title(col.removesuffix("_ms"))
+    if slo_ms is not None:
+        axes[1].axhline(slo_ms, color="0.3", ls=":", lw=1, label=f"SLO {slo_ms:g} ms")
+    for ax in axes:
+        ax.legend(fontsize="small")
+    return fig
+

@@ -1,0 +1,531 @@
+"""Statistics for validating a gain: paired trials A (before) vs B (after).
+
+The picture: each pair is two trials run back to back (order randomized), so slow drift of the
+machine hits both arms alike. A pair collapses to one number, ``d = ln(B/A)``; a session of n
+pairs is n such numbers. Under "no change" each d is as likely to be +x as -x, so flipping the
+signs of the d's at random draws from the null distribution (sign-flip test -> p-value). A BCa
+bootstrap over the pairs gives the effect's confidence interval; Holm's procedure controls the
+family-wise error over several metrics; and a change only counts when its whole CI clears a
+noise threshold delta measured by an A/A calibration (``decide``)::
+
+                         -delta    0    +delta
+                   --------|-------|-------|-------->  d = ln(B/A)
+    CI  [===]                                          significant, beyond -delta: regressed*
+             [======]                                  significant, overlaps band: within noise
+                          [=====]                      not significant: no change detected
+                                     [=====]           significant, overlaps band: within noise
+                                              [===]    significant, beyond +delta: improved*
+    * for a higher-is-better metric (throughput); mirrored when lower is better (latency).
+
+Every function works on plain arrays (or the tidy trial table for ``analyse``) and computes
+nothing it does not return. d and delta live on the log scale; ``pct`` turns them into %.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _st
+
+__all__ = [
+    "DEFAULT_DELTAS",
+    "DEFAULT_PAIRS",
+    "DEFAULT_QUANTILES",
+    "METRICS",
+    "MetricVerdict",
+    "TukeyFences",
+    "Verdict",
+    "analyse",
+    "bca_interval",
+    "calibrate_deltas",
+    "decide",
+    "holm",
+    "log_ratios",
+    "min_pairs_for",
+    "pct",
+    "percentile_curve",
+    "sign_flip_test",
+    "tukey_outliers",
+    "verdict_table",
+]
+
+Alternative = Literal["two-sided", "greater", "less"]
+Verdict = Literal["improved", "regressed", "within noise", "no change detected"]
+
+#: Metric name -> higher_is_better. The columns of the tidy trial table that ``analyse`` reads.
+METRICS: Mapping[str, bool] = {
+    "throughput_rps": True,
+    "p50_ms": False,
+    "p99_ms": False,
+    "mem_per_request_kb": False,
+}
+
+#: Default noise thresholds on the log scale (0.02 ~ 2 %). Throughput averages thousands of
+#: requests per trial, so trial-to-trial noise is a few % and a 2 % band is the smallest change
+#: worth a name. p50/p99 are order statistics (p99 rests on ~1 % of the window's requests) and
+#: memory per request divides two noisy readings, so they get 5 %. These are placeholders:
+#: replace them with ``calibrate_deltas`` measured on the machine at hand.
+DEFAULT_DELTAS: Mapping[str, float] = {
+    "throughput_rps": 0.02,
+    "p50_ms": 0.05,
+    "p99_ms": 0.05,
+    "mem_per_request_kb": 0.05,
+}
+
+#: Pairs per comparison, fixed in advance. ``min_pairs_for(0.05, 4)`` = 8 is the least with which
+#: Holm over 4 metrics can reach 0.05 at all - and only if every pair agrees, so one bad trial
+#: sinks it. On the simulator (4 % trial noise, drift, 5 % of trials 20 % slow) the power to call
+#: a +10 % throughput change *improved* (default deltas) is ~75 % at 12 pairs, ~85 % at 16,
+#: ~90 % at 20 and ~96 % at 24; A/A false positives stay <= ~2 % (0.5 % at 20). 20 pairs (40
+#: trials) clear 80 % with margin and are the most the exact sign-flip enumerates by default.
+DEFAULT_PAIRS = 20
+
+#: Quantiles for HDR-style latency curves: 0 .. 0.9999, evenly spaced in log(1/(1-p)).
+DEFAULT_QUANTILES: np.ndarray = 1.0 - np.logspace(0.0, -4.0, 81)
+DEFAULT_QUANTILES.setflags(write=False)
+
+
+def log_ratios(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    """Per-pair log ratio ``d = ln(b/a)``: the effect of B relative to A in one pair.
+
+    Log ratios are symmetric (a doubling is +0.69, a halving -0.69) and add across pairs, which
+    is why the mean of d, not the mean of b/a, is the effect we test.
+
+    Args:
+        a: arm A's values, one per pair.
+        b: arm B's values, same order and length.
+    Returns:
+        float array of d, one per pair.
+    Raises:
+        ValueError: lengths differ, or a value is not finite and > 0.
+    """
+    a_, b_ = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_.shape != b_.shape or a_.ndim != 1:
+        raise ValueError(f"a and b must be 1-d of equal length, got {a_.shape} and {b_.shape}")
+    for name, x in (("a", a_), ("b", b_)):
+        if not np.all(np.isfinite(x)) or np.any(x <= 0):
+            raise ValueError(f"{name} must hold finite positive values, got {x.tolist()}")
+    return np.log(b_ / a_)
+
+
+def sign_flip_test(
+    d: Sequence[float],
+    *,
+    alternative: Alternative = "two-sided",
+    max_exact: int = 20,
+    n_resamples: int = 20000,
+    seed: int = 0,
+) -> float:
+    """p-value of the paired sign-flip permutation test on the mean of d.
+
+    If A and B do not differ, every d is as likely as -d, so the 2^n sign vectors give the
+    exact null distribution of sum(d). For n <= ``max_exact`` all of them are counted, meeting
+    in the middle (2 x 2^(n/2) half-sums and a sorted search: a millisecond at n = 20, where
+    ``scipy.stats.permutation_test`` builds a 2^n x n matrix and takes seconds); beyond,
+    ``n_resamples`` random sign vectors are drawn (seeded) and p = (1 + hits)/(1 + n_resamples).
+    The observed signs always count, so p >= 1/2^n one-sided and **p >= 2/2^n two-sided**: with
+    n pairs no result can be more significant than that (n = 5: 0.0625 > 0.05 even with every
+    pair agreeing), see ``min_pairs_for``.
+
+    Args:
+        d: per-pair log ratios.
+        alternative: "two-sided", "greater" (mean d > 0) or "less".
+        max_exact: enumerate exactly up to this many pairs.
+        n_resamples: Monte Carlo sign vectors when n > max_exact.
+        seed: seed of the Monte Carlo draw.
+    Returns:
+        the p-value in (0, 1].
+    """
+    x = np.asarray(d, dtype=float)
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"d must be a non-empty 1-d array of finite values, got {x!r}")
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative must be two-sided, greater or less, got {alternative!r}")
+    observed = float(x.sum())
+    tol = 1e-10 * float(np.abs(x).sum())  # sums in another order differ by rounding only
+    if x.size <= max_exact:
+        # Meet in the middle: a signed sum is (left half's) + (right half's), so sort the
+        # 2^(n/2) right sums and, for each left sum, count the right sums that reach the bar.
+        left, right = _signed_sums(x[: x.size // 2]), np.sort(_signed_sums(x[x.size // 2 :]))
+        total = left.size * right.size
+
+        def share_ge(t: float) -> float:  # P(S >= t) under the null, ties counted
+            return 1.0 - np.searchsorted(right, t - tol - left).sum() / total
+
+        # The null is symmetric (flip every sign): P(S <= o) = P(S >= -o) and, for a > 0,
+        # P(|S| >= a) = 2 P(S >= a).
+        if alternative == "greater":
+            return float(share_ge(observed))
+        if alternative == "less":
+            return float(share_ge(-observed))
+        return 1.0 if abs(observed) <= tol else float(2.0 * share_ge(abs(observed)))
+
+    def hits(null: np.ndarray) -> int:
+        if alternative == "greater":
+            return int(np.count_nonzero(null >= observed - tol))
+        if alternative == "less":
+            return int(np.count_nonzero(null <= observed + tol))
+        return int(np.count_nonzero(np.abs(null) >= abs(observed) - tol))
+
+    rng = np.random.default_rng(seed)
+    count, done, chunk = 0, 0, max(1, 1_000_000 // x.size)
+    while done < n_resamples:
+        m = min(chunk, n_resamples - done)
+        signs = rng.integers(0, 2, size=(m, x.size)) * 2 - 1
+        count += hits(signs @ x)
+        done += m
+    return (1 + count) / (1 + n_resamples)
+
+
+def _signed_sums(x: np.ndarray) -> np.ndarray:
+    """All 2^len(x) values of sum(+-x_i), built by doubling (no 2^n x n sign matrix)."""
+    sums = np.zeros(1)
+    for v in x:
+        sums = np.concatenate((sums + v, sums - v))
+    return sums
+
+
+def min_pairs_for(alpha: float, n_metrics: int) -> int:
+    """Least number of pairs with which a two-sided sign-flip test can pass Holm at ``alpha``.
+
+    The smallest achievable p with n pairs is 2/2^n, and Holm compares the smallest p of
+    ``n_metrics`` against alpha/n_metrics, so we need 2 * n_metrics / 2^n <= alpha.
+    E.g. alpha 0.05: 6 pairs for 1 metric, 8 for 4 metrics.
+
+    Args:
+        alpha: family-wise significance level.
+        n_metrics: number of metrics tested together.
+    Returns:
+        the minimum n.
+    """
+    if not 0 < alpha < 1 or n_metrics < 1:
+        raise ValueError(f"need 0 < alpha < 1 and n_metrics >= 1, got {alpha}, {n_metrics}")
+    n = 1
+    while 2.0 * n_metrics / 2.0**n > alpha:
+        n += 1
+    return n
+
+
+def bca_interval(
+    d: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0
+) -> tuple[float, float]:
+    """BCa bootstrap confidence interval of the mean of d.
+
+    Resample the pairs with replacement, take the mean each time, and read the interval off
+    that distribution, corrected for its bias and skew (Efron's BCa, via
+    ``scipy.stats.bootstrap``). Degenerate data (all d equal) has no spread to resample: the
+    point is returned as both ends instead of NaN; should BCa still come out undefined, the plain
+    percentile bootstrap interval is returned.
+
+    Args:
+        d: per-pair log ratios (at least 2).
+        confidence: two-sided confidence level.
+        n_resamples: bootstrap resamples.
+        seed: seed of the resampling.
+    Returns:
+        (low, high).
+    """
+    x = np.asarray(d, dtype=float)
+    if x.ndim != 1 or x.size < 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"d must be 1-d with >= 2 finite values, got {x!r}")
+    if np.ptp(x) == 0:
+        return float(x[0]), float(x[0])
+
+    def interval(method: str) -> tuple[float, float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", _st.DegenerateDataWarning)
+            ci = _st.bootstrap(
+                (x,), np.mean, method=method, confidence_level=confidence,
+                n_resamples=n_resamples, rng=np.random.default_rng(seed),
+            ).confidence_interval
+        return float(ci.low), float(ci.high)
+
+    low, high = interval("BCa")
+    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined (bias or skew infinite)
+        low, high = interval("percentile")
+    return low, high
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values.
+
+    Sort the m p-values; the i-th smallest (from 0) is multiplied by (m - i), a running maximum
+    keeps the result monotone, and it is capped at 1. Reject where adjusted p <= alpha: the
+    family-wise error stays <= alpha whatever the dependence between the metrics.
+
+    Args:
+        pvalues: raw p-values.
+    Returns:
+        adjusted p-values in the input order.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
+        raise ValueError(f"p-values must be 1-d in [0, 1], got {p!r}")
+    order = np.argsort(p, kind="stable")
+    scaled = (p.size - np.arange(p.size)) * p[order]
+    out = np.empty_like(p)
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+class TukeyFences(NamedTuple):
+    """Which values lie outside Tukey's fences, and the fences."""
+
+    mask: np.ndarray
+    low: float
+    high: float
+
+
+def tukey_outliers(x: Sequence[float], k: float = 1.5) -> TukeyFences:
+    """Flag values outside Tukey's fences [Q1 - k*IQR, Q3 + k*IQR] (quartiles: numpy linear).
+
+    Outliers are reported, never dropped: the analysis keeps every valid pair.
+
+    Args:
+        x: values.
+        k: fence width in IQRs (1.5 = "outlier", 3 = "far out").
+    Returns:
+        TukeyFences(mask, low, high), mask True where x is outside.
+    """
+    v = np.asarray(x, dtype=float)
+    q1, q3 = np.percentile(v, [25, 75])
+    low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+    return TukeyFences((v < low) | (v > high), float(low), float(high))
+
+
+def pct(d: float | np.ndarray) -> float | np.ndarray:
+    """A log effect as a % change: 100 * (e^d - 1); d = ln(1.1) -> 10.0."""
+    return 100.0 * np.expm1(d)
+
+
+def decide(
+    p_adjusted: float,
+    ci_low: float,
+    ci_high: float,
+    delta: float,
+    *,
+    higher_is_better: bool,
+    alpha: float = 0.05,
+) -> Verdict:
+    """The verdict of one metric: improved, regressed, within noise or no change detected.
+
+    improved = Holm-significant (p_adjusted <= alpha) and the whole CI of d beyond delta in the
+    good direction (> +delta if higher is better, < -delta if lower is); regressed = the mirror;
+    within noise = significant but the CI overlaps [-delta, +delta]; else no change detected.
+    CI and delta are both on the log scale.
+    """
+    if delta < 0 or ci_low > ci_high:
+        raise ValueError(f"need delta >= 0 and ci_low <= ci_high, got {delta}, {ci_low}, {ci_high}")
+    if not p_adjusted <= alpha:
+        return "no change detected"
+    up, down = ci_low > delta, ci_high < -delta
+    if up or down:
+        return "improved" if up == higher_is_better else "regressed"
+    return "within noise"
+
+
+@dataclass(frozen=True)
+class MetricVerdict:
+    """Everything the analysis found about one metric; d and delta on the log scale."""
+
+    metric: str
+    n_pairs: int
+    mean_d: float
+    ci_low: float
+    ci_high: float
+    change_pct: float
+    ci_low_pct: float
+    ci_high_pct: float
+    p_value: float
+    p_adjusted: float
+    delta: float
+    verdict: Verdict
+    higher_is_better: bool
+    outlier_pairs: tuple[int, ...]
+
+
+def _paired(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair with both arms valid: columns (metric, 'A'|'B') indexed by pair."""
+    need = {"pair", "arm", "valid"}
+    if missing := need - set(trials.columns):
+        raise ValueError(f"trial table lacks columns {sorted(missing)}")
+    if "load" in trials.columns and trials["load"].nunique() > 1:
+        raise ValueError(
+            f"trials mix loads {sorted(trials['load'].unique())}: filter to one load first"
+        )
+    if trials.duplicated(["pair", "arm"]).any():
+        raise ValueError("a pair has more than one trial for the same arm")
+    valid = trials.groupby("pair")["valid"].agg(lambda v: bool(v.all()) and len(v) == 2)
+    kept = trials[trials["pair"].isin(valid.index[valid])]
+    if set(kept["arm"]) - {"A", "B"}:
+        raise ValueError(f"arm must be 'A' or 'B', got {sorted(set(kept['arm']))}")
+    return kept.pivot(index="pair", columns="arm")
+
+
+def _metric_d(wide: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(pair ids, d) of the pairs where both arms have the metric; None if < 2 such pairs."""
+    if metric not in wide.columns.get_level_values(0):
+        return None
+    ab = wide[metric][["A", "B"]].astype(float).dropna()
+    if len(ab) < 2:
+        return None
+    return ab.index.to_numpy(dtype=int), log_ratios(ab["A"].to_numpy(), ab["B"].to_numpy())
+
+
+def analyse(
+    trials: pd.DataFrame,
+    *,
+    metrics: Mapping[str, bool] | None = None,
+    deltas: Mapping[str, float | Mapping[str, float]] | None = None,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> list[MetricVerdict]:
+    """Verdicts for each metric of one A/B session (one load) in the tidy trial table.
+
+    Only pairs whose two trials are both valid are used; a metric is skipped when its column is
+    missing or has fewer than 2 pairs with both values. Per metric: d = ln(B/A), sign-flip
+    p-value, BCa CI of mean d, Tukey outliers of d (reported by pair id, kept); then Holm over
+    the metrics analysed and ``decide`` against delta.
+
+    Args:
+        trials: tidy trial table (pair, arm, valid, metric columns, optionally load).
+        metrics: metric -> higher_is_better; default ``METRICS``.
+        deltas: per-metric delta overriding ``DEFAULT_DELTAS``: a float, or a record with a
+            "delta" key, so ``calibrate_deltas``'s output can be passed as it is.
+        confidence: CI level; alpha: family-wise significance level.
+        n_resamples: bootstrap resamples (and Monte Carlo sign vectors past 20 pairs).
+        seed: seed of the resampling.
+    Returns:
+        one MetricVerdict per analysed metric, in the order of ``metrics``.
+    Raises:
+        ValueError: several loads, malformed table, or no metric could be analysed.
+    """
+    metrics = METRICS if metrics is None else metrics
+    delta_of = {**DEFAULT_DELTAS, **{
+        k: v["delta"] if isinstance(v, Mapping) else v for k, v in (deltas or {}).items()}}
+    wide = _paired(trials)
+    rows = []
+    for name, higher in metrics.items():
+        got = _metric_d(wide, name)
+        if got is None:
+            continue
+        if name not in delta_of:
+            raise ValueError(f"no delta for metric {name!r}: pass deltas={{{name!r}: ...}}")
+        pairs, d = got
+        p = sign_flip_test(d, n_resamples=n_resamples, seed=seed)
+        lo, hi = bca_interval(d, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        flagged = tuple(int(i) for i in pairs[tukey_outliers(d).mask])
+        rows.append((name, higher, d, p, lo, hi, flagged))
+    if not rows:
+        raise ValueError("no metric has 2 or more valid pairs to analyse")
+    adjusted = holm([r[3] for r in rows])
+    out = []
+    for (name, higher, d, p, lo, hi, flagged), p_adj in zip(rows, adjusted):
+        mean, delta = float(d.mean()), float(delta_of[name])
+        out.append(MetricVerdict(
+            metric=name, n_pairs=int(d.size), mean_d=mean, ci_low=lo, ci_high=hi,
+            change_pct=float(pct(mean)), ci_low_pct=float(pct(lo)), ci_high_pct=float(pct(hi)),
+            p_value=float(p), p_adjusted=float(p_adj), delta=delta,
+            verdict=decide(float(p_adj), lo, hi, delta, higher_is_better=higher, alpha=alpha),
+            higher_is_better=higher, outlier_pairs=flagged,
+        ))
+    return out
+
+
+def calibrate_deltas(
+    aa_trials: pd.DataFrame,
+    *,
+    metrics: Iterable[str] | None = None,
+    rule: Literal["noise", "ci"] = "noise",
+    confidence: float = 0.95,
+    max_exact: int = 20,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Noise thresholds from an A/A session: how big an effect noise alone produces here.
+
+    Both arms ran the same configuration, so the A/A d's are pure noise. Flipping their signs
+    at random (as in ``sign_flip_test``) gives the means that noise alone produces with n pairs.
+
+    - rule "noise" (default): delta = the ``confidence`` quantile of |mean d| over those sign
+      flips - an effect noise alone exceeds only 5 % of the time at this n. It is the critical
+      value of the sign-flip test, measured on this machine.
+    - rule "ci": delta = max(|CI low|, |CI high|) of the A/A BCa CI of mean d - the largest A/A
+      effect the data allow, so it also covers a systematic bias between the arms' harness. It
+      is stricter (about |mean d| + the noise bound): on the simulator at 20 pairs it makes delta
+      ~5.4 % instead of ~3.6 % and a +10 % change is called improved half as often.
+
+    Both scale like sd_d / sqrt(n): calibrate with the n you will compare with. Both numbers are
+    returned whichever rule is chosen, so the evidence can be stored as JSON.
+
+    Args:
+        aa_trials: tidy trial table where both arms ran the same configuration (one load).
+        metrics: metric names; default the keys of ``METRICS``. Unusable metrics are skipped.
+        rule: "noise" or "ci", see above.
+        confidence: quantile of the noise bound and level of the CI.
+        max_exact, n_resamples, seed: exact enumeration limit, resamples (bootstrap, and sign
+            flips past max_exact), seed.
+    Returns:
+        metric -> {"delta", "rule", "noise_bound", "ci": [low, high], "mean_d", "sd_d",
+        "n_pairs", "confidence"}, plain floats/ints/str.
+    """
+    if rule not in ("noise", "ci"):
+        raise ValueError(f"rule must be 'noise' or 'ci', got {rule!r}")
+    wide = _paired(aa_trials)
+    out: dict[str, dict] = {}
+    for name in METRICS if metrics is None else metrics:
+        got = _metric_d(wide, name)
+        if got is None:
+            continue
+        d = got[1]
+        if d.size <= max_exact:
+            sums = _signed_sums(d)
+        else:
+            signs = np.random.default_rng(seed).integers(0, 2, size=(n_resamples, d.size)) * 2 - 1
+            sums = signs @ d
+        noise = float(np.quantile(np.abs(sums) / d.size, confidence))
+        lo, hi = bca_interval(d, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        out[name] = {
+            "delta": noise if rule == "noise" else max(abs(lo), abs(hi)), "rule": rule,
+            "noise_bound": noise, "ci": [lo, hi], "mean_d": float(d.mean()),
+            "sd_d": float(d.std(ddof=1)), "n_pairs": int(d.size), "confidence": confidence,
+        }
+    return out
+
+
+def verdict_table(verdicts: Iterable[MetricVerdict]) -> pd.DataFrame:
+    """The verdicts as a DataFrame indexed by metric, for display (one row per metric)."""
+    rows = [asdict(v) for v in verdicts]
+    columns = list(MetricVerdict.__dataclass_fields__)
+    return pd.DataFrame(rows, columns=columns).set_index("metric")
+
+
+def percentile_curve(
+    latencies: Sequence[float], quantiles: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """An HDR-style percentile curve: latency at each quantile (numpy linear interpolation).
+
+    Quantiles are fractions (0.99 = p99). Beyond 1 - 1/len(latencies) a quantile is just the
+    largest samples: read the far tail only with enough requests.
+
+    Args:
+        latencies: raw per-request latencies (ms).
+        quantiles: fractions in [0, 1); default ``DEFAULT_QUANTILES`` (0 .. 0.9999).
+    Returns:
+        (quantiles, latencies at those quantiles), ready for ``plotting.latency_percentiles``.
+    """
+    lat = np.asarray(latencies, dtype=float)
+    q = np.asarray(DEFAULT_QUANTILES if quantiles is None else quantiles, dtype=float)
+    if lat.size == 0 or not np.all(np.isfinite(lat)):
+        raise ValueError("latencies must be non-empty and finite")
+    if np.any((q < 0) | (q >= 1)):
+        raise ValueError(f"quantiles must be fractions in [0, 1), got {q.tolist()}")
+    return q, np.quantile(lat, q)
