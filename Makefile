@@ -36,9 +36,11 @@ smoke: models
 
 week: models wrk
 	$(BIN)/optkit smoke --repository $(MODELS)
+	$(BIN)/optkit week --repository $(MODELS) $(WEEK_ARGS)
 
+# Notebooks run under nbmake in quick mode (OPTKIT_QUICK=1): real servers, fewer/shorter trials.
 test: $(STAMP) wrk
-	$(BIN)/python -m pytest -q
+	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q --nbmake tests notebooks
 
 clean:
 	rm -rf build runs $(VENV)

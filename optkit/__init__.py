@@ -34,4 +34,28 @@ __all__ = [
     "ModelRepository", "RepositoryStatistics",
     # layers
     "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamResponse",
+    # experiments (imported lazily: servers start without pandas/scipy)
+    "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
+    "stats", "plotting", "bench",
 ]
+
+_LAZY = {
+    "compare": ("._compare", "compare"), "calibrate": ("._compare", "calibrate"),
+    "Comparison": ("._compare", "Comparison"), "CompareSettings": ("._compare", "CompareSettings"),
+    "QUICK": ("._compare", "QUICK"), "STANDARD": ("._compare", "STANDARD"),
+    "week": ("._week", None), "stats": (".stats", None), "plotting": (".plotting", None),
+    "bench": (".bench", None),
+}
+
+
+def __getattr__(name: str) -> object:
+    """Import the experiment side (pandas, scipy, seaborn) only when it is first used."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'optkit' has no attribute {name!r}")
+    import importlib
+
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value

@@ -7,6 +7,9 @@
     optkit models build --repository DIR [--models a,b] [--seed S] [--force]
     optkit smoke --repository DIR [--duration S]
     optkit bench ...        (see optkit bench --help)
+    optkit compare A.yaml B.yaml [--pairs N] [--load closed:32] [--load open:2000] [--quick] [--out DIR]
+    optkit calibrate CONFIG.yaml [--pairs N] [--load ...] [--out FILE]
+    optkit week [--days mon,tue] [--quick] [--out DIR]
 
 Imports are lazy so a server process starts without loading pandas and friends.
 """
@@ -74,6 +77,71 @@ def _smoke(args: argparse.Namespace) -> int:
     return run_smoke(args.repository, duration_s=args.duration, config=args.config)
 
 
+def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from ._compare import QUICK, STANDARD
+
+    base = QUICK if args.quick else STANDARD
+    changes = {k: v for k, v in {"pairs": args.pairs, "warmup_s": args.warmup,
+                                 "duration_s": args.duration, "seed": args.seed,
+                                 "workload": args.workload, "engine": args.engine}.items()
+               if v is not None}
+    if args.load:
+        changes["loads"] = tuple(args.load)
+    return dataclasses.replace(base, **changes)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ._compare import compare
+    from ._week import conclusion
+
+    out = args.out or f"runs/compare-{Path(args.a).stem}-vs-{Path(args.b).stem}"
+    cmp = compare(args.a, args.b, repository=args.repository, settings=_session_settings(args),
+                  calibration=args.calibration, out_dir=out, log=print)
+    table = cmp.verdict_table()
+    cols = ["load", "metric", "change_pct", "ci_low_pct", "ci_high_pct", "p_adjusted", "delta",
+            "verdict"]
+    print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print(conclusion(cmp))
+    print(f"results in {out}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ._compare import calibrate
+
+    doc = calibrate(args.config, repository=args.repository, settings=_session_settings(args),
+                    out=args.out)
+    for metric, record in doc["deltas"].items():
+        print(f"  {metric:<20} delta {record['delta']:.4f} (~{100 * record['delta']:.1f} %) "
+              f"from {record['n_pairs']} A/A pairs at {record['load']}")
+    print(f"calibration written to {args.out}")
+    return 0
+
+
+def _week(args: argparse.Namespace) -> int:
+    from ._week import run_week, week_summary
+
+    days = args.days.split(",") if args.days else None
+    summary = run_week(days, quick=args.quick, out=args.out, repository=args.repository)
+    print(week_summary(summary))
+    return 0 if (summary["status"] == "ok").all() else 1
+
+
+def _add_session_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repository", default="build/models")
+    p.add_argument("--pairs", type=int, default=None)
+    p.add_argument("--load", action="append", default=None,
+                   help="closed:N or open:RATE; repeat for several (default closed:32)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds discarded per trial")
+    p.add_argument("--duration", type=float, default=None, help="measured seconds per trial")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--workload", default=None, help="built-in workload name or YAML file")
+    p.add_argument("--engine", default=None, choices=["auto", "builtin", "wrk"])
+    p.add_argument("--quick", action="store_true", help="few short trials; provisional verdicts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optkit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--duration", type=float, default=5.0)
     smoke.add_argument("--config", default=None)
     smoke.set_defaults(func=_smoke)
+
+    cmp = sub.add_parser("compare", help="paired randomized A/B trials and a verdict")
+    cmp.add_argument("a", help="config A (YAML), e.g. experiments/baseline.yaml")
+    cmp.add_argument("b", help="config B (YAML)")
+    _add_session_options(cmp)
+    cmp.add_argument("--calibration", default="runs/calibration.json",
+                     help="noise thresholds from `optkit calibrate` (defaults if absent)")
+    cmp.add_argument("--out", default=None)
+    cmp.set_defaults(func=_compare)
+
+    cal = sub.add_parser("calibrate", help="A/A trials of one config: the noise threshold per metric")
+    cal.add_argument("config")
+    _add_session_options(cal)
+    cal.add_argument("--out", default="runs/calibration.json")
+    cal.set_defaults(func=_calibrate)
+
+    wk = sub.add_parser("week", help="execute the day notebooks into a run folder")
+    wk.add_argument("--days", default=None, help="comma-separated, e.g. mon,tue (default: all)")
+    wk.add_argument("--quick", action="store_true")
+    wk.add_argument("--out", default=None)
+    wk.add_argument("--repository", default="build/models")
+    wk.set_defaults(func=_week)
 
     for name, loader in _OPTIONAL_COMMANDS.items():
         add = loader()

@@ -1,0 +1,352 @@
+"""Paired, randomized A/B sessions: run trials, analyse them, write the verdict.
+
+::
+
+    pair 0:  [B][A]      each [ ] = a fresh stack, warm-up (discarded), a measurement window
+    pair 1:  [A][B]      the order inside each pair is a coin flip from a recorded seed,
+    pair 2:  [B][A]      so slow drift of the machine hits both arms alike
+    ...
+    per load: d = ln(B/A) per pair -> sign-flip test, BCa CI, Holm, noise band δ -> verdict
+
+The number of pairs is fixed before the first trial (no peeking). A pair with an
+invalid trial is kept in the table (``valid=False``) and run again, up to
+``max_reruns`` times, so invalid trials are never silently dropped and never
+silently used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ._config import ServiceConfig, load_config
+from ._exceptions import ConfigError
+from .stats import DEFAULT_DELTAS, DEFAULT_PAIRS, MetricVerdict, analyse, calibrate_deltas, \
+    verdict_table
+
+__all__ = ["CompareSettings", "Comparison", "compare", "calibrate", "parse_load", "load_deltas",
+           "QUICK", "STANDARD"]
+
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareSettings:
+    """How a session runs: pairs, trial timing, loads, workload, seed."""
+
+    pairs: int = DEFAULT_PAIRS
+    warmup_s: float = 0.5
+    duration_s: float = 2.5
+    loads: tuple[str, ...] = ("closed:32",)
+    workload: str = "digits"
+    seed: int = 0
+    quick: bool = False
+    max_reruns: int = 3
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.pairs < 2:
+            raise ConfigError(f"pairs must be >= 2, got {self.pairs}")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise ConfigError("duration_s must be > 0 and warmup_s >= 0")
+        if isinstance(self.loads, str) or not self.loads:
+            raise ConfigError("loads must be a non-empty sequence like ('closed:32',)")
+        for text in self.loads:
+            parse_load(text, engine="builtin")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["loads"] = list(self.loads)
+        return out
+
+
+def parse_load(text: str, *, engine: str = "auto") -> Any:
+    """``closed:32`` -> closed loop at 32 connections; ``open:2000`` -> 2,000 req/s offered.
+
+    ``engine="auto"`` uses wrk for closed loops when it is installed, else the built-in
+    generator (open loops always use the built-in one: wrk cannot keep a schedule).
+    """
+    from .bench._load import LoadSpec
+    from .bench._wrk import wrk_available
+
+    mode, _, value = str(text).partition(":")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"load {text!r} must look like closed:32 or open:2000") from None
+    if mode == "closed":
+        chosen = engine if engine != "auto" else ("wrk" if wrk_available() else "builtin")
+        return LoadSpec(mode="closed", concurrency=int(number), engine=chosen)
+    if mode == "open":
+        return LoadSpec(mode="open", rate=number, arrival="poisson", engine="builtin")
+    raise ConfigError(f"load {text!r}: mode must be 'closed' or 'open'")
+
+
+#: Standard mode: the defaults above. Quick mode (CI, nbmake): fewer, shorter trials;
+#: its verdicts are marked provisional.
+STANDARD = CompareSettings()
+QUICK = CompareSettings(pairs=8, warmup_s=0.3, duration_s=1.0, quick=True)
+
+
+@dataclass
+class Comparison:
+    """A finished A/B session: every trial, and a verdict per load and metric."""
+
+    a: ServiceConfig
+    b: ServiceConfig
+    settings: CompareSettings
+    trials: pd.DataFrame
+    verdicts: dict[str, list[MetricVerdict]]
+    server_stats: pd.DataFrame
+    deltas: dict[str, float]
+    deltas_source: str
+    elapsed_s: float
+    latency_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def provisional(self) -> bool:
+        """Quick-mode verdicts are provisional: too few/short trials to stand on."""
+        return self.settings.quick
+
+    def verdict_table(self) -> pd.DataFrame:
+        frames = []
+        for load, verdicts in self.verdicts.items():
+            table = verdict_table(verdicts).reset_index()
+            table.insert(0, "load", load)
+            frames.append(table)
+        out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if self.provisional and len(out):
+            out["verdict"] = out["verdict"] + " (provisional)"
+        return out
+
+    def verdict(self, metric: str = "throughput_rps", load: str | None = None) -> MetricVerdict:
+        load = load or next(iter(self.verdicts))
+        for v in self.verdicts[load]:
+            if v.metric == metric:
+                return v
+        raise KeyError(f"no verdict for {metric!r} at {load!r}")
+
+    def means(self) -> pd.DataFrame:
+        """Mean of each metric per load and arm, over valid trials."""
+        valid = self.trials[self.trials["valid"]]
+        cols = [c for c in ("throughput_rps", "p50_ms", "p99_ms", "mem_per_request_kb")
+                if c in valid.columns]
+        return valid.groupby(["load", "arm"])[cols].mean()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": 1,
+            "a": self.a.to_dict(), "b": self.b.to_dict(),
+            "settings": self.settings.to_dict(),
+            "provisional": self.provisional,
+            "deltas": self.deltas, "deltas_source": self.deltas_source,
+            "elapsed_s": self.elapsed_s,
+            "trials": {"total": int(len(self.trials)),
+                       "invalid": int((~self.trials["valid"]).sum())},
+            "verdicts": {load: [dataclasses.asdict(v) for v in vs]
+                         for load, vs in self.verdicts.items()},
+            "means": {f"{load}|{arm}": row.dropna().to_dict()
+                      for (load, arm), row in self.means().iterrows()},
+        }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``trials.csv``, ``server_stats.csv``, ``verdict.json`` and the figures."""
+        out = Path(out_dir)
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        self.trials.to_csv(out / "trials.csv", index=False)
+        self.server_stats.to_csv(out / "server_stats.csv", index=False)
+        (out / "verdict.json").write_text(json.dumps(self.to_json(), indent=2, default=_jsonable))
+        for name, fig in self.figures().items():
+            fig.savefig(out / "figures" / f"{name}.png", dpi=110, bbox_inches="tight")
+        self.path = out
+        return out
+
+    def figures(self) -> dict[str, Any]:
+        """The session's figures by name (paired trials, forest plot, latency curves)."""
+        from . import plotting
+
+        figs: dict[str, Any] = {}
+        for load, verdicts in self.verdicts.items():
+            slug = load.replace(":", "-")
+            trials = self.trials[self.trials["load"] == load]
+            for metric in ("throughput_rps", "p99_ms"):
+                if metric in trials and trials[metric].notna().any():
+                    figs[f"paired-{metric}-{slug}"] = plotting.paired_trials(trials, metric)
+            figs[f"effects-{slug}"] = plotting.effect_forest(verdicts)
+            curves = self.latency_curves.get(load)
+            if curves:
+                figs[f"latency-{slug}"] = plotting.latency_percentiles(curves)
+        return figs
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    return str(obj)
+
+
+def load_deltas(calibration: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, float], str]:
+    """Noise thresholds from a calibration file (``optkit calibrate``), else the defaults."""
+    if calibration is None:
+        return dict(DEFAULT_DELTAS), "defaults (no calibration)"
+    if isinstance(calibration, Mapping):
+        doc, source = dict(calibration), "given"
+    else:
+        path = Path(calibration)
+        if not path.exists():
+            return dict(DEFAULT_DELTAS), f"defaults ({path} not found)"
+        doc, source = json.loads(path.read_text()), str(path)
+    found = doc.get("deltas", doc)
+    deltas = dict(DEFAULT_DELTAS)
+    for key, value in found.items():
+        if key in deltas:
+            deltas[key] = float(value["delta"] if isinstance(value, Mapping) else value)
+    return deltas, f"calibration {source}"
+
+
+def _flatten(prefix: str, doc: Mapping[str, Any], out: dict[str, Any]) -> None:
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(name + ".", value, out)
+        elif isinstance(value, (int, float, bool)) and not isinstance(value, bool):
+            out[name] = value
+
+
+def compare(a: Any, b: Any, *, repository: str | Path,
+            settings: CompareSettings | None = None, calibration: Any = None,
+            out_dir: str | Path | None = None, progress: bool = True,
+            log: Callable[[str], None] | None = None, **overrides: Any) -> Comparison:
+    """Run a paired randomized A/B session and analyse it.
+
+    Args:
+        a, b: the two service configs (ServiceConfig, YAML path, mapping, or None = baseline).
+        repository: the model repository both arms serve.
+        settings: pairs, timing, loads...; ``QUICK`` or ``STANDARD`` or your own. Keyword
+            ``overrides`` (``pairs=10``, ``loads=("open:2000",)``) replace single fields.
+        calibration: a calibration file or mapping of per-metric δ; defaults otherwise.
+        out_dir: if given, every trial's raw data and the session's results go there.
+    """
+    from .bench._trial import run_trial
+
+    cfg_a, cfg_b = load_config(a), load_config(b)
+    if cfg_a.name == cfg_b.name and cfg_a != cfg_b:
+        cfg_b = cfg_b.replace(name=cfg_b.name + "-B")
+    settings = dataclasses.replace(settings or STANDARD, **overrides)
+    deltas, source = load_deltas(calibration)
+    rng = np.random.default_rng(settings.seed)
+    out = Path(out_dir) if out_dir else None
+    rows: list[dict[str, Any]] = []
+    stats_rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, list[np.ndarray]]] = {}
+    started = time.perf_counter()
+    plan = [(load, pair) for load in settings.loads for pair in range(settings.pairs)]
+    bar = _progress(len(plan) * 2, progress, f"{cfg_a.name} vs {cfg_b.name}")
+    for load_text, pair in plan:
+        load = parse_load(load_text, engine=settings.engine)
+        for attempt in range(settings.max_reruns + 1):
+            order = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
+            pair_rows = []
+            for position, arm in enumerate(order):
+                cfg = cfg_a if arm == "A" else cfg_b
+                trial_dir = out / "trials" / f"{load_text.replace(':', '-')}-p{pair:02d}-{arm}-{attempt}" \
+                    if out else None
+                result = run_trial(cfg, repository=repository, load=load, workload=settings.workload,
+                                   warmup_s=settings.warmup_s, duration_s=settings.duration_s,
+                                   seed=settings.seed * 1000 + pair, out_dir=trial_dir)
+                row = dict(result.row())
+                row.update(pair=pair, position=position, arm=arm, label=cfg.name, load=load_text,
+                           attempt=attempt)
+                pair_rows.append(row)
+                stat = {"pair": pair, "arm": arm, "load": load_text, "attempt": attempt}
+                for tier, doc in (result.stats_after or {}).items():
+                    _flatten(f"{tier}.", doc, stat)
+                stats_rows.append(stat)
+                lat = result.bench.latencies_ms
+                if len(lat):
+                    curves.setdefault(load_text, {}).setdefault(cfg.name, []).append(lat)
+                if bar is not None:
+                    bar.update(1)
+            if all(r["valid"] for r in pair_rows):
+                rows.extend(pair_rows)
+                break
+            # keep the invalid attempt on record under a pair id that analysis will skip
+            for r in pair_rows:
+                r["valid"] = False
+                r["pair"] = -1 - len(rows)
+                rows.append(r)
+            if log:
+                log(f"pair {pair} at {load_text}: invalid trial, re-running "
+                    f"({'; '.join(str(r.get('invalid_reasons')) for r in pair_rows)})")
+    if bar is not None:
+        bar.close()
+    trials = pd.DataFrame(rows)
+    verdicts: dict[str, list[MetricVerdict]] = {}
+    for load_text in settings.loads:
+        subset = trials[trials["load"] == load_text]
+        try:
+            verdicts[load_text] = analyse(subset, deltas=deltas, seed=settings.seed)
+        except ValueError as exc:
+            if log:
+                log(f"{load_text}: no analysis possible: {exc}")
+            verdicts[load_text] = []
+    from .stats import percentile_curve
+
+    curve_out = {load: {label: percentile_curve(np.concatenate(parts))
+                        for label, parts in by_label.items()}
+                 for load, by_label in curves.items()}
+    comparison = Comparison(cfg_a, cfg_b, settings, trials, verdicts, pd.DataFrame(stats_rows),
+                            deltas, source, time.perf_counter() - started, curve_out)
+    if out is not None:
+        comparison.save(out)
+    return comparison
+
+
+def calibrate(config: Any, *, repository: str | Path, settings: CompareSettings | None = None,
+              out: str | Path | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """A/A session of one config; stores the noise threshold δ per metric with its evidence."""
+    cfg = load_config(config)
+    session = compare(cfg, cfg.replace(name=cfg.name + "-again"), repository=repository,
+                      settings=settings, progress=progress, **overrides)
+    valid = session.trials[session.trials["valid"]]
+    per_load = {load: calibrate_deltas(valid[valid["load"] == load], seed=session.settings.seed)
+                for load in session.settings.loads}
+    # one δ per metric: the largest over the loads calibrated (the conservative choice)
+    deltas: dict[str, dict[str, Any]] = {}
+    for load, found in per_load.items():
+        for metric, record in found.items():
+            if metric not in deltas or record["delta"] > deltas[metric]["delta"]:
+                deltas[metric] = {**record, "load": load}
+    doc = {"schema_version": 1, "config": cfg.to_dict(), "settings": session.settings.to_dict(),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "deltas": deltas,
+           "per_load": per_load, "elapsed_s": session.elapsed_s,
+           "aa_verdicts": session.verdict_table().to_dict(orient="records")}
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2, default=_jsonable))
+    return doc
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="trial", leave=False)
+
+
