@@ -104,6 +104,18 @@ def _compare(args: argparse.Namespace) -> int:
             "verdict"]
     print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(conclusion(cmp))
+    if args.slo:
+        from ._slo import compare_at_slo
+
+        settings = _session_settings(args)
+        verdict, searches = compare_at_slo(args.a, args.b, repository=args.repository,
+                                           pairs=settings.pairs, slo_ms=args.slo,
+                                           seed=settings.seed, workload=settings.workload)
+        searches.to_csv(Path(out) / "slo_searches.csv", index=False)
+        print(f"throughput at p99 <= {args.slo:g} ms: {verdict.change_pct:+.1f} % "
+              f"[{verdict.ci_low_pct:+.1f}, {verdict.ci_high_pct:+.1f}], Holm p "
+              f"{verdict.p_adjusted:.3g}: {verdict.verdict}")
+        print(searches.groupby("label")["slo_rps"].describe().to_string())
     print(f"results in {out}")
     return 0
 
@@ -182,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--calibration", default="runs/calibration.json",
                      help="noise thresholds from `optkit calibrate` (defaults if absent)")
     cmp.add_argument("--out", default=None)
+    cmp.add_argument("--slo", type=float, default=None, metavar="MS",
+                     help="also compare throughput at p99 <= MS (paired bisection searches)")
     cmp.set_defaults(func=_compare)
 
     cal = sub.add_parser("calibrate", help="A/A trials of one config: the noise threshold per metric")

@@ -1,0 +1,133 @@
+"""A/B sessions end to end: the method finds a real gain and does not invent one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from optkit import CompareSettings, ConfigError, ServiceConfig, compare
+from optkit._compare import Comparison, load_deltas, parse_load
+from optkit._simulate import simulate_trials
+from optkit.stats import DEFAULT_DELTAS, analyse
+from optkit._week import conclusion, pool_summary, run_week
+
+#: Short live sessions: 8 pairs is the fewest with which Holm over 4 metrics can reach 0.05.
+LIVE = CompareSettings(pairs=8, warmup_s=0.2, duration_s=0.8, loads=("closed:8",),
+                       workload="synthetic", quick=True, engine="builtin")
+
+
+def _synthetic(name: str, cost_a_us: float) -> ServiceConfig:
+    return ServiceConfig.from_dict({"name": name, "pooling": {"enabled": True}, "loading": {
+        "models": ["synthetic"], "parameters": {"synthetic": {"cost_a_us": cost_a_us,
+                                                              "cost_b_us": 0.0}}}})
+
+
+@pytest.mark.slow
+def test_lowered_model_cost_is_found_improved(repository: Path, tmp_path: Path) -> None:
+    """Halving the synthetic model's CPU cost per call is called *improved* on throughput."""
+    cmp = compare(_synthetic("slow", 1000.0), _synthetic("fast", 500.0), repository=repository,
+                  settings=LIVE, out_dir=tmp_path, progress=False)
+    v = cmp.verdict("throughput_rps")
+    assert v.verdict == "improved", cmp.verdict_table()
+    assert v.change_pct > 30  # the true effect is up to +100 %; the gateway dilutes it
+    doc = json.loads((tmp_path / "verdict.json").read_text())
+    assert doc["verdicts"]["closed:8"][0]["verdict"] == "improved"
+    assert (tmp_path / "trials.csv").exists() and any((tmp_path / "figures").iterdir())
+
+
+@pytest.mark.slow
+def test_aa_session_claims_nothing(repository: Path) -> None:
+    """The same config against itself is neither improved nor regressed on any metric."""
+    cfg = _synthetic("same", 300.0)
+    cmp = compare(cfg, cfg, repository=repository, settings=LIVE, progress=False)
+    assert cmp.b.name != cmp.a.name or cmp.a == cmp.b
+    verdicts = {v.metric: v.verdict for v in cmp.verdicts["closed:8"]}
+    assert verdicts and not {"improved", "regressed"} & set(verdicts.values()), verdicts
+    assert set(cmp.trials["arm"]) == {"A", "B"}
+    # the order inside pairs is randomized, not always A first
+    firsts = cmp.trials[cmp.trials["position"] == 0]["arm"]
+    assert firsts.nunique() == 2
+
+
+def test_parse_load() -> None:
+    """closed:N and open:R parse into load specs; anything else is a ConfigError."""
+    closed = parse_load("closed:32", engine="builtin")
+    assert closed.mode == "closed" and closed.concurrency == 32
+    opened = parse_load("open:2000")
+    assert opened.mode == "open" and opened.rate == 2000 and opened.engine == "builtin"
+    for bad in ("closed", "half:3", "open:fast"):
+        with pytest.raises(ConfigError):
+            parse_load(bad)
+
+
+def test_settings_are_validated() -> None:
+    """Pairs, timing and loads are checked when settings are made."""
+    with pytest.raises(ConfigError):
+        CompareSettings(pairs=1)
+    with pytest.raises(ConfigError):
+        CompareSettings(loads="closed:32")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        CompareSettings(duration_s=0)
+
+
+def test_calibration_file_sets_deltas(tmp_path: Path) -> None:
+    """A calibration file overrides the default noise thresholds; a missing one falls back."""
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"deltas": {"throughput_rps": {"delta": 0.031}}}))
+    deltas, source = load_deltas(path)
+    assert deltas["throughput_rps"] == 0.031 and deltas["p99_ms"] == DEFAULT_DELTAS["p99_ms"]
+    assert str(path) in source
+    deltas, source = load_deltas(tmp_path / "missing.json")
+    assert deltas == dict(DEFAULT_DELTAS) and "not found" in source
+
+
+def _comparison_from(trials: pd.DataFrame) -> Comparison:
+    stats = pd.DataFrame([{"pair": p, "arm": arm, "load": "closed:32",
+                           "gateway.pool.requests": 1000,
+                           "gateway.pool.connections_opened": 1000 if arm == "A" else 4,
+                           "gateway.pool.connections_reused": 0 if arm == "A" else 996}
+                          for p in range(3) for arm in "AB"])
+    return Comparison(ServiceConfig(), ServiceConfig(name="pooling"),
+                      CompareSettings(pairs=20), trials, {"closed:32": analyse(trials)}, stats,
+                      dict(DEFAULT_DELTAS), "defaults", 12.0)
+
+
+def test_conclusion_and_pool_summary_are_generated() -> None:
+    """The conclusion is written from the verdicts; the pool table derives reuse from counters."""
+    cmp = _comparison_from(simulate_trials(20, effect=0.3, seed=3))
+    text = conclusion(cmp)
+    assert "throughput_rps improved" in text and "20 valid pairs" in text
+    table = pool_summary(cmp)
+    assert table.loc["A: baseline", "opened_per_1000_requests"] == 1000.0
+    assert table.loc["B: pooling", "reuse_ratio"] == pytest.approx(0.996)
+
+
+@pytest.mark.slow
+def test_week_runs_the_monday_notebook(repository: Path, tmp_path: Path) -> None:
+    """`optkit week` executes the day notebook with papermill into a report with results."""
+    summary = run_week(["mon"], out=tmp_path, repository=repository, progress=False,
+                       parameters={"pairs": 2, "warmup_s": 0.2, "duration_s": 0.5,
+                                   "calibration": str(tmp_path / "none.json")})
+    assert summary.loc[0, "status"] == "ok", summary.to_dict()
+    day = tmp_path / "mon"
+    assert (day / "01-connection-pooling.html").stat().st_size > 10_000
+    doc = json.loads((day / "results.json").read_text())
+    assert doc["day"] == "mon" and {v["metric"] for v in doc["verdicts"]} >= {"throughput_rps"}
+    assert "pool" in doc
+
+
+@pytest.mark.slow
+def test_throughput_at_slo_search(repository: Path) -> None:
+    """The SLO search brackets a rate below capacity whose steps passed at p99 <= SLO."""
+    from optkit._slo import throughput_at_slo
+
+    cfg = _synthetic("slo", 400.0)
+    found = throughput_at_slo(cfg, repository=repository, slo_ms=20.0, workload="synthetic",
+                              step_s=0.6, warmup_s=0.2, max_steps=4)
+    steps = found.frame()
+    assert 0 < found.rate_rps < found.capacity_rps
+    passed = steps[steps["passed"]]
+    assert (passed["p99_ms"] <= 20.0).all() and found.rate_rps == passed["offered_rps"].max()
