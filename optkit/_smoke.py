@@ -15,10 +15,7 @@ def run_smoke(repository: str | Path, *, duration_s: float = 5.0, config: str | 
 
     Returns 0 when the stack served the digit correctly and the run had no errors.
     """
-    from .bench._engine import run_bench
-    from .bench._load import LoadSpec
-    from .bench._wrk import wrk_available
-    from .bench._results import format_summary
+    from .bench import LoadSpec, format_summary, run_bench, wrk_available
     from ._models import digits_split
     from ._protocol import decode_infer_response, encode_infer_request
     from .service import launch_stack
@@ -40,6 +37,5 @@ def run_smoke(repository: str | Path, *, duration_s: float = 5.0, config: str | 
         print(f"closed loop, {concurrency} connections, {engine}, {duration_s:.0f} s, "
               f"through the gateway ({stack.config.name}):")
         print(format_summary(result.summary))
-        errors = int(result.summary.get("errors", {}).get("total", 0)) \
-            if isinstance(result.summary.get("errors"), dict) else 0
+        errors = int(result.summary.get("errors_total") or 0)
     return 0 if label == yte[0] and errors == 0 else 1

@@ -1,0 +1,269 @@
+"""A trial: fresh service processes, a discarded warm-up, one measured window.
+
+::
+
+    launch_stack(config) ─┬─ GET /stats (both tiers)                      before
+                          ├─ one request per model, then idle RSS          before load
+                          ├─ sampler thread: CPU, RSS every 0.1 s  ┐
+                          ├─ run_bench(warm-up)                    │       discarded
+                          ├─ run_bench(measurement window)         ┘       kept
+                          ├─ GET /stats (both tiers)                       after
+                          └─ stop; validity gates; environment manifest
+
+**Memory per request** = Σ over service processes of (median RSS during the
+window − idle RSS) ÷ mean requests in flight, where requests in flight come
+from Little's law: throughput × mean service time (end − start). Idle RSS is
+taken after one request per model (lazy one-time set-up is done) and *before*
+the warm-up: allocators keep the pages a load made them take, so an idle RSS
+after the warm-up already holds the load's working set and the difference
+reads ~0. RSS is coarse (pages, allocator caching), so it is measured the same
+way for A and B and only differences between arms mean anything.
+
+A trial that fails a gate is returned with ``valid=False`` and its reasons:
+it is marked, never dropped. ``TrialResult.row()`` is one row of the tidy
+trial table the statistics read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping
+
+import orjson
+
+from .._exceptions import BenchError
+from ._engine import prepare, run_bench
+from ._load import LoadSpec
+from ._manifest import environment_manifest
+from ._results import BenchResult, load_run
+from ._target import http_get_json, parse_target
+from ._validity import ValidityGates
+from ._workload import Workload
+
+__all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_request_kb",
+           "ProcessSampler"]
+
+ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
+               "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "errors", "valid",
+               "invalid_reasons")
+
+
+def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
+                          mean_in_flight: float) -> float | None:
+    """KiB held per in-flight request: Σ max(0, load − idle) bytes ÷ requests in flight."""
+    if mean_in_flight <= 0 or not load_rss:
+        return None
+    grown = sum(max(0.0, load_rss[name] - idle_rss.get(name, load_rss[name])) for name in load_rss)
+    return grown / mean_in_flight / 1024.0
+
+
+class ProcessSampler:
+    """A thread that samples CPU time and RSS of named processes at a fixed interval."""
+
+    def __init__(self, pids: Mapping[str, int], interval_s: float = 0.1) -> None:
+        import psutil
+
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples: list[tuple[int, str, float, int]] = []  # (t_ns, name, cpu_s, rss)
+        self.lost: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<ProcessSampler [{', '.join(self._procs)} | {len(self.samples)} samples]>"
+
+    def sample(self) -> None:
+        """Take one sample of every process now."""
+        import psutil
+
+        for name, proc in self._procs.items():
+            try:
+                with proc.oneshot():
+                    cpu = proc.cpu_times()
+                    self.samples.append((time.monotonic_ns(), name, cpu.user + cpu.system,
+                                         proc.memory_info().rss))
+            except psutil.Error:
+                self.lost.add(name)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def __enter__(self) -> "ProcessSampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+    def usage(self, start_ns: int, end_ns: int) -> dict[str, dict[str, float | None]]:
+        """Per process: CPU % of a core, median and peak RSS (MiB) within [start, end]."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name in self._procs:
+            rows = [s for s in self.samples if s[1] == name]
+            inside = [s for s in rows if start_ns <= s[0] <= end_ns] or rows
+            if len(inside) < 1:
+                out[name] = {"cpu_percent": None, "rss_load_mb": None, "rss_peak_mb": None}
+                continue
+            first, last = inside[0], inside[-1]
+            dt = (last[0] - first[0]) / 1e9
+            rss = sorted(s[3] for s in inside)
+            out[name] = {"cpu_percent": 100.0 * (last[2] - first[2]) / dt if dt > 0 else None,
+                         "rss_load_mb": rss[len(rss) // 2] / 2**20, "rss_peak_mb": rss[-1] / 2**20}
+        return out
+
+
+def _stats(url: str | None) -> dict[str, Any] | None:
+    if not url:
+        return None
+    try:
+        return http_get_json(parse_target(url), "/stats")  # type: ignore[no-any-return]
+    except BenchError as exc:
+        return {"error": str(exc)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialResult:
+    """One trial: its bench run, what the service processes used, validity, manifest."""
+
+    label: str
+    load: str
+    bench: BenchResult
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stats_before: dict[str, Any] = field(default_factory=dict)
+    stats_after: dict[str, Any] = field(default_factory=dict)
+    mem_per_request_kb: float | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    valid: bool = True
+    invalid_reasons: tuple[str, ...] = ()
+    path: Path | None = None
+    pair: int | None = None
+    position: int | None = None
+    arm: str | None = None
+
+    def __repr__(self) -> str:
+        s = self.bench.summary
+        return (f"<TrialResult {self.label} {self.load} [{s.get('throughput_rps', 0):,.0f} req/s,"
+                f" p99 {s.get('p99_ms')} ms | {'valid' if self.valid else 'INVALID'}]>")
+
+    def row(self, **overrides: Any) -> dict[str, Any]:
+        """One row of the tidy trial table (``pair``/``position``/``arm`` may be given)."""
+        s = self.bench.summary
+        row = {"pair": self.pair, "position": self.position, "arm": self.arm,
+               "label": self.label, "load": self.load,
+               "throughput_rps": s.get("throughput_rps"), "p50_ms": s.get("p50_ms"),
+               "p90_ms": s.get("p90_ms"), "p99_ms": s.get("p99_ms"), "p999_ms": s.get("p999_ms"),
+               "max_ms": s.get("max_ms"), "mem_per_request_kb": self.mem_per_request_kb,
+               "errors": int(s.get("errors_total") or 0), "valid": self.valid,
+               "invalid_reasons": "; ".join(self.invalid_reasons)}
+        unknown = set(overrides) - set(ROW_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown trial-table column(s): {', '.join(sorted(unknown))}")
+        row.update(overrides)
+        return row
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the raw records, JSON-ready (``trial.json``)."""
+        return {"schema_version": self.bench.summary.get("schema_version"), "label": self.label,
+                "load": self.load, "services": self.services, "stats_before": self.stats_before,
+                "stats_after": self.stats_after, "mem_per_request_kb": self.mem_per_request_kb,
+                "manifest": self.manifest, "valid": self.valid,
+                "invalid_reasons": list(self.invalid_reasons), "pair": self.pair,
+                "position": self.position, "arm": self.arm}
+
+
+def load_trial(path: str | Path) -> TrialResult:
+    """Read a trial folder (``trial.json`` + ``bench/``) back."""
+    folder = Path(path)
+    try:
+        doc = orjson.loads((folder / "trial.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise BenchError(f"{folder} is not a trial folder: {exc}") from None
+    doc.pop("schema_version", None)
+    doc["invalid_reasons"] = tuple(doc.get("invalid_reasons") or ())
+    return TrialResult(bench=load_run(folder / "bench"), path=folder, **doc)
+
+
+def _default_launcher() -> Callable[..., ContextManager[Any]]:
+    try:
+        from ..service._launcher import launch_stack
+    except ImportError as exc:  # pragma: no cover - the launcher ships with optkit
+        raise BenchError(f"the trial runner needs optkit.service._launcher: {exc}") from None
+    return launch_stack
+
+
+def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
+              workload: Workload | Mapping[str, Any] | str | Path | None = None,
+              warmup_s: float = 2.0, duration_s: float = 10.0, seed: int = 0,
+              out_dir: str | Path | None = None, cpus: Mapping[str, set[int]] | None = None,
+              gateway: bool = True, gates: ValidityGates | None = None,
+              label: str | None = None, launcher: Callable[..., ContextManager[Any]] | None = None,
+              sample_interval_s: float = 0.1, ready_timeout_s: float = 30.0) -> TrialResult:
+    """Run one trial of ``config`` under ``load`` on a fresh stack.
+
+    Args:
+        config: a ServiceConfig, YAML path, mapping or None (the baseline).
+        repository: the model repository the model server serves.
+        cpus: pinning for ``model-server``, ``gateway`` and ``bench`` (the generator).
+        launcher: a ``launch_stack``-compatible function (tests pass a stub).
+
+    Returns:
+        the :class:`TrialResult`, written to ``out_dir`` when given.
+    """
+    from .._config import load_config
+
+    cfg = load_config(config)
+    label = label or cfg.name
+    pins = dict(cpus or {})
+    bench_cpus = pins.pop("bench", None)
+    launch = launcher or _default_launcher()
+    with launch(cfg, repository=Path(repository), gateway=gateway, cpus=pins or None,
+                ready_timeout_s=ready_timeout_s) as stack:
+        urls = {"model-server": stack.model_server_url, "gateway": stack.gateway_url}
+        before = {name: _stats(url) for name, url in urls.items() if url}
+        common = dict(workload=workload, seed=seed, cpus=bench_cpus, gates=gates)
+        prepare(stack.url, workload, seed=seed)  # one request per model: lazy set-up done
+        sampler = ProcessSampler(stack.pids, sample_interval_s)
+        for _ in range(3):
+            time.sleep(sample_interval_s)
+            sampler.sample()
+        idle = {name: float(statistics.median(s[3] for s in sampler.samples if s[1] == name))
+                for name in stack.pids if name not in sampler.lost}
+        with sampler:
+            if warmup_s > 0:
+                run_bench(stack.url, load, warmup_s=0.0, duration_s=warmup_s, **common)
+            bench = run_bench(stack.url, load, warmup_s=0.0, duration_s=duration_s,
+                              out_dir=Path(out_dir) / "bench" if out_dir else None, **common)
+        after = {name: _stats(url) for name, url in urls.items() if url}
+        ws, we = bench.summary["window_start_ns"], bench.summary["window_end_ns"]
+        services = sampler.usage(ws, we)
+        lost = set(sampler.lost)
+    for name, use in services.items():
+        use["rss_idle_mb"] = idle[name] / 2**20 if name in idle else None
+    load_rss = {n: u["rss_load_mb"] * 2**20 for n, u in services.items() if u["rss_load_mb"]}
+    mem = memory_per_request_kb(idle, load_rss, float(bench.summary.get("mean_in_flight") or 0))
+    reasons = list(bench.invalid_reasons)
+    reasons += [f"service {name!r} exited during the trial" for name in sorted(lost)]
+    manifest = environment_manifest(
+        config=cfg.to_dict(), seed=seed,
+        load=load.to_dict(), warmup_s=warmup_s, duration_s=duration_s, gateway=gateway,
+        cpus={k: sorted(v) for k, v in (cpus or {}).items()})
+    result = TrialResult(label=label, load=load.label, bench=bench, services=services,
+                         stats_before=before, stats_after=after, mem_per_request_kb=mem,
+                         manifest=manifest, valid=not reasons, invalid_reasons=tuple(reasons))
+    if out_dir is not None:
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trial.json").write_bytes(orjson.dumps(
+            result.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        result = dataclasses.replace(result, path=folder)
+    return result

@@ -1,0 +1,264 @@
+"""Workloads as data: which models, how many rows, what numbers, in YAML.
+
+A workload is a deck of request bodies dealt before the run::
+
+    models  digits-mlp-s 0.47 | -m 0.22 | -l 0.14 | -xl 0.10 ...   (weights or Zipf s)
+    rows    1, or a small distribution {values: [1, 4], weights: [0.8, 0.2]}
+    data    digits (real images, a different sample per body) | random (seeded)
+       └──▶ pool of `pool_size` pre-encoded v2 bodies, shuffled; request i uses body i % pool
+
+Encoding happens here, once, so it never costs during measurement. A model's
+inputs (name, datatype, width) come from its v2 metadata unless the workload
+names them (``inputs:``). Built-in workloads live in ``optkit/bench/workloads``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import orjson
+import yaml
+
+from .._exceptions import BenchError
+
+__all__ = ["Workload", "BodyPool", "InputSpec", "zipf_weights", "builtin_workloads"]
+
+DataSource = Literal["auto", "digits", "random"]
+_KEYS = {"name", "description", "models", "zipf_s", "rows", "data", "low", "high",
+         "pool_size", "inputs"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: its name, v2 datatype and row width."""
+
+    name: str
+    datatype: str
+    width: int
+
+    @classmethod
+    def from_metadata(cls, entry: Mapping[str, Any]) -> "InputSpec":
+        """Read one ``inputs`` entry of v2 model metadata (``shape`` [-1, w, ...])."""
+        try:
+            shape = [int(d) for d in entry["shape"]]
+            width = int(np.prod([d for d in shape[1:]])) if len(shape) > 1 else 1
+            spec = cls(str(entry["name"]), str(entry["datatype"]), width)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BenchError(f"bad v2 input metadata {dict(entry)!r}: {exc}") from None
+        if spec.width < 1:
+            raise BenchError(f"input {spec.name!r} has no fixed row width (shape {shape})")
+        return spec
+
+
+@dataclass(frozen=True)
+class BodyPool:
+    """Pre-encoded request bodies; ``models[i]`` indexes ``model_names``."""
+
+    model_names: tuple[str, ...]
+    bodies: tuple[bytes, ...]
+    models: tuple[int, ...]
+    rows: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+
+def zipf_weights(n: int, s: float) -> np.ndarray:
+    """Normalized Zipf weights ``1/k**s`` for ranks k = 1..n (the first is hottest)."""
+    if n < 1 or s < 0:
+        raise BenchError(f"zipf needs n >= 1 and s >= 0, got n={n}, s={s}")
+    w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
+    return w / w.sum()
+
+
+def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
+    """Largest-remainder rounding of ``weights * total`` to integers summing to total."""
+    raw = weights * total
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
+def _digits() -> np.ndarray:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
+
+    return load_digits().data
+
+
+def builtin_workloads() -> dict[str, Path]:
+    """Names and paths of the workloads shipped in ``optkit/bench/workloads``."""
+    folder = resources.files("optkit.bench") / "workloads"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """A mix of models, rows per request and data, loadable from YAML.
+
+    Args:
+        name: label for result files.
+        models: model names; ``weights`` (normalized) say how often each is hit.
+        rows: choices for rows per request, drawn per body with ``row_weights``.
+        data: ``digits`` (real samples), ``random`` (uniform in [low, high)), or
+            ``auto`` (digits when the input is 64 wide, else random).
+        pool_size: number of distinct pre-encoded bodies.
+        inputs: input specs to use instead of each model's metadata.
+    """
+
+    name: str = "custom"
+    description: str = ""
+    models: tuple[str, ...] = ("digits-mlp",)
+    weights: tuple[float, ...] = ()
+    rows: tuple[int, ...] = (1,)
+    row_weights: tuple[float, ...] = ()
+    data: DataSource = "auto"
+    low: float = 0.0
+    high: float = 1.0
+    pool_size: int = 256
+    inputs: tuple[InputSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise BenchError(f"workload {self.name!r}: models must be non-empty names")
+        w = np.asarray(self.weights or [1.0] * len(self.models), dtype=np.float64)
+        if len(w) != len(self.models) or (w < 0).any() or w.sum() <= 0:
+            raise BenchError(f"workload {self.name!r}: one weight >= 0 per model, not all zero")
+        object.__setattr__(self, "weights", tuple(float(x) for x in w / w.sum()))
+        r = np.asarray(self.row_weights or [1.0] * len(self.rows), dtype=np.float64)
+        if not self.rows or any(int(x) != x or x < 1 for x in self.rows) or len(r) != len(self.rows) \
+                or (r < 0).any() or r.sum() <= 0:
+            raise BenchError(f"workload {self.name!r}: rows must be integers >= 1 with "
+                             f"one weight each, got {self.rows!r}")
+        object.__setattr__(self, "row_weights", tuple(float(x) for x in r / r.sum()))
+        if self.data not in ("auto", "digits", "random"):
+            raise BenchError(f"workload {self.name!r}: data must be auto, digits or random, "
+                             f"got {self.data!r}")
+        if not self.pool_size >= 1 or not self.high > self.low:
+            raise BenchError(f"workload {self.name!r}: need pool_size >= 1 and high > low")
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], *, name: str = "custom") -> "Workload":
+        """Build from plain data (the YAML schema), naming any unknown key."""
+        unknown = set(doc) - _KEYS
+        if unknown:
+            raise BenchError(f"workload {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
+        kw: dict[str, Any] = {"name": str(doc.get("name", name))}
+        models = doc.get("models", ["digits-mlp"])
+        if isinstance(models, str):
+            models = [models]
+        names, weights = [], []
+        for m in models:
+            if isinstance(m, Mapping):
+                names.append(str(m["name"]))
+                weights.append(float(m.get("weight", 1.0)))
+            else:
+                names.append(str(m))
+                weights.append(1.0)
+        kw["models"] = tuple(names)
+        if "zipf_s" in doc:
+            kw["weights"] = tuple(zipf_weights(len(names), float(doc["zipf_s"])))
+        else:
+            kw["weights"] = tuple(weights)
+        rows = doc.get("rows", 1)
+        if isinstance(rows, Mapping):
+            kw["rows"] = tuple(int(v) for v in rows["values"])
+            kw["row_weights"] = tuple(float(v) for v in rows.get("weights", ()))
+        else:
+            kw["rows"] = (int(rows),)
+        for key in ("description", "data"):
+            if key in doc:
+                kw[key] = str(doc[key])
+        for key in ("low", "high"):
+            if key in doc:
+                kw[key] = float(doc[key])
+        if "pool_size" in doc:
+            kw["pool_size"] = int(doc["pool_size"])
+        if "inputs" in doc:
+            kw["inputs"] = tuple(InputSpec.from_metadata(e) for e in doc["inputs"])
+        return cls(**kw)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Workload":
+        """Read a workload file; the file's stem is the default name."""
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise BenchError(f"cannot read workload {path}: {exc}") from None
+        if not isinstance(doc, Mapping):
+            raise BenchError(f"workload {path} must be a mapping at the top level")
+        return cls.from_dict(doc, name=Path(path).stem)
+
+    @classmethod
+    def resolve(cls, source: "Workload | Mapping[str, Any] | str | Path | None") -> "Workload":
+        """Accept a workload, a mapping, a built-in name (``'digits'``), a path, or None."""
+        if source is None:
+            source = "digits"
+        if isinstance(source, Workload):
+            return source
+        if isinstance(source, Mapping):
+            return cls.from_dict(source)
+        shipped = builtin_workloads()
+        if isinstance(source, str) and source in shipped:
+            return cls.from_yaml(shipped[source])
+        if not Path(source).exists():
+            raise BenchError(f"no workload file {source!r} (built-in: {', '.join(sorted(shipped))})")
+        return cls.from_yaml(source)
+
+    def replace(self, *, models: Sequence[str] | None = None, rows: int | None = None) -> "Workload":
+        """A copy hitting only ``models`` (evenly) and/or with a fixed ``rows``."""
+        changes: dict[str, Any] = {}
+        if models:
+            changes.update(models=tuple(models), weights=())
+        if rows is not None:
+            changes.update(rows=(rows,), row_weights=())
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the YAML schema) for result files."""
+        return {"name": self.name, "description": self.description,
+                "models": [{"name": m, "weight": w} for m, w in zip(self.models, self.weights)],
+                "rows": {"values": list(self.rows), "weights": list(self.row_weights)},
+                "data": self.data, "low": self.low, "high": self.high,
+                "pool_size": self.pool_size,
+                "inputs": [{"name": i.name, "datatype": i.datatype, "shape": [-1, i.width]}
+                           for i in self.inputs]}
+
+    def build(self, signatures: Mapping[str, Sequence[InputSpec]] | None = None,
+              *, seed: int = 0) -> BodyPool:
+        """Deal the pool: encode ``pool_size`` v2 bodies, seeded and shuffled."""
+        rng = np.random.default_rng(seed)
+        counts = _apportion(np.asarray(self.weights), self.pool_size)
+        order = np.repeat(np.arange(len(self.models)), counts)
+        rng.shuffle(order)
+        rows = rng.choice(np.asarray(self.rows), size=self.pool_size, p=np.asarray(self.row_weights))
+        digits: np.ndarray | None = None
+        bodies = []
+        for model, n in zip(order.tolist(), rows.tolist()):
+            specs = self.inputs or tuple((signatures or {}).get(self.models[model], ()))
+            if not specs:
+                raise BenchError(f"no input metadata for model {self.models[model]!r}")
+            tensors = []
+            for spec in specs:
+                use_digits = self.data == "digits" or (self.data == "auto" and spec.width == 64)
+                if use_digits:
+                    if spec.width != 64:
+                        raise BenchError(f"data 'digits' needs 64-wide input, {spec.name!r} "
+                                         f"of {self.models[model]!r} is {spec.width} wide")
+                    digits = _digits() if digits is None else digits
+                    values = digits[rng.integers(0, len(digits), size=n)]
+                else:
+                    values = rng.uniform(self.low, self.high, size=(n, spec.width)).round(4)
+                if spec.datatype.startswith(("INT", "UINT")):
+                    data: list[Any] = values.astype(np.int64).ravel().tolist()
+                else:
+                    data = values.ravel().tolist()
+                tensors.append({"name": spec.name, "shape": [n, spec.width],
+                                "datatype": spec.datatype, "data": data})
+            bodies.append(orjson.dumps({"inputs": tensors}))
+        return BodyPool(self.models, tuple(bodies), tuple(order.tolist()), tuple(rows.tolist()))

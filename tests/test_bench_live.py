@@ -1,0 +1,104 @@
+"""The generator against real stub servers on 127.0.0.1: known service time, stalls, bounds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from optkit.bench import LoadSpec, StubServer, load_run, run_bench, wrk_available
+from optkit.bench._cli import main as cli_main
+
+SERVICE_MS = 5.0
+
+
+def test_closed_loop_rate_is_concurrency_over_service_time() -> None:
+    """Closed loop with 8 connections on a 5 ms server: about 8 / 5 ms = 1,600 req/s."""
+    with StubServer(service_ms=SERVICE_MS) as server:
+        result = run_bench(server.url, LoadSpec.closed(8), warmup_s=0.3, duration_s=1.0)
+    s = result.summary
+    ideal = 8 / (SERVICE_MS / 1e3)
+    assert 0.6 * ideal <= s["throughput_rps"] <= 1.05 * ideal
+    assert SERVICE_MS <= s["p50_ms"] < 2.5 * SERVICE_MS
+    assert s["errors"] == {} and s["late_sends"] == 0
+    assert s["generator"]["cpu_percent"] < 90
+
+
+def test_open_loop_latency_is_service_time_at_low_load() -> None:
+    """Open loop at 100/s on a 5 ms server: p50 latency ~5 ms, achieved rate = offered."""
+    with StubServer(service_ms=SERVICE_MS) as server:
+        result = run_bench(server.url, LoadSpec.open(100), warmup_s=0.2, duration_s=1.0)
+    s = result.summary
+    assert SERVICE_MS <= s["p50_ms"] < 2.5 * SERVICE_MS
+    assert s["achieved_fraction"] == pytest.approx(1.0, abs=0.03)
+    assert s["requests"] == 100 and s["dropped"] == 0
+    assert s["generator"]["precise_timer"] in (True, False)
+    assert len(result.latencies_ms) == 100
+
+
+def test_stall_shows_in_open_loop_p99_and_late_sends_but_hides_from_closed_loop() -> None:
+    """A 200 ms stall: open loop p99 and late sends show it; the closed loop's p99 does not."""
+    # No warm-up, so the stall (at the 300th request) always lands inside the window.
+    stall = dict(service_ms=2.0, stall_at_request=300, stall_ms=200.0)
+    with StubServer(**stall) as server:
+        opened = run_bench(server.url, LoadSpec.open(400, connections=8), warmup_s=0,
+                           duration_s=1.5).summary
+    with StubServer(**stall) as server:
+        closed = run_bench(server.url, LoadSpec.closed(8), warmup_s=0, duration_s=1.5).summary
+    assert opened["p99_ms"] > 100 and opened["late_sends"] > 20
+    assert closed["max_ms"] > 150  # the stalled requests are there...
+    assert closed["p99_ms"] < opened["p99_ms"] / 2  # ...but few: coordinated omission
+
+
+def test_open_loop_drops_beyond_max_in_flight() -> None:
+    """During a stall, requests beyond max_in_flight are dropped and counted, not queued."""
+    with StubServer(stall_at_request=100, stall_ms=300.0) as server:
+        s = run_bench(server.url, LoadSpec.open(500, connections=4, max_in_flight=20),
+                      warmup_s=0.1, duration_s=1.0).summary
+    assert s["dropped"] > 50 and s["errors"]["dropped"] == s["dropped"]
+    assert not s["valid"] and any("dropped" in r for r in s["invalid_reasons"])
+
+
+def test_runs_are_bounded_in_count_and_time() -> None:
+    """max_requests stops a long run early; a dying server ends in errors, not a hang."""
+    with StubServer() as server:
+        started = time.monotonic()
+        s = run_bench(server.url, LoadSpec.closed(2), warmup_s=0, duration_s=30,
+                      max_requests=200).summary
+        assert s["requests"] == 200 and time.monotonic() - started < 5
+        assert s["generator"]["stopped_by_max_requests"]
+    server = StubServer().start()
+    threading.Timer(0.8, server.stop).start()
+    started = time.monotonic()
+    s = run_bench(server.url, LoadSpec.closed(2), warmup_s=0, duration_s=1.5, timeout_s=1.0).summary
+    assert time.monotonic() - started < 6
+    assert s["transport_errors"] > 0 and not s["valid"]
+
+
+def test_cli_writes_a_run_that_load_run_reads(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """optkit bench --out prints the summary and leaves files load_run reads back."""
+    with StubServer() as server:
+        code = cli_main(["bench", "--target", server.url, "--workload", "catalog-zipf",
+                         "--mode", "open", "--rate", "200", "--arrival", "poisson",
+                         "--warmup", "0.2", "--duration", "1", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0 and "p99" in out and "late sends" in out
+    run = load_run(tmp_path / "run")
+    assert run.summary["load"] == "open:200" and run.summary["mode"] == "open"
+    assert set(run.summary["per_model"]) == {"digits-mlp-s", "digits-mlp-m", "digits-mlp-l",
+                                             "digits-mlp-xl"}
+    assert len(run.latencies_ms) == run.summary["completed"]
+
+
+@pytest.mark.skipif(wrk_available() is None, reason="wrk is not installed")
+def test_wrk_engine_agrees_with_builtin_on_a_known_server() -> None:
+    """wrk and the builtin generator see the same 5 ms server: similar req/s and p50."""
+    with StubServer(service_ms=SERVICE_MS) as server:
+        wrk = run_bench(server.url, LoadSpec.closed(8, engine="wrk"), warmup_s=0, duration_s=1)
+        own = run_bench(server.url, LoadSpec.closed(8), warmup_s=0, duration_s=1)
+    assert wrk.summary["engine"] == "wrk" and wrk.records == {}
+    assert wrk.summary["throughput_rps"] == pytest.approx(own.summary["throughput_rps"], rel=0.3)
+    assert wrk.summary["p50_ms"] == pytest.approx(own.summary["p50_ms"], rel=0.3)
