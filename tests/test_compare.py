@@ -52,6 +52,21 @@ def test_aa_session_claims_nothing(repository: Path) -> None:
     assert firsts.nunique() == 2
 
 
+@pytest.mark.slow
+def test_calibrate_writes_deltas_that_compare_uses(repository: Path, tmp_path: Path) -> None:
+    """An A/A calibration stores δ per metric with its evidence; compare then reads it."""
+    from optkit import calibrate
+
+    path = tmp_path / "calibration.json"
+    doc = calibrate(_synthetic("cal", 300.0), repository=repository, out=path, progress=False,
+                    settings=LIVE, pairs=4)
+    assert set(doc["deltas"]) >= {"throughput_rps", "p99_ms"}
+    record = doc["deltas"]["throughput_rps"]
+    assert record["delta"] > 0 and record["n_pairs"] == 4 and record["load"] == "closed:8"
+    deltas, source = load_deltas(path)
+    assert deltas["throughput_rps"] == pytest.approx(record["delta"]) and str(path) in source
+
+
 def test_parse_load() -> None:
     """closed:N and open:R parse into load specs; anything else is a ConfigError."""
     closed = parse_load("closed:32", engine="builtin")
@@ -106,8 +121,10 @@ def test_conclusion_and_pool_summary_are_generated() -> None:
 
 
 @pytest.mark.slow
-def test_week_runs_the_monday_notebook(repository: Path, tmp_path: Path) -> None:
+def test_week_runs_the_monday_notebook(repository: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`optkit week` executes the day notebook with papermill into a report with results."""
+    monkeypatch.delenv("OPTKIT_QUICK", raising=False)  # let the tiny parameters below apply
     summary = run_week(["mon"], out=tmp_path, repository=repository, progress=False,
                        parameters={"pairs": 2, "warmup_s": 0.2, "duration_s": 0.5,
                                    "calibration": str(tmp_path / "none.json")})
