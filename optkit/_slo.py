@@ -84,14 +84,17 @@ def throughput_at_slo(config: Any, *, repository: str | Path, slo_ms: float = 10
 
 def compare_at_slo(a: Any, b: Any, *, repository: str | Path, pairs: int = 8,
                    slo_ms: float = 10.0, seed: int = 0, delta: float = 0.05,
-                   **search: Any) -> tuple[MetricVerdict, pd.DataFrame]:
+                   **search: Any) -> tuple[MetricVerdict, pd.DataFrame, pd.DataFrame]:
     """Paired, randomized searches of A and B; the verdict on throughput at the SLO.
 
-    Returns the verdict and the tidy table of searches (one row per search).
+    Returns the verdict, the tidy table of searches (one row per search) and every
+    search step (label, pair, offered_rps, p50_ms, p99_ms, passed) for the
+    latency-vs-load figure.
     """
     rng = np.random.default_rng(seed)
     cfg_a, cfg_b = load_config(a), load_config(b)
     rows = []
+    steps = []
     for pair in range(pairs):
         order = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
         for position, arm in enumerate(order):
@@ -100,6 +103,7 @@ def compare_at_slo(a: Any, b: Any, *, repository: str | Path, pairs: int = 8,
             rows.append({"pair": pair, "position": position, "arm": arm, "label": found.label,
                          "load": f"slo:{slo_ms:g}ms", "slo_rps": found.rate_rps,
                          "capacity_rps": found.capacity_rps, "valid": found.rate_rps > 0})
+            steps.extend({"label": found.label, "pair": pair, **step} for step in found.steps)
     table = pd.DataFrame(rows)
     verdict = analyse(table, metrics={"slo_rps": True}, deltas={"slo_rps": delta}, seed=seed)[0]
-    return verdict, table
+    return verdict, table, pd.DataFrame(steps)

@@ -108,10 +108,15 @@ def _compare(args: argparse.Namespace) -> int:
         from ._slo import compare_at_slo
 
         settings = _session_settings(args)
-        verdict, searches = compare_at_slo(args.a, args.b, repository=args.repository,
-                                           pairs=settings.pairs, slo_ms=args.slo,
-                                           seed=settings.seed, workload=settings.workload)
+        from .plotting import latency_vs_load
+
+        verdict, searches, steps = compare_at_slo(args.a, args.b, repository=args.repository,
+                                                  pairs=settings.pairs, slo_ms=args.slo,
+                                                  seed=settings.seed, workload=settings.workload)
         searches.to_csv(Path(out) / "slo_searches.csv", index=False)
+        steps.to_csv(Path(out) / "slo_steps.csv", index=False)
+        latency_vs_load(steps, slo_ms=args.slo).savefig(
+            Path(out) / "figures" / "latency-vs-load.png", dpi=110, bbox_inches="tight")
         print(f"throughput at p99 <= {args.slo:g} ms: {verdict.change_pct:+.1f} % "
               f"[{verdict.ci_low_pct:+.1f}, {verdict.ci_high_pct:+.1f}], Holm p "
               f"{verdict.p_adjusted:.3g}: {verdict.verdict}")

@@ -148,3 +148,19 @@ def test_throughput_at_slo_search(repository: Path) -> None:
     assert 0 < found.rate_rps < found.capacity_rps
     passed = steps[steps["passed"]]
     assert (passed["p99_ms"] <= 20.0).all() and found.rate_rps == passed["offered_rps"].max()
+
+
+@pytest.mark.slow
+def test_compare_at_slo_pairs_searches(repository: Path) -> None:
+    """A vs B at the SLO: paired searches in both orders, a verdict, and the steps for a figure."""
+    from optkit._slo import compare_at_slo
+    from optkit.plotting import latency_vs_load
+
+    verdict, searches, steps = compare_at_slo(
+        _synthetic("slow", 800.0), _synthetic("fast", 400.0), repository=repository, pairs=2,
+        slo_ms=20.0, workload="synthetic", step_s=0.5, warmup_s=0.1, max_steps=3)
+    assert len(searches) == 4 and set(searches["arm"]) == {"A", "B"}
+    assert verdict.metric == "slo_rps" and verdict.n_pairs <= 2
+    assert {"offered_rps", "p99_ms", "passed"} <= set(steps.columns)
+    fig = latency_vs_load(steps, slo_ms=20.0)
+    assert len(fig.axes) == 2

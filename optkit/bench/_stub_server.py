@@ -160,6 +160,10 @@ class StubServer:
     async def _cleanup(self) -> None:
         assert self._runner is not None
         server = self._runner.server
+        # Let accepts already under way finish first: on CPython 3.11, a connection whose
+        # transport is created after the listening server closed fails an assertion in
+        # asyncio's Server._attach and leaks its socket (after a stall this is likely).
+        await asyncio.sleep(0.05)
         await self._runner.cleanup()
         await asyncio.sleep(0.02)  # connections accepted while shutting down get handlers
         for handler in list(server.connections if server is not None else ()):

@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .._exceptions import OptkitError, PayloadTooLarge
 from .._protocol import error_body, json_dumps
 
-__all__ = ["ServerCounters", "json_response", "error_middleware", "read_body",
-           "stats_handler", "metrics_handler", "STATS_KEY"]
+__all__ = ["ServerCounters", "json_response", "make_error_middleware", "read_body",
+           "install_metrics", "STATS_KEY", "EXTRA_STATS_KEY"]
 
 log = logging.getLogger("optkit.service")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,9 +90,6 @@ def make_error_middleware(counters: ServerCounters) -> Any:
     return error_middleware
 
 
-error_middleware = make_error_middleware  # re-exported name
-
-
 async def read_body(request: web.Request, limit: int) -> bytes:
     """Read the request body, refusing anything over ``limit`` before reading it."""
     length = request.content_length
@@ -146,5 +143,3 @@ def install_metrics(app: web.Application, prefix: str) -> None:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/stats", stats_handler)
 
-
-metrics_handler = install_metrics

@@ -16,6 +16,7 @@ loaded synchronously on the serving loop, at start-up and on ``load``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,6 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
             log.error("model %s failed to load: %s", name, exc)
 
     async def on_startup(app: web.Application) -> None:
-        import time
         counters.started_at = time.time()
 
     app.on_startup.append(on_startup)
