@@ -9,7 +9,11 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := build/models
 WEEK_ARGS ?=
 
-.PHONY: week test install models wrk smoke clean
+.PHONY: week test install models wrk smoke calibrate clean
+
+calibrate: models
+	rm -f runs/calibration.json
+	$(MAKE) runs/calibration.json
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "optkit needs Python >= 3.11"'
@@ -34,7 +38,12 @@ models: $(STAMP)
 smoke: models
 	$(BIN)/optkit smoke --repository $(MODELS)
 
-week: models wrk
+# The machine's noise (A/A trials of the baseline) is measured once and reused by every
+# comparison; delete runs/calibration.json to measure it again.
+runs/calibration.json: | models wrk
+	$(BIN)/optkit calibrate experiments/baseline.yaml --repository $(MODELS) --out $@
+
+week: models wrk runs/calibration.json
 	$(BIN)/optkit smoke --repository $(MODELS)
 	$(BIN)/optkit week --repository $(MODELS) $(WEEK_ARGS)
 

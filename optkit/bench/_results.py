@@ -233,8 +233,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"p99 {_ms(s.get('p99_ms'))}  p99.9 {_ms(s.get('p999_ms'))}  max {_ms(s.get('max_ms'))}"
         + ("   (from scheduled send)" if s.get("mode") == "open" else ""),
         f"  errors       {', '.join(f'{k}: {v}' for k, v in errors.items()) or 'none'}",
-        f"  late sends   {s.get('late_sends', 0)} (> {s.get('late_threshold_ms') or 0:g} ms)"
-        f"   dropped {s.get('dropped', 0)}",
+        (f"  late sends   {s.get('late_sends', 0)} (> {s.get('late_threshold_ms') or 0:g} ms)"
+         f"   dropped {s.get('dropped', 0)}" if s.get("mode") == "open"
+         else "  late sends   n/a (closed loop: each send waits for a response)"),
         f"  generator    CPU {gen.get('cpu_percent', 0):.0f}% of a core"
         + (f", loop lag p99 {gen['loop_lag_ms']['p99']:.2f} ms" if gen.get("loop_lag_ms") else "")
         + ("  SATURATED" if gen.get("saturated") else ""),
