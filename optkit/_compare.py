@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from ._config import ServiceConfig, load_config
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, OptkitError
 from .stats import DEFAULT_DELTAS, DEFAULT_PAIRS, MetricVerdict, analyse, calibrate_deltas, \
-    verdict_table
+    decide, holm, verdict_table
 
 __all__ = ["CompareSettings", "Comparison", "compare", "calibrate", "parse_load", "load_deltas",
            "QUICK", "STANDARD"]
@@ -42,8 +43,8 @@ class CompareSettings:
     """How a session runs: pairs, trial timing, loads, workload, seed."""
 
     pairs: int = DEFAULT_PAIRS
-    warmup_s: float = 0.5
-    duration_s: float = 2.5
+    warmup_s: float = 1.0  # wrk counts whole seconds: keep both in whole seconds
+    duration_s: float = 3.0
     loads: tuple[str, ...] = ("closed:32",)
     workload: str = "digits"
     seed: int = 0
@@ -71,28 +72,23 @@ def parse_load(text: str, *, engine: str = "auto") -> Any:
     """``closed:32`` -> closed loop at 32 connections; ``open:2000`` -> 2,000 req/s offered.
 
     ``engine="auto"`` uses wrk for closed loops when it is installed, else the built-in
-    generator (open loops always use the built-in one: wrk cannot keep a schedule).
+    generator; open loops always use the built-in one (wrk cannot keep a schedule) with
+    Poisson arrivals, the realistic model of independent clients.
     """
     from .bench._load import LoadSpec
     from .bench._wrk import wrk_available
 
-    mode, _, value = str(text).partition(":")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"load {text!r} must look like closed:32 or open:2000") from None
-    if mode == "closed":
-        chosen = engine if engine != "auto" else ("wrk" if wrk_available() else "builtin")
-        return LoadSpec(mode="closed", concurrency=int(number), engine=chosen)
-    if mode == "open":
-        return LoadSpec(mode="open", rate=number, arrival="poisson", engine="builtin")
-    raise ConfigError(f"load {text!r}: mode must be 'closed' or 'open'")
+    spec = LoadSpec.parse(str(text))
+    if spec.mode == "open":
+        return dataclasses.replace(spec, arrival="poisson", engine="builtin")
+    chosen = engine if engine != "auto" else ("wrk" if wrk_available() else "builtin")
+    return dataclasses.replace(spec, engine=chosen)
 
 
 #: Standard mode: the defaults above. Quick mode (CI, nbmake): fewer, shorter trials;
 #: its verdicts are marked provisional.
 STANDARD = CompareSettings()
-QUICK = CompareSettings(pairs=8, warmup_s=0.3, duration_s=1.0, quick=True)
+QUICK = CompareSettings(pairs=8, warmup_s=1.0, duration_s=1.0, quick=True)
 
 
 @dataclass
@@ -134,9 +130,20 @@ class Comparison:
                 return v
         raise KeyError(f"no verdict for {metric!r} at {load!r}")
 
+    def invalid_by_arm(self) -> dict[str, int]:
+        """Invalid trials per arm: lopsided counts mean one arm's failures were re-run away."""
+        bad = self.trials[~self.trials["valid"].astype(bool)]
+        return {arm: int((bad["arm"] == arm).sum()) for arm in ("A", "B")}
+
+    def pairs_lost(self) -> dict[str, int]:
+        """Per load, pairs planned but never valid within ``max_reruns`` (n shrank by these)."""
+        ok = self.trials[self.trials["pair"] >= 0]
+        return {load: self.settings.pairs - int(ok[ok["load"] == load]["pair"].nunique())
+                for load in self.settings.loads}
+
     def means(self) -> pd.DataFrame:
         """Mean of each metric per load and arm, over valid trials."""
-        valid = self.trials[self.trials["valid"]]
+        valid = self.trials[self.trials["valid"].astype(bool) & (self.trials["pair"] >= 0)]
         cols = [c for c in ("throughput_rps", "p50_ms", "p99_ms", "mem_per_request_kb")
                 if c in valid.columns]
         return valid.groupby(["load", "arm"])[cols].mean()
@@ -150,7 +157,9 @@ class Comparison:
             "deltas": self.deltas, "deltas_source": self.deltas_source,
             "elapsed_s": self.elapsed_s,
             "trials": {"total": int(len(self.trials)),
-                       "invalid": int((~self.trials["valid"]).sum())},
+                       "invalid": int((~self.trials["valid"].astype(bool)).sum()),
+                       "invalid_by_arm": self.invalid_by_arm(),
+                       "pairs_lost": self.pairs_lost()},
             "verdicts": {load: [dataclasses.asdict(v) for v in vs]
                          for load, vs in self.verdicts.items()},
             "means": {f"{load}|{arm}": row.dropna().to_dict()
@@ -180,7 +189,8 @@ class Comparison:
             for metric in ("throughput_rps", "p99_ms"):
                 if metric in trials and trials[metric].notna().any():
                     figs[f"paired-{metric}-{slug}"] = plotting.paired_trials(trials, metric)
-            figs[f"effects-{slug}"] = plotting.effect_forest(verdicts)
+            if verdicts:
+                figs[f"effects-{slug}"] = plotting.effect_forest(verdicts)
             curves = self.latency_curves.get(load)
             if curves:
                 figs[f"latency-{slug}"] = plotting.latency_percentiles(curves)
@@ -199,8 +209,14 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def load_deltas(calibration: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, float], str]:
-    """Noise thresholds from a calibration file (``optkit calibrate``), else the defaults."""
+def load_deltas(calibration: str | Path | Mapping[str, Any] | None, *, load: str | None = None,
+                n_pairs: int | None = None) -> tuple[dict[str, float], str]:
+    """Noise thresholds δ for one load: from a calibration (``optkit calibrate``), else defaults.
+
+    A calibration holds δ per load (``per_load``); a load it did not measure gets the
+    defaults. The noise δ of a mean over n pairs shrinks like 1/√n, so a session with
+    fewer pairs than the calibration gets δ·√(n_cal/n) (never narrower than measured).
+    """
     if calibration is None:
         return dict(DEFAULT_DELTAS), "defaults (no calibration)"
     if isinstance(calibration, Mapping):
@@ -210,12 +226,51 @@ def load_deltas(calibration: str | Path | Mapping[str, Any] | None) -> tuple[dic
         if not path.exists():
             return dict(DEFAULT_DELTAS), f"defaults ({path} not found)"
         doc, source = json.loads(path.read_text()), str(path)
-    found = doc.get("deltas", doc)
+    per_load = doc.get("per_load") or {}
+    if load is not None and per_load:
+        if load not in per_load:
+            return dict(DEFAULT_DELTAS), f"defaults (calibration {source} has no {load})"
+        found = per_load[load]
+    else:
+        found = doc.get("deltas", doc)
     deltas = dict(DEFAULT_DELTAS)
+    scaled = False
     for key, value in found.items():
-        if key in deltas:
-            deltas[key] = float(value["delta"] if isinstance(value, Mapping) else value)
-    return deltas, f"calibration {source}"
+        if key not in deltas:
+            continue
+        delta = float(value["delta"] if isinstance(value, Mapping) else value)
+        n_cal = value.get("n_pairs") if isinstance(value, Mapping) else None
+        if n_pairs and n_cal and n_pairs < n_cal:
+            delta *= math.sqrt(n_cal / n_pairs)
+            scaled = True
+        deltas[key] = delta
+    return deltas, f"calibration {source}" + (" (scaled by √(n_cal/n))" if scaled else "")
+
+
+def _analyse_session(trials: pd.DataFrame, settings: CompareSettings, calibration: Any,
+                     log: Callable[[str], None] | None) -> dict[str, list[MetricVerdict]]:
+    """Verdicts per load, with Holm applied once over every (load, metric) test."""
+    per_load: dict[str, list[MetricVerdict]] = {}
+    for load_text in settings.loads:
+        subset = trials[(trials["load"] == load_text) & (trials["pair"] >= 0)]
+        deltas, _ = load_deltas(calibration, load=load_text, n_pairs=settings.pairs)
+        try:
+            per_load[load_text] = analyse(subset, deltas=deltas, seed=settings.seed)
+        except ValueError as exc:
+            if log:
+                log(f"{load_text}: no analysis possible: {exc}")
+            per_load[load_text] = []
+    flat = [(load, i) for load, vs in per_load.items() for i in range(len(vs))]
+    if not flat:
+        return per_load
+    adjusted = holm([per_load[load][i].p_value for load, i in flat])
+    for (load, i), p_adj in zip(flat, adjusted):
+        v = per_load[load][i]
+        per_load[load][i] = dataclasses.replace(
+            v, p_adjusted=float(p_adj),
+            verdict=decide(float(p_adj), v.ci_low, v.ci_high, v.delta,
+                           higher_is_better=v.higher_is_better))
+    return per_load
 
 
 def _flatten(prefix: str, doc: Mapping[str, Any], out: dict[str, Any]) -> None:
@@ -244,10 +299,9 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     from .bench._trial import run_trial
 
     cfg_a, cfg_b = load_config(a), load_config(b)
-    if cfg_a.name == cfg_b.name and cfg_a != cfg_b:
+    if cfg_a.name == cfg_b.name:  # the arms must be told apart in every table and figure
         cfg_b = cfg_b.replace(name=cfg_b.name + "-B")
     settings = dataclasses.replace(settings or STANDARD, **overrides)
-    deltas, source = load_deltas(calibration)
     rng = np.random.default_rng(settings.seed)
     out = Path(out_dir) if out_dir else None
     rows: list[dict[str, Any]] = []
@@ -256,6 +310,7 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     started = time.perf_counter()
     plan = [(load, pair) for load in settings.loads for pair in range(settings.pairs)]
     bar = _progress(len(plan) * 2, progress, f"{cfg_a.name} vs {cfg_b.name}")
+    invalid_ids = 0
     for load_text, pair in plan:
         load = parse_load(load_text, engine=settings.engine)
         for attempt in range(settings.max_reruns + 1):
@@ -263,14 +318,22 @@ def compare(a: Any, b: Any, *, repository: str | Path,
             pair_rows = []
             for position, arm in enumerate(order):
                 cfg = cfg_a if arm == "A" else cfg_b
-                trial_dir = out / "trials" / f"{load_text.replace(':', '-')}-p{pair:02d}-{arm}-{attempt}" \
-                    if out else None
-                result = run_trial(cfg, repository=repository, load=load, workload=settings.workload,
-                                   warmup_s=settings.warmup_s, duration_s=settings.duration_s,
-                                   seed=settings.seed * 1000 + pair, out_dir=trial_dir)
-                row = dict(result.row())
-                row.update(pair=pair, position=position, arm=arm, label=cfg.name, load=load_text,
-                           attempt=attempt)
+                slug = f"{load_text.replace(':', '-')}-p{pair:02d}-{arm}-{attempt}"
+                row: dict[str, Any] = {"pair": pair, "position": position, "arm": arm,
+                                       "label": cfg.name, "load": load_text, "attempt": attempt}
+                try:
+                    result = run_trial(cfg, repository=repository, load=load,
+                                       workload=settings.workload, warmup_s=settings.warmup_s,
+                                       duration_s=settings.duration_s,
+                                       seed=settings.seed * 1000 + pair,
+                                       out_dir=out / "trials" / slug if out else None)
+                except OptkitError as exc:  # a trial that could not run is an invalid trial
+                    row.update(valid=False, invalid_reasons=f"trial failed: {exc}"[:500])
+                    pair_rows.append(row)
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                row = {**result.row(), **row}
                 pair_rows.append(row)
                 stat = {"pair": pair, "arm": arm, "load": load_text, "attempt": attempt}
                 for tier, doc in (result.stats_after or {}).items():
@@ -284,26 +347,20 @@ def compare(a: Any, b: Any, *, repository: str | Path,
             if all(r["valid"] for r in pair_rows):
                 rows.extend(pair_rows)
                 break
-            # keep the invalid attempt on record under a pair id that analysis will skip
+            # keep the invalid attempt on record, both trials under one pair id (< 0) that
+            # analysis skips; which arm failed is kept and reported (see invalid_by_arm)
+            invalid_ids += 1
             for r in pair_rows:
-                r["valid"] = False
-                r["pair"] = -1 - len(rows)
+                r["failed_pair"], r["pair"] = pair, -invalid_ids
                 rows.append(r)
             if log:
                 log(f"pair {pair} at {load_text}: invalid trial, re-running "
-                    f"({'; '.join(str(r.get('invalid_reasons')) for r in pair_rows)})")
+                    f"({'; '.join(str(r.get('invalid_reasons')) for r in pair_rows if not r['valid'])})")
     if bar is not None:
         bar.close()
     trials = pd.DataFrame(rows)
-    verdicts: dict[str, list[MetricVerdict]] = {}
-    for load_text in settings.loads:
-        subset = trials[trials["load"] == load_text]
-        try:
-            verdicts[load_text] = analyse(subset, deltas=deltas, seed=settings.seed)
-        except ValueError as exc:
-            if log:
-                log(f"{load_text}: no analysis possible: {exc}")
-            verdicts[load_text] = []
+    verdicts = _analyse_session(trials, settings, calibration, log)
+    deltas, source = load_deltas(calibration, load=settings.loads[0], n_pairs=settings.pairs)
     from .stats import percentile_curve
 
     curve_out = {load: {label: percentile_curve(np.concatenate(parts))

@@ -93,6 +93,8 @@ def compare_at_slo(a: Any, b: Any, *, repository: str | Path, pairs: int = 8,
     """
     rng = np.random.default_rng(seed)
     cfg_a, cfg_b = load_config(a), load_config(b)
+    if cfg_a.name == cfg_b.name:
+        cfg_b = cfg_b.replace(name=cfg_b.name + "-B")
     rows = []
     steps = []
     for pair in range(pairs):
@@ -100,9 +102,15 @@ def compare_at_slo(a: Any, b: Any, *, repository: str | Path, pairs: int = 8,
         for position, arm in enumerate(order):
             found = throughput_at_slo(cfg_a if arm == "A" else cfg_b, repository=repository,
                                       slo_ms=slo_ms, seed=seed * 1000 + pair, **search)
+            # A search where no rate met the SLO is that arm's worst result, not a missing
+            # one: keep the pair, with half the lowest rate tried as a censored stand-in.
+            censored = found.rate_rps <= 0
+            tried = [st["offered_rps"] for st in found.steps] or [found.capacity_rps]
             rows.append({"pair": pair, "position": position, "arm": arm, "label": found.label,
-                         "load": f"slo:{slo_ms:g}ms", "slo_rps": found.rate_rps,
-                         "capacity_rps": found.capacity_rps, "valid": found.rate_rps > 0})
+                         "load": f"slo:{slo_ms:g}ms",
+                         "slo_rps": min(tried) / 2 if censored else found.rate_rps,
+                         "censored": censored, "capacity_rps": found.capacity_rps,
+                         "valid": True})
             steps.extend({"label": found.label, "pair": pair, **step} for step in found.steps)
     table = pd.DataFrame(rows)
     verdict = analyse(table, metrics={"slo_rps": True}, deltas={"slo_rps": delta}, seed=seed)[0]

@@ -16,6 +16,7 @@ The helpers below are what the notebooks call, so the notebooks hold no logic.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -86,12 +87,9 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
     runs the notebooks under nbmake, which cannot pass papermill parameters.
     """
     if quick or os.environ.get("OPTKIT_QUICK") == "1":
-        return CompareSettings(pairs=QUICK.pairs, warmup_s=QUICK.warmup_s,
-                               duration_s=QUICK.duration_s, loads=tuple(loads), seed=seed,
-                               quick=True)
-    return CompareSettings(pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
-                           loads=tuple(loads), seed=seed, quick=False,
-                           max_reruns=STANDARD.max_reruns)
+        return dataclasses.replace(QUICK, loads=tuple(loads), seed=seed)
+    return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
+                               loads=tuple(loads), seed=seed)
 
 
 def pool_summary(cmp: Comparison) -> pd.DataFrame:
@@ -143,9 +141,17 @@ def conclusion(cmp: Comparison) -> str:
                              f"{b:,.0f} req/s ({cmp.b.name}).")
             except KeyError:
                 pass
-    invalid = int((~cmp.trials["valid"]).sum())
-    lines.append(f"{len(cmp.trials)} trials in {cmp.elapsed_s:.0f} s, {invalid} invalid (kept on "
-                 f"record, their pairs re-run); noise thresholds from {cmp.deltas_source}.")
+    by_arm = cmp.invalid_by_arm()
+    invalid = sum(by_arm.values())
+    lines.append(f"{len(cmp.trials)} trials in {cmp.elapsed_s:.0f} s, {invalid} invalid "
+                 f"(A {by_arm['A']}, B {by_arm['B']}; kept on record, their pairs re-run); "
+                 f"noise thresholds from {cmp.deltas_source}.")
+    lost = {load: n for load, n in cmp.pairs_lost().items() if n}
+    if lost:
+        lines.append(f"WARNING: pairs never valid after re-runs, analysed without them: {lost}.")
+    if abs(by_arm["A"] - by_arm["B"]) >= 2:
+        lines.append("WARNING: invalid trials are lopsided between the arms; re-running them "
+                     "may favour the arm that failed - read the verdict with that in mind.")
     if cmp.provisional:
         lines.append("QUICK MODE: few, short trials - these verdicts are provisional.")
     return "\n".join(lines)

@@ -373,6 +373,7 @@ def _metric_d(wide: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray] 
     if metric not in wide.columns.get_level_values(0):
         return None
     ab = wide[metric][["A", "B"]].astype(float).dropna()
+    ab = ab[(ab > 0).all(axis=1)]  # a ratio needs two positive readings (memory may be None/0)
     if len(ab) < 2:
         return None
     return ab.index.to_numpy(dtype=int), log_ratios(ab["A"].to_numpy(), ab["B"].to_numpy())

@@ -110,7 +110,9 @@ def test_memory_per_request_known_answer() -> None:
     idle = {"model-server": 100 * 2**20, "gateway": 50 * 2**20}
     load = {"model-server": 101 * 2**20, "gateway": 51 * 2**20}
     assert memory_per_request_kb(idle, load, 8.0) == pytest.approx(2 * 1024 / 8)
-    assert memory_per_request_kb(idle, {"gateway": 40 * 2**20}, 8.0) == 0.0
+    shrunk = {"model-server": 103 * 2**20, "gateway": 49 * 2**20}  # net growth 2 MiB, not 3
+    assert memory_per_request_kb(idle, shrunk, 8.0) == pytest.approx(2 * 1024 / 8)
+    assert memory_per_request_kb(idle, {"gateway": 40 * 2**20}, 8.0) is None  # no net growth
     assert memory_per_request_kb(idle, load, 0.0) is None
 
 

@@ -55,10 +55,17 @@ ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p5
 
 def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
                           mean_in_flight: float) -> float | None:
-    """KiB held per in-flight request: Σ max(0, load − idle) bytes ÷ requests in flight."""
+    """KiB held per in-flight request: Σ (load − idle) bytes ÷ requests in flight.
+
+    None when it cannot be measured: no requests in flight, or no net growth over idle
+    (RSS moves in pages, so a tiny working set can read as zero or below; clipping such
+    readings to 0 per process would bias the sum upward, and a ratio of zeros means nothing).
+    """
     if mean_in_flight <= 0 or not load_rss:
         return None
-    grown = sum(max(0.0, load_rss[name] - idle_rss.get(name, load_rss[name])) for name in load_rss)
+    grown = sum(load_rss[name] - idle_rss.get(name, load_rss[name]) for name in load_rss)
+    if grown <= 0:
+        return None
     return grown / mean_in_flight / 1024.0
 
 
@@ -110,7 +117,7 @@ class ProcessSampler:
         out: dict[str, dict[str, float | None]] = {}
         for name in self._procs:
             rows = [s for s in self.samples if s[1] == name]
-            inside = [s for s in rows if start_ns <= s[0] <= end_ns] or rows
+            inside = [s for s in rows if start_ns <= s[0] <= end_ns]  # never idle samples
             if len(inside) < 1:
                 out[name] = {"cpu_percent": None, "rss_load_mb": None, "rss_peak_mb": None}
                 continue
@@ -241,7 +248,9 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         with sampler:
             if warmup_s > 0:
                 run_bench(stack.url, load, warmup_s=0.0, duration_s=warmup_s, **common)
+            # five windows per trial, so the stability gate (>= 3 windows) always applies
             bench = run_bench(stack.url, load, warmup_s=0.0, duration_s=duration_s,
+                              window_s=max(0.1, duration_s / 5),
                               out_dir=Path(out_dir) / "bench" if out_dir else None, **common)
         after = {name: _stats(url) for name, url in urls.items() if url}
         ws, we = bench.summary["window_start_ns"], bench.summary["window_end_ns"]
