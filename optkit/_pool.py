@@ -164,6 +164,7 @@ class _Client:
             sock_connect=server.upstream_connect_timeout_s,
         )
         self._total_s = server.upstream_timeout_s
+        self._max_response = server.max_upstream_response_bytes
         self._retry_stale = retry_stale
         self._session: aiohttp.ClientSession | None = None  # made on first use, in the loop
         self._closed = False
@@ -254,7 +255,7 @@ class _Client:
                         total=left, connect=timeout.connect, sock_connect=timeout.sock_connect
                     )
             try:
-                payload = await resp.read()
+                payload = await self._read_bounded(resp, url)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._error(exc, url, probe) from exc
             finally:
@@ -269,6 +270,24 @@ class _Client:
                 self._retries += 1
                 if not (idempotent or method in _IDEMPOTENT_METHODS):
                     self._unsafe_retries += 1
+
+    async def _read_bounded(self, resp: aiohttp.ClientResponse, url: str) -> bytes:
+        """The whole body, refusing one over ``max_upstream_response_bytes``."""
+        limit = self._max_response
+        if resp.content_length is not None:
+            if resp.content_length > limit:
+                self._errors += 1
+                raise UpstreamError(f"{url}: answer of {resp.content_length} bytes is over the "
+                                    f"{limit}-byte bound")
+            return await resp.read()  # the hot path: a declared, bounded length
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                self._errors += 1
+                raise UpstreamError(f"{url}: answer is over the {limit}-byte bound")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _error(self, exc: BaseException, url: str, probe: _Probe) -> OptkitError:
         """Name an aiohttp failure in optkit's terms (the one place that does)."""

@@ -100,9 +100,6 @@ class ModelRepository:
         self.versions(name)
         return self._state.get(name, (UNAVAILABLE, "not loaded"))
 
-    def set_state(self, name: str, state: str, reason: str = "") -> None:
-        self._state[name] = (state, reason)
-
     def get(self, name: str, version: str | None = None) -> Model:
         model = self._loaded.get(name)
         if model is not None and (version is None or version == model.config.version):

@@ -20,7 +20,7 @@ import argparse
 import ipaddress
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -110,9 +110,10 @@ def _compare(args: argparse.Namespace) -> int:
         settings = _session_settings(args)
         from .plotting import latency_vs_load
 
-        verdict, searches, steps = compare_at_slo(args.a, args.b, repository=args.repository,
-                                                  pairs=settings.pairs, slo_ms=args.slo,
-                                                  seed=settings.seed, workload=settings.workload)
+        verdict, searches, steps = compare_at_slo(
+            args.a, args.b, repository=args.repository, pairs=settings.pairs, slo_ms=args.slo,
+            seed=settings.seed, workload=settings.workload, warmup_s=settings.warmup_s,
+            step_s=settings.duration_s)
         searches.to_csv(Path(out) / "slo_searches.csv", index=False)
         steps.to_csv(Path(out) / "slo_steps.csv", index=False)
         latency_vs_load(steps, slo_ms=args.slo).savefig(
@@ -216,22 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--repository", default="build/models")
     wk.set_defaults(func=_week)
 
-    for name, loader in _OPTIONAL_COMMANDS.items():
-        add = loader()
-        if add is not None:
-            add(sub)
+    from .bench._cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
-
-
-def _bench_parser() -> Callable[[argparse._SubParsersAction], None] | None:  # type: ignore[type-arg]
-    try:
-        from .bench._cli import add_parser
-    except ImportError:
-        return None
-    return add_parser
-
-
-_OPTIONAL_COMMANDS: dict[str, Callable[[], Callable[..., None] | None]] = {"bench": _bench_parser}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -161,3 +161,51 @@ def test_upstream_list_is_validated() -> None:
     for bad in ("", "ftp://x", "127.0.0.1:8000"):
         with pytest.raises(ConfigError):
             parse_upstreams(bad)
+
+
+async def test_foreign_upstream_content_type_and_a_model_named_ready() -> None:
+    """A charset in the upstream's Content-Type passes through; a model named 'ready' is metadata."""
+    async def metadata(request: web.Request) -> web.Response:
+        return web.json_response({"name": request.match_info["m"], "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [-1, 1]}], "outputs": []})
+
+    async def infer(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"outputs": []}',
+                            headers={"Content-Type": "application/json; charset=utf-8"})
+
+    app = web.Application()
+    app.router.add_get("/v2/models/{m}", metadata)
+    app.router.add_post("/v2/models/{m}/infer", infer)
+    upstream = TestServer(app, host="127.0.0.1")
+    await upstream.start_server()
+    gw = await _gateway(str(upstream.make_url("")))
+    try:
+        body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32",
+                                         "data": [1]}]})
+        resp = await gw.post("/v2/models/m/infer", data=body)
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
+        meta = await gw.get("/v2/models/ready")
+        assert meta.status == 200 and orjson.loads(await meta.read())["name"] == "ready"
+    finally:
+        await gw.close()
+        await upstream.close()
+
+
+async def test_concurrent_requests_share_one_metadata_fetch(stack: Stack) -> None:
+    """A burst of first requests for a model costs one metadata fetch upstream, not one each."""
+    gw = await _gateway(stack.model_server_url)
+    try:
+        async def stats() -> dict:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(stack.model_server_url + "/stats") as r:
+                    return orjson.loads(await r.read())
+
+        before = await stats()
+        body = encode_infer_request({"pixels": np.zeros((1, 64), np.float32)})
+        responses = await asyncio.gather(*(gw.post(INFER, data=body) for _ in range(20)))
+        assert all(r.status == 200 for r in responses)
+        after = await stats()
+        # 20 inferences + 1 metadata GET reached the model server (+1 for this /stats call)
+        assert after["accepted"] - before["accepted"] == 20 + 1 + 1
+    finally:
+        await gw.close()

@@ -16,6 +16,7 @@ baseline) opens a new connection per upstream request.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
     app[CLIENT_KEY] = holder
     rotation = itertools.cycle(bases)
     metadata: dict[tuple[str, str | None], _Meta] = {}
+    fetching: dict[tuple[str, str | None], asyncio.Future[_Meta]] = {}
 
     async def on_startup(app: web.Application) -> None:
         counters.started_at = time.time()
@@ -97,8 +99,9 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
         headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
         if resp.retried:
             headers["optkit-retried"] = "1"
-        return web.Response(status=resp.status, body=resp.body, headers=headers,
-                            content_type=resp.content_type or "application/json")
+        # the raw header: aiohttp's content_type= refuses parameters such as "; charset=utf-8"
+        headers["Content-Type"] = resp.content_type or "application/json"
+        return web.Response(status=resp.status, body=resp.body, headers=headers)
 
     def model_path(request: web.Request) -> tuple[str, str | None, str]:
         name = request.match_info["model"]
@@ -112,6 +115,15 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
         meta = metadata.get(key)
         if meta is not None and time.monotonic() - meta.fetched_at < METADATA_TTL_S:
             return meta
+        # single flight: concurrent requests for an expired entry share one upstream fetch
+        pending = fetching.get(key)
+        if pending is None:
+            pending = fetching[key] = asyncio.ensure_future(fetch_meta(name, version, path))
+            pending.add_done_callback(lambda _: fetching.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def fetch_meta(name: str, version: str | None, path: str) -> _Meta:
+        key = (name, version)
         resp = await upstream("GET", path, idempotent=True)
         if resp.status == 404:
             raise ModelNotFound(_upstream_error(resp) or f"unknown model {name!r}")
@@ -150,10 +162,13 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
             metadata.pop((name, version), None)
         return passthrough(resp)
 
-    async def forward_get(request: web.Request) -> web.Response:
+    async def model_metadata(request: web.Request) -> web.Response:
         _, _, path = model_path(request)
-        suffix = "/ready" if request.path.endswith("/ready") else ""
-        return passthrough(await upstream("GET", path + suffix, idempotent=True))
+        return passthrough(await upstream("GET", path, idempotent=True))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        _, _, path = model_path(request)
+        return passthrough(await upstream("GET", path + "/ready", idempotent=True))
 
     async def live(request: web.Request) -> web.Response:
         return json_response({"live": True})
@@ -203,8 +218,8 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
     r.add_get("/v2/health/ready", ready)
     r.add_get("/v2", server_metadata)
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_get(base, forward_get)
-        r.add_get(base + "/ready", forward_get)
+        r.add_get(base, model_metadata)
+        r.add_get(base + "/ready", model_ready)
         r.add_post(base + "/infer", infer)
     r.add_post("/v2/repository/index", repository)
     r.add_post("/v2/repository/models/{model}/load", repository)

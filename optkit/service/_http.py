@@ -8,6 +8,7 @@ theirs, and anything unexpected becomes a 500 that never takes the server down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ class ServerCounters:
     accepted: int = 0
     completed: int = 0
     in_flight: int = 0
+    cancelled: int = 0
     client_errors: int = 0
     server_errors: int = 0
     infer_requests: int = 0
@@ -71,15 +73,21 @@ def make_error_middleware(counters: ServerCounters) -> Any:
             response = _error(exc.status, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
+                counters.in_flight -= 1
+                counters.completed += 1
                 raise
             response = _error(exc.status, exc.reason if exc.status != 413 else
                               f"request body too large: {exc.text}")
+        except asyncio.CancelledError:  # the client went away, or a drain timed out
+            counters.in_flight -= 1
+            counters.cancelled += 1
+            raise
         except Exception as exc:  # a bug must answer 500, not kill the server
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = _error(500, f"internal error: {type(exc).__name__}")
-        finally:
-            counters.in_flight -= 1
-            counters.completed += 1
+        # counted only once a response exists, so the drain receipt can show a loss
+        counters.in_flight -= 1
+        counters.completed += 1
         status = response.status
         if status >= 500:
             counters.server_errors += 1
@@ -91,11 +99,23 @@ def make_error_middleware(counters: ServerCounters) -> Any:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the request body, refusing anything over ``limit`` before reading it."""
+    """Read the request body, refusing anything over ``limit``.
+
+    A declared length over the bound is refused before reading a byte; a chunked
+    body is counted as it arrives and refused as soon as it passes the bound.
+    """
     length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
-    return await request.read()  # aiohttp enforces client_max_size chunk by chunk
+    if length is not None:
+        if length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes is over the {limit}-byte limit")
+        return await request.read()  # aiohttp also enforces client_max_size
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def stats_handler(request: web.Request) -> web.Response:
@@ -117,7 +137,8 @@ class _Collector:
             doc.update(extra())
         for key, value in _flatten(doc):
             name = f"{self._prefix}_{key}"
-            if key in ("in_flight",) or key.endswith(("_s", "ready", "idle", "in_use", "depth")):
+            if key in ("in_flight", "started_at") or key.endswith(
+                    ("_s", "ready", "idle", "in_use", "depth", "ratio")):
                 yield GaugeMetricFamily(name, key.replace("_", " "), value=float(value))
             else:
                 yield CounterMetricFamily(name, key.replace("_", " "), value=float(value))

@@ -16,6 +16,7 @@ so concurrent launches never race for a port. Everything binds 127.0.0.1.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,7 @@ class Stack:
     config: ServiceConfig
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     workdir: Path | None = None
+    remove_workdir: bool = False
 
     @property
     def model_server_url(self) -> str:
@@ -97,6 +99,8 @@ class Stack:
         bound = timeout_s if timeout_s is not None else self.config.server.shutdown_timeout_s + 5
         for name in sorted(self.services, key=lambda n: n != "gateway"):
             self.services[name].stop(bound)
+        if self.remove_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "Stack":
         return self
@@ -145,10 +149,14 @@ def launch_service(kind: str, args: list[str], *, workdir: Path, config_path: Pa
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})})
-    if cpus:
-        os.sched_setaffinity(proc.pid, cpus)
     svc = ServiceProcess(kind, proc, "", log_path)
-    svc.url = _wait_ready(svc, port_file, time.monotonic() + ready_timeout_s)
+    try:
+        if cpus:
+            os.sched_setaffinity(proc.pid, cpus)
+        svc.url = _wait_ready(svc, port_file, time.monotonic() + ready_timeout_s)
+    except BaseException:  # never leave a half-launched process behind
+        svc.stop(2)
+        raise
     return svc
 
 
@@ -163,7 +171,8 @@ def launch_stack(config: ServiceConfig | str | Path | Mapping[str, Any] | None =
             for the baseline). Both tiers get the same config.
         repository: the model repository folder (build it with ``optkit models build``).
         cpus: optional CPU pinning, e.g. ``{"model-server": {0}, "gateway": {0}}``.
-        workdir: where port files and logs go (a fresh temporary folder by default).
+        workdir: where port files and logs go (default: a temporary folder, removed on stop;
+            a launch failure carries the end of the failing process's log in its message).
 
     Raises:
         LaunchError: a process exited or was not ready within ``ready_timeout_s``
@@ -177,7 +186,7 @@ def launch_stack(config: ServiceConfig | str | Path | Mapping[str, Any] | None =
     wd.mkdir(parents=True, exist_ok=True)
     config_path = wd / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    stack = Stack(cfg, workdir=wd)
+    stack = Stack(cfg, workdir=wd, remove_workdir=workdir is None)
     pin = cpus or {}
     try:
         stack.services["model-server"] = launch_service(

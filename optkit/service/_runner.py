@@ -56,7 +56,8 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
     counters = app.get(STATS_KEY)
     if counters is not None:  # the drain's receipt: every accepted request completed
         print(f"optkit: stopped after draining: accepted={counters.accepted} "
-              f"completed={counters.completed} in_flight={counters.in_flight}",
+              f"completed={counters.completed} in_flight={counters.in_flight} "
+              f"cancelled={counters.cancelled} infer_requests={counters.infer_requests}",
               file=sys.stderr, flush=True)
 
 
