@@ -38,6 +38,22 @@ __all__ = [
 MiB = 1024 * 1024
 
 
+def _bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _integer(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    _positive(name, value, allow_zero=allow_zero)
+
+
+def _not_yet(name: str, issue: str) -> ConfigError:
+    return ConfigError(f"{name} is not implemented yet (it arrives with the {issue} layer); "
+                       "enabling it would silently measure the baseline")
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -52,6 +68,7 @@ class ServerConfig:
     Args:
         host: interface to bind; loopback unless told otherwise.
         max_body_bytes: largest request body accepted (413 above it).
+        max_upstream_response_bytes: largest upstream answer the gateway reads (502 above it).
         upstream_timeout_s: total time the gateway waits for an upstream answer.
         upstream_connect_timeout_s: time allowed to open an upstream connection.
         shutdown_timeout_s: how long SIGTERM waits for in-flight requests.
@@ -60,13 +77,16 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     max_body_bytes: int = 4 * MiB
+    max_upstream_response_bytes: int = 256 * MiB
     upstream_timeout_s: float = 5.0
     upstream_connect_timeout_s: float = 1.0
     shutdown_timeout_s: float = 10.0
     access_log: bool = False
 
     def __post_init__(self) -> None:
-        _positive("server.max_body_bytes", self.max_body_bytes)
+        _integer("server.max_body_bytes", self.max_body_bytes)
+        _integer("server.max_upstream_response_bytes", self.max_upstream_response_bytes)
+        _bool("server.access_log", self.access_log)
         _positive("server.upstream_timeout_s", self.upstream_timeout_s)
         _positive("server.upstream_connect_timeout_s", self.upstream_connect_timeout_s)
         _positive("server.shutdown_timeout_s", self.shutdown_timeout_s)
@@ -92,8 +112,10 @@ class PoolingConfig:
     retry_stale: bool = True
 
     def __post_init__(self) -> None:
-        _positive("pooling.limit", self.limit)
-        _positive("pooling.limit_per_host", self.limit_per_host, allow_zero=True)
+        _bool("pooling.enabled", self.enabled)
+        _bool("pooling.retry_stale", self.retry_stale)
+        _integer("pooling.limit", self.limit)
+        _integer("pooling.limit_per_host", self.limit_per_host, allow_zero=True)
         _positive("pooling.keepalive_timeout", self.keepalive_timeout)
         _positive("pooling.acquire_timeout_s", self.acquire_timeout_s)
 
@@ -113,9 +135,12 @@ class BatchingConfig:
     max_queue: int = 1024
 
     def __post_init__(self) -> None:
-        _positive("batching.max_batch_size", self.max_batch_size)
+        _bool("batching.enabled", self.enabled)
+        _integer("batching.max_batch_size", self.max_batch_size)
         _positive("batching.max_delay_ms", self.max_delay_ms, allow_zero=True)
-        _positive("batching.max_queue", self.max_queue)
+        _integer("batching.max_queue", self.max_queue)
+        if self.enabled:
+            raise _not_yet("batching.enabled", "Tuesday (request batching)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,8 +152,11 @@ class StreamingConfig:
     threshold_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
-        _positive("streaming.chunk_bytes", self.chunk_bytes)
-        _positive("streaming.threshold_bytes", self.threshold_bytes, allow_zero=True)
+        _bool("streaming.enabled", self.enabled)
+        _integer("streaming.chunk_bytes", self.chunk_bytes)
+        _integer("streaming.threshold_bytes", self.threshold_bytes, allow_zero=True)
+        if self.enabled:
+            raise _not_yet("streaming.enabled", "Wednesday (response streaming)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,15 +164,13 @@ class LoadingConfig:
     """How models get loaded.
 
     ``mode: sync`` (baseline) reads and builds every model on the serving
-    loop, blocking it; ``background`` does that in a worker thread while the
-    loop keeps serving. ``models`` lists what to load at start-up (empty:
-    every model in the repository).
+    loop, blocking it; ``background`` (the Thursday layer, not built yet) will do
+    that in a worker thread while the loop keeps serving. ``models`` lists what
+    to load at start-up (empty: every model in the repository).
     """
 
     mode: Literal["sync", "background"] = "sync"
     models: tuple[str, ...] = ()
-    warmup: bool = True
-    memory_budget_mb: float = 0.0
     #: per-model parameter overrides, e.g. ``{"synthetic": {"cost_b_us": 18}}``:
     #: experiments change a model's cost without rebuilding the repository.
     parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -152,9 +178,15 @@ class LoadingConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "background"):
             raise ConfigError(f"loading.mode must be 'sync' or 'background', got {self.mode!r}")
-        if isinstance(self.models, list):
-            object.__setattr__(self, "models", tuple(self.models))
-        _positive("loading.memory_budget_mb", self.memory_budget_mb, allow_zero=True)
+        if self.mode == "background":
+            raise _not_yet("loading.mode: background", "Thursday (async model loading)")
+        if isinstance(self.models, str) or not isinstance(self.models, (list, tuple)) \
+                or not all(isinstance(m, str) for m in self.models):
+            raise ConfigError(f"loading.models must be a list of model names, got {self.models!r}")
+        object.__setattr__(self, "models", tuple(self.models))
+        if not isinstance(self.parameters, Mapping) or not all(
+                isinstance(v, Mapping) for v in self.parameters.values()):
+            raise ConfigError("loading.parameters must map model names to parameter mappings")
 
 
 @dataclass(frozen=True, kw_only=True)

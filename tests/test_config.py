@@ -33,9 +33,15 @@ def test_yaml_maps_onto_sections(tmp_path: Path) -> None:
     ({"loading": {"mode": "lazy"}}, "loading.mode"),
     ({"batching": {"max_delay_ms": "soon"}}, "batching.max_delay_ms"),
     ({"pooling": [1, 2]}, "pooling"),
+    ({"pooling": {"enabled": "false"}}, "pooling.enabled"),
+    ({"pooling": {"limit": 2.5}}, "pooling.limit"),
+    ({"loading": {"models": "digits-mlp"}}, "loading.models"),
+    ({"batching": {"enabled": True}}, "not implemented yet"),
+    ({"streaming": {"enabled": True}}, "not implemented yet"),
+    ({"loading": {"mode": "background"}}, "not implemented yet"),
 ])
 def test_bad_values_name_the_parameter(data: dict, key: str) -> None:
-    """Unknown keys and out-of-range values raise ConfigError naming the key."""
+    """Unknown keys, wrong types, out-of-range values and layers not built yet raise ConfigError."""
     with pytest.raises(ConfigError, match=key):
         ServiceConfig.from_dict(data)
 
