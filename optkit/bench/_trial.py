@@ -246,10 +246,9 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         idle = {name: float(statistics.median(s[3] for s in sampler.samples if s[1] == name))
                 for name in stack.pids if name not in sampler.lost}
         with sampler:
-            if warmup_s > 0:
-                run_bench(stack.url, load, warmup_s=0.0, duration_s=warmup_s, **common)
-            # five windows per trial, so the stability gate (>= 3 windows) always applies
-            bench = run_bench(stack.url, load, warmup_s=0.0, duration_s=duration_s,
+            # one generator run: the warm-up flows straight into the window (no idle gap,
+            # no second probe); five windows so the stability gate (>= 3) always applies
+            bench = run_bench(stack.url, load, warmup_s=warmup_s, duration_s=duration_s,
                               window_s=max(0.1, duration_s / 5),
                               out_dir=Path(out_dir) / "bench" if out_dir else None, **common)
         after = {name: _stats(url) for name, url in urls.items() if url}

@@ -111,6 +111,10 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
         req = parse_infer_request(body, _header_length(request))
         cfg = model.config
         validate_inputs(req, cfg.inputs, cfg.max_batch_size)
+        if req.outputs:  # refused before the model runs, not after
+            unknown = set(req.outputs) - {t.name for t in cfg.outputs}
+            if unknown:
+                raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
         counters.model_calls += 1
@@ -118,13 +122,7 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
             outputs = model.predict({item.name: item.array for item in req.inputs})
         except Exception as exc:
             raise InferenceError(f"model {name!r} failed: {type(exc).__name__}: {exc}") from exc
-        if req.outputs:
-            unknown = set(req.outputs) - set(outputs)
-            if unknown:
-                raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
-            selected = [(o, outputs[o]) for o in req.outputs]
-        else:
-            selected = list(outputs.items())
+        selected = [(o, outputs[o]) for o in req.outputs] if req.outputs else list(outputs.items())
         payload, head_len = encode_infer_response(
             name, cfg.version, selected, request_id=req.id, binary=req.outputs,
             binary_default=req.binary_default)
