@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Any
 
 from ._engine import run_bench
 from ._load import LoadSpec

@@ -27,12 +27,12 @@ from aiohttp import web
 
 from .. import __version__
 from .._config import ServiceConfig
-from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
+from .._exceptions import ConfigError, ModelNotFound, OptkitError, UpstreamError
 from .._models import validate_model_name
 from .._pool import ConnectionPool, DirectClient, UpstreamClient, UpstreamResponse
 from .._protocol import BINARY_HEADER, TensorSpec, json_loads, parse_infer_request, validate_inputs
-from ._http import EXTRA_STATS_KEY, STATS_KEY, ServerCounters, install_metrics, json_response, \
-    make_error_middleware, read_body
+from ._http import EXTRA_STATS_KEY, STATS_KEY, ServerCounters, binary_header_length, \
+    install_metrics, json_response, make_error_middleware, model_ref, read_body
 
 __all__ = ["create_gateway", "parse_upstreams"]
 
@@ -104,9 +104,7 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
         return web.Response(status=resp.status, body=resp.body, headers=headers)
 
     def model_path(request: web.Request) -> tuple[str, str | None, str]:
-        name = request.match_info["model"]
-        version = request.match_info.get("version")
-        validate_model_name(name, version)
+        name, version = model_ref(request)
         path = f"/v2/models/{quote(name)}" + (f"/versions/{version}" if version else "")
         return name, version, path
 
@@ -143,19 +141,15 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
     async def infer(request: web.Request) -> web.Response:
         name, version, path = model_path(request)
         body = await read_body(request, limit)
-        raw_len = request.headers.get(BINARY_HEADER)
-        try:
-            head_len = None if raw_len is None else int(raw_len)
-        except ValueError:
-            raise ProtocolError(f"{BINARY_HEADER} must be an integer") from None
+        head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
         meta = await get_meta(name, version, path)
         validate_inputs(req, meta.inputs, meta.max_batch_size)
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
-        if raw_len is not None:
-            headers[BINARY_HEADER] = raw_len
+        if head_len is not None:
+            headers[BINARY_HEADER] = str(head_len)
         resp = await upstream("POST", path + "/infer", body, headers)
         counters.model_calls += 1
         if resp.status == 404:

@@ -18,10 +18,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .._exceptions import OptkitError, PayloadTooLarge
-from .._protocol import error_body, json_dumps
+from .._exceptions import OptkitError, PayloadTooLarge, ProtocolError
+from .._models import validate_model_name
+from .._protocol import BINARY_HEADER, error_body, json_dumps
 
 __all__ = ["ServerCounters", "json_response", "make_error_middleware", "read_body",
+           "binary_header_length", "model_ref",
            "install_metrics", "STATS_KEY", "EXTRA_STATS_KEY"]
 
 log = logging.getLogger("optkit.service")
@@ -96,6 +98,25 @@ def make_error_middleware(counters: ServerCounters) -> Any:
         return response
 
     return error_middleware
+
+
+def binary_header_length(request: web.Request) -> int | None:
+    """The ``Inference-Header-Content-Length`` of a binary-extension request, if any."""
+    raw = request.headers.get(BINARY_HEADER)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ProtocolError(f"{BINARY_HEADER} must be an integer, got {raw!r}") from None
+
+
+def model_ref(request: web.Request) -> tuple[str, str | None]:
+    """``(model, version or None)`` from the route, validated as plain names."""
+    name = request.match_info["model"]
+    version = request.match_info.get("version")
+    validate_model_name(name, version)
+    return name, version
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

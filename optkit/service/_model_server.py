@@ -25,28 +25,17 @@ from aiohttp import web
 from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, OptkitError, ProtocolError
-from .._models import validate_model_name
 from .._protocol import BINARY_HEADER, encode_infer_response, json_loads, parse_infer_request, \
     validate_inputs
 from .._repository import READY, ModelRepository
-from ._http import EXTRA_STATS_KEY, STATS_KEY, ServerCounters, install_metrics, json_response, \
-    make_error_middleware, read_body
+from ._http import EXTRA_STATS_KEY, STATS_KEY, ServerCounters, binary_header_length, \
+    install_metrics, json_response, make_error_middleware, model_ref, read_body
 
 __all__ = ["create_model_server"]
 
 log = logging.getLogger("optkit.model_server")
 REPO_KEY: web.AppKey[ModelRepository] = web.AppKey("optkit_repository", ModelRepository)
 EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics"]
-
-
-def _header_length(request: web.Request) -> int | None:
-    raw = request.headers.get(BINARY_HEADER)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ProtocolError(f"{BINARY_HEADER} must be an integer, got {raw!r}") from None
 
 
 def create_model_server(repository: str | Path, config: ServiceConfig | None = None) -> web.Application:
@@ -85,19 +74,13 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
         return json_response({"name": "optkit-model-server", "version": __version__,
                               "extensions": EXTENSIONS})
 
-    def _name_version(request: web.Request) -> tuple[str, str | None]:
-        name = request.match_info["model"]
-        version = request.match_info.get("version")
-        validate_model_name(name, version)
-        return name, version
-
     async def model_metadata(request: web.Request) -> web.Response:
-        name, version = _name_version(request)
+        name, version = model_ref(request)
         cfg = repo.config(name, version)
         return json_response(cfg.metadata(versions=repo.versions(name)))
 
     async def model_ready(request: web.Request) -> web.Response:
-        name, version = _name_version(request)
+        name, version = model_ref(request)
         state, _ = repo.state(name)
         if version is not None:
             repo.version_dir(name, version)
@@ -105,10 +88,10 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
         return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
 
     async def infer(request: web.Request) -> web.Response:
-        name, version = _name_version(request)
+        name, version = model_ref(request)
         model = repo.get(name, version)
         body = await read_body(request, limit)
-        req = parse_infer_request(body, _header_length(request))
+        req = parse_infer_request(body, binary_header_length(request))
         cfg = model.config
         validate_inputs(req, cfg.inputs, cfg.max_batch_size)
         if req.outputs:  # refused before the model runs, not after
@@ -146,13 +129,13 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
         return json_response(repo.index(ready_only=ready_only))
 
     async def repo_load(request: web.Request) -> web.Response:
-        name, _ = _name_version(request)
+        name, _ = model_ref(request)
         await read_body(request, 64 * 1024)  # parameters are not used: never a path
         repo.load(name)  # baseline: blocks the serving loop while it reads weights
         return json_response({})
 
     async def repo_unload(request: web.Request) -> web.Response:
-        name, _ = _name_version(request)
+        name, _ = model_ref(request)
         repo.unload(name)
         return json_response({})
 
