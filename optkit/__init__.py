@@ -9,13 +9,14 @@ from ._config import (BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig
                       StreamingConfig, load_config)
 from ._exceptions import (BenchError, ConfigError, InferenceError, LaunchError, ModelLoadError,
                           ModelNotFound, ModelNotReady, OptkitError, PayloadTooLarge, PoolTimeout,
-                          ProtocolError, QueueFull, UpstreamError, UpstreamTimeout,
+                          ProtocolError, QueueFull, DeadlineExceeded, UpstreamError, UpstreamTimeout,
                           UpstreamUnavailable)
 from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_split, load_model
-from ._pool import ConnectionPool, DirectClient, PoolStatistics, UpstreamResponse
 from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
                         encode_infer_response, parse_infer_request, validate_inputs)
 from ._repository import ModelRepository, RepositoryStatistics
+from .layers import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
+                     UpstreamResponse, UpstreamStream)
 
 __all__ = [
     "__version__",
@@ -25,7 +26,7 @@ __all__ = [
     # errors
     "OptkitError", "ConfigError", "ProtocolError", "PayloadTooLarge", "ModelNotFound",
     "ModelNotReady", "ModelLoadError", "InferenceError", "UpstreamError", "UpstreamUnavailable",
-    "UpstreamTimeout", "PoolTimeout", "QueueFull", "LaunchError", "BenchError",
+    "UpstreamTimeout", "PoolTimeout", "QueueFull", "DeadlineExceeded", "LaunchError", "BenchError",
     # protocol
     "InferRequest", "TensorSpec", "parse_infer_request", "validate_inputs",
     "encode_infer_request", "encode_infer_response", "decode_infer_response",
@@ -33,7 +34,8 @@ __all__ = [
     "Model", "ModelConfig", "load_model", "build_repository", "digits_split", "MODEL_NAMES",
     "ModelRepository", "RepositoryStatistics",
     # layers
-    "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamResponse",
+    "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient", "UpstreamResponse",
+    "UpstreamStream",
     # experiments (imported lazily: servers start without pandas/scipy)
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
     "stats", "plotting", "bench",

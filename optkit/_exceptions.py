@@ -14,7 +14,8 @@
     │   ├── UpstreamUnavailable     connection refused / reset (-> 502)
     │   └── UpstreamTimeout         no answer within the bound (-> 504)
     ├── PoolTimeout             no pooled connection became free in time (-> 503)
-    ├── QueueFull               a bounded queue refused an item (backpressure, -> 503)
+    ├── QueueFull               a bounded queue refused an item (backpressure, -> 503 + Retry-After)
+    ├── DeadlineExceeded        a request's own deadline passed before it ran (-> 504)
     ├── LaunchError             a service process did not start or become ready
     └── BenchError              the load generator could not run as asked
 
@@ -38,6 +39,7 @@ __all__ = [
     "UpstreamTimeout",
     "PoolTimeout",
     "QueueFull",
+    "DeadlineExceeded",
     "LaunchError",
     "BenchError",
 ]
@@ -114,9 +116,19 @@ class PoolTimeout(OptkitError):
 
 
 class QueueFull(OptkitError):
-    """A bounded queue is full; the caller should back off."""
+    """A bounded queue is full; the caller should back off ``retry_after_s`` seconds."""
 
     status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(OptkitError):
+    """The request's own deadline (v2 ``timeout`` parameter) passed before it was run."""
+
+    status = 504
 
 
 class LaunchError(OptkitError, RuntimeError):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ._metrics import counter, gauge
 from ._exceptions import ModelLoadError, ModelNotFound, ModelNotReady, OptkitError
 from ._models import CONFIG_FILE, Model, ModelConfig, load_model, validate_model_name
 
@@ -33,11 +34,11 @@ READY, UNAVAILABLE, LOADING, FAILED = "READY", "UNAVAILABLE", "LOADING", "FAILED
 class RepositoryStatistics:
     """Counts of what the repository did."""
 
-    loads: int
-    load_failures: int
-    unloads: int
-    ready: int
-    last_load_s: float
+    loads: int = counter("models loaded")
+    load_failures: int = counter("loads that failed")
+    unloads: int = counter("models unloaded")
+    ready: int = gauge("models ready now")
+    last_load_s: float = gauge("seconds the latest load took")
 
 
 class ModelRepository:

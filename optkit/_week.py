@@ -98,7 +98,10 @@ def pool_summary(cmp: Comparison) -> pd.DataFrame:
     cols = {"gateway.pool.requests": "upstream_requests",
             "gateway.pool.connections_opened": "connections_opened",
             "gateway.pool.connections_reused": "connections_reused",
-            "gateway.pool.retries": "retries", "gateway.pool.errors": "errors"}
+            "gateway.pool.retries": "retries",
+            "gateway.pool.non_idempotent_retries": "non_idempotent_retries",
+            "gateway.retried_answers": "answers_marked_retried",
+            "gateway.pool.errors": "errors"}
     have = [c for c in cols if c in stats.columns]
     if not have:
         return pd.DataFrame()

@@ -206,6 +206,47 @@ async def test_concurrent_requests_share_one_metadata_fetch(stack: Stack) -> Non
         assert all(r.status == 200 for r in responses)
         after = await stats()
         # 20 inferences + 1 metadata GET reached the model server (+1 for this /stats call)
-        assert after["accepted"] - before["accepted"] == 20 + 1 + 1
+        assert after["server"]["accepted"] - before["server"]["accepted"] == 20 + 1 + 1
     finally:
         await gw.close()
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+async def test_pooled_gateway_reuses_upstream_connections(repository: Path, pooled: bool) -> None:
+    """Counted at the model server: a pooled gateway opens a handful of connections, the baseline one per request."""
+    from optkit.service import ModelServer
+
+    peers: set[int] = set()
+
+    @web.middleware
+    async def note_peer(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername")[1])
+        return await handler(request)
+
+    config = ServiceConfig.from_dict({"loading": {"models": ["digits-mlp"]},
+                                      "pooling": {"enabled": pooled}})
+    app = ModelServer(repository, config).make_app()
+    app.middlewares.append(note_peer)
+    upstream = TestClient(TestServer(app, host="127.0.0.1"))
+    await upstream.start_server()
+    gw = TestClient(TestServer(create_gateway(str(upstream.make_url("")).rstrip("/"), config),
+                               host="127.0.0.1"))
+    await gw.start_server()
+    try:
+        body = encode_infer_request({"pixels": np.zeros((1, 64), np.float32)})
+        for _ in range(30):
+            resp = await gw.post(INFER, data=body)
+            assert resp.status == 200
+        stats = orjson.loads(await (await gw.get("/stats")).read())
+    finally:
+        await gw.close()
+        await upstream.close()
+    pool = stats["pool"]
+    assert pool["requests"] == 31  # 30 inferences + 1 metadata fetch
+    if pooled:
+        assert len(peers) <= 2 and pool["connections_opened"] == len(peers)
+        assert pool["connections_reused"] >= 29
+    else:
+        assert len(peers) == 31 and pool["connections_opened"] == 31
+        assert pool["connections_reused"] == 0

@@ -58,9 +58,9 @@ async def test_batch_is_answered_row_for_row(model_server: TestClient, digits: t
 
 
 def _repo_dir(client: TestClient):  # type: ignore[no-untyped-def]
-    from optkit.service._model_server import REPO_KEY
+    from optkit.service import MODEL_SERVER_KEY
 
-    return client.server.app[REPO_KEY].root
+    return client.server.app[MODEL_SERVER_KEY].repository.root
 
 
 async def test_requested_outputs_only(model_server: TestClient) -> None:
@@ -170,6 +170,13 @@ async def test_stats_and_metrics_count_requests(model_server: TestClient) -> Non
     await model_server.post(INFER, data=encode_infer_request({"pixels": np.zeros((3, 64), np.float32)}))
     await model_server.post(INFER, data=b"{")
     stats = await _json(await model_server.get("/stats"))
-    assert stats["infer_requests"] == 1 and stats["infer_rows"] == 3 and stats["client_errors"] == 1
+    server = stats["server"]
+    assert server["infer_requests"] == 1 and server["infer_rows"] == 3
+    assert server["client_errors"] == 1
+    assert stats["repository"]["ready"] >= 1
     text = await (await model_server.get("/metrics")).text()
-    assert "optkit_model_server_infer_rows_total 3.0" in text
+    assert "optkit_model_server_server_infer_rows_total 3.0" in text
+    # each statistic carries the type declared where it is defined, not one guessed from its name
+    assert "# TYPE optkit_model_server_server_in_flight gauge" in text
+    assert "# TYPE optkit_model_server_repository_ready gauge" in text
+    assert "# TYPE optkit_model_server_repository_loads_total counter" in text

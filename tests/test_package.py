@@ -22,9 +22,12 @@ def test_all_is_complete() -> None:
 
 def test_private_modules_declare_all() -> None:
     """Each private module re-exported here says what it exports."""
-    from optkit import _compare, _config, _exceptions, _pool, _protocol, _repository, stats
+    from optkit import _compare, _config, _exceptions, _metrics, _protocol, _repository, stats
+    from optkit import layers, service
+    from optkit.layers import pooling
 
-    for module in (_compare, _config, _exceptions, _pool, _protocol, _repository, stats):
+    for module in (_compare, _config, _exceptions, _metrics, _protocol, _repository, stats,
+                   layers, pooling, service):
         assert module.__all__, module.__name__
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

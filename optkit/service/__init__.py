@@ -1,9 +1,21 @@
-"""The reference service: model server and gateway apps, and a launcher."""
+"""The reference service: the gateway and model server built from the layers, and a launcher.
 
-from ._gateway import create_gateway, parse_upstreams
+::
+
+    Gateway       v2 server to clients; validates, forwards upstream through layers.pooling
+    ModelServer   v2 server over a model repository
+    launch_stack  both as subprocesses on free loopback ports, stopped with a SIGTERM drain
+"""
+
+from ._gateway import GATEWAY_KEY, Gateway, GatewayStatistics, create_gateway, parse_upstreams
 from ._launcher import ServiceProcess, Stack, launch_service, launch_stack
-from ._model_server import create_model_server
+from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
+from ._model_server import MODEL_SERVER_KEY, ModelServer, ModelServerStatistics, \
+    create_model_server
 from ._runner import install_uvloop, serve
 
-__all__ = ["create_model_server", "create_gateway", "parse_upstreams", "launch_stack",
-           "launch_service", "Stack", "ServiceProcess", "serve", "install_uvloop"]
+__all__ = ["Gateway", "GatewayStatistics", "ModelServer", "ModelServerStatistics",
+           "MetadataCache", "MetadataCacheStatistics", "ModelMeta",
+           "create_model_server", "create_gateway", "parse_upstreams", "launch_stack",
+           "launch_service", "Stack", "ServiceProcess", "serve", "install_uvloop",
+           "GATEWAY_KEY", "MODEL_SERVER_KEY"]

@@ -2,11 +2,11 @@
 
 ::
 
-    client ──▶ gateway ──────────────────────────────▶ model server(s)
-               read body (bounded), decode, validate     (round robin)
-               against cached model metadata  ─ 400 here, never upstream
-               forward the original bytes  ── pooled or a new connection
-               pass the upstream's answer through (status, body)
+    client ──▶ Gateway ─────────────────────────────────────────▶ model server(s)
+               read body (bounded), decode, validate against       (round robin)
+               MetadataCache ─ a 400 here, never upstream
+               forward the original bytes ── layers.pooling: pooled, or a new
+               pass the upstream's answer through (status, body)   connection each
 
 Upstream down → 502, slow → 504, both as JSON and within the configured bounds;
 the upstream's own 4xx/5xx answers are passed through unchanged. Which upstream
@@ -16,11 +16,9 @@ baseline) opens a new connection per upstream request.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -28,17 +26,23 @@ from aiohttp import web
 from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import ConfigError, ModelNotFound, OptkitError, UpstreamError
+from .._metrics import counter
 from .._models import validate_model_name
-from .._pool import ConnectionPool, DirectClient, UpstreamClient, UpstreamResponse
-from .._protocol import BINARY_HEADER, TensorSpec, json_loads, parse_infer_request, validate_inputs
-from ._http import EXTRA_STATS_KEY, STATS_KEY, ServerCounters, binary_header_length, \
-    install_metrics, json_response, make_error_middleware, model_ref, read_body
+from .._protocol import BINARY_HEADER, TensorSpec, json_loads, parse_infer_request, \
+    validate_inputs
+from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
+                              UpstreamResponse)
+from ._http import STATS_KEY, ServerCounters, ServerStatistics, add_v2_routes, \
+    binary_header_length, install_observability, json_response, make_error_middleware, \
+    model_ref, read_body
+from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
 
-__all__ = ["create_gateway", "parse_upstreams"]
+__all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
 
-CLIENT_KEY: web.AppKey[list[UpstreamClient]] = web.AppKey("optkit_upstream", list)
 METADATA_TTL_S = 10.0
-_PASS_HEADERS = (BINARY_HEADER, "optkit-retried")
+RETRIED_HEADER = "optkit-retried"
+GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("optkit_gateway", object)  # type: ignore[arg-type]
+_PASS_HEADERS = (BINARY_HEADER, RETRIED_HEADER)
 
 
 def parse_upstreams(spec: str | Sequence[str]) -> list[str]:
@@ -54,75 +58,82 @@ def parse_upstreams(spec: str | Sequence[str]) -> list[str]:
     return urls
 
 
-@dataclass(frozen=True)
-class _Meta:
-    inputs: tuple[TensorSpec, ...]
-    max_batch_size: int
-    fetched_at: float
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    """Everything the gateway counts; ``/stats`` and ``/metrics`` serialize it whole."""
+
+    server: ServerStatistics
+    pool: PoolStatistics
+    metadata: MetadataCacheStatistics
+    retried_answers: int = counter("answers marked optkit-retried (an upstream resend)")
 
 
-def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None = None) -> web.Application:
-    """Build the gateway app forwarding to ``upstreams`` (v2 servers)."""
-    config = config or ServiceConfig()
-    bases = parse_upstreams(upstreams)
-    counters = ServerCounters()
-    limit = config.server.max_body_bytes
-    app = web.Application(client_max_size=limit, middlewares=[make_error_middleware(counters)])
-    app[STATS_KEY] = counters
-    holder: list[UpstreamClient] = []
-    app[CLIENT_KEY] = holder
-    rotation = itertools.cycle(bases)
-    metadata: dict[tuple[str, str | None], _Meta] = {}
-    fetching: dict[tuple[str, str | None], asyncio.Future[_Meta]] = {}
+class Gateway:
+    """A v2 server that validates requests and forwards them to upstream v2 servers.
 
-    async def on_startup(app: web.Application) -> None:
-        counters.started_at = time.time()
-        if config.pooling.enabled:
-            holder.append(ConnectionPool(config.pooling, config.server))
-        else:
-            holder.append(DirectClient(config.server))
+    Args:
+        upstreams: ``URL[,URL...]`` of v2 servers (optkit's model server, Triton, MLServer).
+        config: the service config; its ``pooling`` section picks the upstream client.
 
-    async def on_cleanup(app: web.Application) -> None:
-        for client in holder:
-            await client.aclose()
+    Use :meth:`make_app` to serve it; the app starts and closes the gateway's
+    layers with itself.
+    """
 
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
+    def __init__(self, upstreams: str | Sequence[str], config: ServiceConfig | None = None) -> None:
+        self.config = config or ServiceConfig()
+        self.upstreams = parse_upstreams(upstreams)
+        self.counters = ServerCounters()
+        self._limit = self.config.server.max_body_bytes
+        self._rotation = itertools.cycle(self.upstreams)
+        self._client: UpstreamClient = (
+            ConnectionPool(self.config.pooling, self.config.server) if self.config.pooling.enabled
+            else DirectClient(self.config.server))
+        self.metadata = MetadataCache(self._fetch_meta, ttl_s=METADATA_TTL_S)
+        self._retried_answers = 0
 
-    async def upstream(method: str, path: str, body: bytes | None = None,
-                       headers: dict[str, str] | None = None, *,
-                       idempotent: bool = False, base: str | None = None) -> UpstreamResponse:
-        return await holder[0].request(method, (base or next(rotation)) + path, body=body,
-                                       headers=headers, idempotent=idempotent)
+    # -- lifecycle ------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        """The aiohttp app serving this gateway (its cleanup closes the gateway)."""
+        app = web.Application(client_max_size=self._limit,
+                              middlewares=[make_error_middleware(self.counters)])
+        app[STATS_KEY] = self.counters
+        app[GATEWAY_KEY] = self
+        app.on_cleanup.append(lambda _app: self.aclose())
+        add_v2_routes(app.router, self)
+        install_observability(app, "optkit_gateway", self.statistics)
+        return app
 
-    def passthrough(resp: UpstreamResponse) -> web.Response:
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def statistics(self) -> GatewayStatistics:
+        return GatewayStatistics(self.counters.snapshot(), self._client.statistics(),
+                                 self.metadata.statistics(), self._retried_answers)
+
+    def __repr__(self) -> str:
+        c = self.counters
+        return (f"<Gateway {','.join(self.upstreams)} [{c.in_flight} in flight, "
+                f"{c.completed} answered | {self._client!r}]>")
+
+    # -- upstream calls ---------------------------------------------------------------
+    async def _upstream(self, method: str, path: str, body: bytes | None = None,
+                        headers: dict[str, str] | None = None, *, idempotent: bool = False,
+                        base: str | None = None) -> UpstreamResponse:
+        return await self._client.request(method, (base or next(self._rotation)) + path,
+                                          body=body, headers=headers, idempotent=idempotent)
+
+    def _passthrough(self, resp: UpstreamResponse) -> web.Response:
         headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
         if resp.retried:
-            headers["optkit-retried"] = "1"
+            headers[RETRIED_HEADER] = "1"
+        if RETRIED_HEADER in headers:
+            self._retried_answers += 1
         # the raw header: aiohttp's content_type= refuses parameters such as "; charset=utf-8"
         headers["Content-Type"] = resp.content_type or "application/json"
         return web.Response(status=resp.status, body=resp.body, headers=headers)
 
-    def model_path(request: web.Request) -> tuple[str, str | None, str]:
-        name, version = model_ref(request)
-        path = f"/v2/models/{quote(name)}" + (f"/versions/{version}" if version else "")
-        return name, version, path
-
-    async def get_meta(name: str, version: str | None, path: str) -> _Meta:
-        key = (name, version)
-        meta = metadata.get(key)
-        if meta is not None and time.monotonic() - meta.fetched_at < METADATA_TTL_S:
-            return meta
-        # single flight: concurrent requests for an expired entry share one upstream fetch
-        pending = fetching.get(key)
-        if pending is None:
-            pending = fetching[key] = asyncio.ensure_future(fetch_meta(name, version, path))
-            pending.add_done_callback(lambda _: fetching.pop(key, None))
-        return await asyncio.shield(pending)
-
-    async def fetch_meta(name: str, version: str | None, path: str) -> _Meta:
-        key = (name, version)
-        resp = await upstream("GET", path, idempotent=True)
+    async def _fetch_meta(self, name: str, version: str | None) -> ModelMeta:
+        resp = await self._upstream("GET", _model_path(name, version), idempotent=True)
         if resp.status == 404:
             raise ModelNotFound(_upstream_error(resp) or f"unknown model {name!r}")
         if resp.status != 200:
@@ -131,95 +142,89 @@ def create_gateway(upstreams: str | Sequence[str], config: ServiceConfig | None 
         try:
             doc = json_loads(resp.body)
             specs = tuple(TensorSpec.from_dict(d) for d in doc["inputs"])
+            outputs = tuple(str(d["name"]) for d in doc.get("outputs") or ())
             mbs = int((doc.get("parameters") or {}).get("max_batch_size", 0) or 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc!r}") from None
-        meta = _Meta(specs, mbs, time.monotonic())
-        metadata[key] = meta
-        return meta
+        return ModelMeta(specs, outputs, mbs)
 
-    async def infer(request: web.Request) -> web.Response:
-        name, version, path = model_path(request)
-        body = await read_body(request, limit)
+    # -- v2 endpoints -----------------------------------------------------------------
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = model_ref(request)
+        body = await read_body(request, self._limit)
         head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
-        meta = await get_meta(name, version, path)
+        meta = await self.metadata.get(name, version)
         validate_inputs(req, meta.inputs, meta.max_batch_size)
+        counters = self.counters
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
         if head_len is not None:
             headers[BINARY_HEADER] = str(head_len)
-        resp = await upstream("POST", path + "/infer", body, headers)
+        resp = await self._upstream("POST", _model_path(name, version) + "/infer", body, headers)
         counters.model_calls += 1
         if resp.status == 404:
-            metadata.pop((name, version), None)
-        return passthrough(resp)
+            self.metadata.invalidate(name, version)
+        return self._passthrough(resp)
 
-    async def model_metadata(request: web.Request) -> web.Response:
-        _, _, path = model_path(request)
-        return passthrough(await upstream("GET", path, idempotent=True))
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        path = _model_path(*model_ref(request))
+        return self._passthrough(await self._upstream("GET", path, idempotent=True))
 
-    async def model_ready(request: web.Request) -> web.Response:
-        _, _, path = model_path(request)
-        return passthrough(await upstream("GET", path + "/ready", idempotent=True))
+    async def model_ready(self, request: web.Request) -> web.Response:
+        path = _model_path(*model_ref(request)) + "/ready"
+        return self._passthrough(await self._upstream("GET", path, idempotent=True))
 
-    async def live(request: web.Request) -> web.Response:
+    async def live(self, request: web.Request) -> web.Response:
         return json_response({"live": True})
 
-    async def ready(request: web.Request) -> web.Response:
-        for base in bases:
+    async def ready(self, request: web.Request) -> web.Response:
+        for base in self.upstreams:
             try:
-                resp = await upstream("GET", "/v2/health/ready", idempotent=True, base=base)
+                resp = await self._upstream("GET", "/v2/health/ready", idempotent=True, base=base)
             except OptkitError:
                 continue
             if resp.status == 200:
                 return json_response({"ready": True})
         return json_response({"ready": False, "error": "no upstream is ready"}, status=503)
 
-    async def server_metadata(request: web.Request) -> web.Response:
+    async def server_metadata(self, request: web.Request) -> web.Response:
         return json_response({"name": "optkit-gateway", "version": __version__,
                               "extensions": ["model_repository", "binary_tensor_data"]})
 
-    async def repository(request: web.Request) -> web.Response:
+    async def repository_index(self, request: web.Request) -> web.Response:
         body = await read_body(request, 64 * 1024)
-        name = request.match_info.get("model")
-        if name is not None:
-            validate_model_name(name)
-        if request.path.endswith("/index"):
-            return passthrough(await upstream("POST", request.path, body, base=bases[0]))
+        return self._passthrough(await self._upstream("POST", request.path, body,
+                                                      base=self.upstreams[0]))
+
+    async def repository_load(self, request: web.Request) -> web.Response:
+        return await self._on_every_upstream(request)
+
+    async def repository_unload(self, request: web.Request) -> web.Response:
+        return await self._on_every_upstream(request)
+
+    async def _on_every_upstream(self, request: web.Request) -> web.Response:
+        """Load/unload on every upstream, so routing stays uniform; the first refusal wins."""
+        body = await read_body(request, 64 * 1024)
+        validate_model_name(request.match_info["model"])
         last: UpstreamResponse | None = None
-        for base in bases:  # load/unload on every upstream, so routing stays uniform
-            last = await upstream("POST", request.path, body, base=base)
+        for base in self.upstreams:
+            last = await self._upstream("POST", request.path, body, base=base)
             if last.status != 200:
                 break
         assert last is not None
-        return passthrough(last)
+        return self._passthrough(last)
 
-    def extra() -> dict[str, Any]:
-        if not holder:
-            return {}
-        st = holder[0].statistics()
-        return {"pool": {"requests": st.requests, "connections_opened": st.connections_opened,
-                         "connections_reused": st.connections_reused, "idle": st.idle,
-                         "in_use": st.in_use, "waits_for_slot": st.waits_for_slot,
-                         "retries": st.retries, "errors": st.errors,
-                         "reuse_ratio": st.reuse_ratio}}
 
-    app[EXTRA_STATS_KEY] = extra
-    r = app.router
-    r.add_get("/v2/health/live", live)
-    r.add_get("/v2/health/ready", ready)
-    r.add_get("/v2", server_metadata)
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_get(base, model_metadata)
-        r.add_get(base + "/ready", model_ready)
-        r.add_post(base + "/infer", infer)
-    r.add_post("/v2/repository/index", repository)
-    r.add_post("/v2/repository/models/{model}/load", repository)
-    r.add_post("/v2/repository/models/{model}/unload", repository)
-    install_metrics(app, "optkit_gateway")
-    return app
+def create_gateway(upstreams: str | Sequence[str],
+                   config: ServiceConfig | None = None) -> web.Application:
+    """The app of a :class:`Gateway` forwarding to ``upstreams`` (v2 servers)."""
+    return Gateway(upstreams, config).make_app()
+
+
+def _model_path(name: str, version: str | None) -> str:
+    return f"/v2/models/{quote(name)}" + (f"/versions/{version}" if version else "")
 
 
 def _upstream_error(resp: UpstreamResponse) -> str:

@@ -10,52 +10,76 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterator, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .._exceptions import OptkitError, PayloadTooLarge, ProtocolError
+from .._exceptions import OptkitError, PayloadTooLarge, ProtocolError, QueueFull
+from .._metrics import counter, gauge, iter_families, to_plain
 from .._models import validate_model_name
 from .._protocol import BINARY_HEADER, error_body, json_dumps
 
-__all__ = ["ServerCounters", "json_response", "make_error_middleware", "read_body",
-           "binary_header_length", "model_ref",
-           "install_metrics", "STATS_KEY", "EXTRA_STATS_KEY"]
+__all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response",
+           "make_error_middleware", "read_body", "binary_header_length", "model_ref",
+           "install_observability", "add_v2_routes", "V2Handlers", "STATS_KEY"]
 
 log = logging.getLogger("optkit.service")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATS_KEY: web.AppKey["ServerCounters"] = web.AppKey("optkit_counters", object)  # type: ignore[arg-type]
-EXTRA_STATS_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey(
-    "optkit_extra_stats", object)  # type: ignore[arg-type]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """What every request through a tier's middleware adds up to."""
+
+    accepted: int = counter("requests accepted")
+    completed: int = counter("requests answered (any status)")
+    in_flight: int = gauge("requests being handled now")
+    cancelled: int = counter("requests whose client went away (or a drain timed out)")
+    client_errors: int = counter("answers with a 4xx status")
+    server_errors: int = counter("answers with a 5xx status")
+    infer_requests: int = counter("inference requests that passed validation")
+    infer_rows: int = counter("rows in those requests")
+    model_calls: int = counter("calls into a model (or upstream inference calls)")
+    uptime_s: float = gauge("seconds since the server started")
+
+
 class ServerCounters:
-    """Plain counters updated on the hot path; rendered only when scraped."""
+    """Plain counters updated on the hot path; a typed record only when scraped."""
 
-    accepted: int = 0
-    completed: int = 0
-    in_flight: int = 0
-    cancelled: int = 0
-    client_errors: int = 0
-    server_errors: int = 0
-    infer_requests: int = 0
-    infer_rows: int = 0
-    model_calls: int = 0
-    started_at: float = 0.0
+    __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
+                 "server_errors", "infer_requests", "infer_rows", "model_calls", "started_at")
 
-    def snapshot(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["uptime_s"] = time.time() - self.started_at
-        return out
+    def __init__(self) -> None:
+        self.accepted = self.completed = self.in_flight = self.cancelled = 0
+        self.client_errors = self.server_errors = 0
+        self.infer_requests = self.infer_rows = self.model_calls = 0
+        self.started_at = time.time()
+
+    def snapshot(self) -> ServerStatistics:
+        return ServerStatistics(
+            accepted=self.accepted, completed=self.completed, in_flight=self.in_flight,
+            cancelled=self.cancelled, client_errors=self.client_errors,
+            server_errors=self.server_errors, infer_requests=self.infer_requests,
+            infer_rows=self.infer_rows, model_calls=self.model_calls,
+            uptime_s=time.time() - self.started_at)
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(body=json_dumps(doc), status=status, content_type="application/json")
+
+
+def error_response(exc: OptkitError) -> web.Response:
+    """The JSON answer for an optkit error; a full queue also says when to come back."""
+    headers = None
+    if isinstance(exc, QueueFull):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return web.Response(body=error_body(str(exc)), status=exc.status,
+                        content_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -72,7 +96,7 @@ def make_error_middleware(counters: ServerCounters) -> Any:
         try:
             response = await handler(request)
         except OptkitError as exc:
-            response = _error(exc.status, str(exc))
+            response = error_response(exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 counters.in_flight -= 1
@@ -91,10 +115,11 @@ def make_error_middleware(counters: ServerCounters) -> Any:
         counters.in_flight -= 1
         counters.completed += 1
         status = response.status
-        if status >= 500:
-            counters.server_errors += 1
-        elif status >= 400:
-            counters.client_errors += 1
+        if status >= 400:
+            if status >= 500:
+                counters.server_errors += 1
+            else:
+                counters.client_errors += 1
         return response
 
     return error_middleware
@@ -139,49 +164,58 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def stats_handler(request: web.Request) -> web.Response:
-    doc = request.app[STATS_KEY].snapshot()
-    extra = request.app.get(EXTRA_STATS_KEY)
-    if extra is not None:
-        doc.update(extra())
-    return json_response(doc)
-
-
 class _Collector:
-    def __init__(self, app: web.Application, prefix: str) -> None:
-        self._app, self._prefix = app, prefix
+    def __init__(self, statistics: Callable[[], Any], prefix: str) -> None:
+        self._statistics, self._prefix = statistics, prefix
 
     def collect(self) -> Iterator[Any]:
-        doc = self._app[STATS_KEY].snapshot()
-        extra = self._app.get(EXTRA_STATS_KEY)
-        if extra is not None:
-            doc.update(extra())
-        for key, value in _flatten(doc):
-            name = f"{self._prefix}_{key}"
-            if key in ("in_flight", "started_at") or key.endswith(
-                    ("_s", "ready", "idle", "in_use", "depth", "ratio")):
-                yield GaugeMetricFamily(name, key.replace("_", " "), value=float(value))
-            else:
-                yield CounterMetricFamily(name, key.replace("_", " "), value=float(value))
+        return iter_families(self._prefix, self._statistics())
 
 
-def _flatten(doc: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    for key, value in doc.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, name + "_")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield name, value
+def install_observability(app: web.Application, prefix: str,
+                          statistics: Callable[[], Any]) -> None:
+    """``GET /stats`` (JSON) and ``GET /metrics`` (Prometheus), both from ``statistics()``.
 
-
-def install_metrics(app: web.Application, prefix: str) -> None:
+    The component's whole statistics record is serialized: nothing is copied by
+    hand, and each metric has the type its field declares.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(app, prefix))  # type: ignore[arg-type]
+    registry.register(_Collector(statistics, prefix))  # type: ignore[arg-type]
 
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
+    async def stats_handler(request: web.Request) -> web.Response:
+        return json_response(to_plain(statistics()))
+
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/stats", stats_handler)
 
+
+class V2Handlers(Protocol):
+    """The Open Inference Protocol v2 REST endpoints a tier answers."""
+
+    async def live(self, request: web.Request) -> web.StreamResponse: ...
+    async def ready(self, request: web.Request) -> web.StreamResponse: ...
+    async def server_metadata(self, request: web.Request) -> web.StreamResponse: ...
+    async def model_metadata(self, request: web.Request) -> web.StreamResponse: ...
+    async def model_ready(self, request: web.Request) -> web.StreamResponse: ...
+    async def infer(self, request: web.Request) -> web.StreamResponse: ...
+    async def repository_index(self, request: web.Request) -> web.StreamResponse: ...
+    async def repository_load(self, request: web.Request) -> web.StreamResponse: ...
+    async def repository_unload(self, request: web.Request) -> web.StreamResponse: ...
+
+
+def add_v2_routes(router: web.UrlDispatcher, h: V2Handlers) -> None:
+    """The one v2 route table both tiers serve."""
+    router.add_get("/v2/health/live", h.live)
+    router.add_get("/v2/health/ready", h.ready)
+    router.add_get("/v2", h.server_metadata)
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        router.add_get(base, h.model_metadata)
+        router.add_get(base + "/ready", h.model_ready)
+        router.add_post(base + "/infer", h.infer)
+    router.add_post("/v2/repository/index", h.repository_index)
+    router.add_post("/v2/repository/models/{model}/load", h.repository_load)
+    router.add_post("/v2/repository/models/{model}/unload", h.repository_unload)

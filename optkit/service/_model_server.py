@@ -1,4 +1,4 @@
-"""The model server: an aiohttp app speaking the Open Inference Protocol v2 (REST).
+"""The model server: Open Inference Protocol v2 (REST) over a model repository.
 
 ::
 
@@ -16,7 +16,7 @@ loaded synchronously on the serving loop, at start-up and on ``load``.
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,70 +27,83 @@ from .._config import ServiceConfig
 from .._exceptions import InferenceError, OptkitError, ProtocolError
 from .._protocol import BINARY_HEADER, encode_infer_response, json_loads, parse_infer_request, \
     validate_inputs
-from .._repository import READY, ModelRepository
-from ._http import EXTRA_STATS_KEY, STATS_KEY, ServerCounters, binary_header_length, \
-    install_metrics, json_response, make_error_middleware, model_ref, read_body
+from .._repository import READY, ModelRepository, RepositoryStatistics
+from ._http import STATS_KEY, ServerCounters, ServerStatistics, add_v2_routes, \
+    binary_header_length, install_observability, json_response, make_error_middleware, \
+    model_ref, read_body
 
-__all__ = ["create_model_server"]
+__all__ = ["ModelServer", "ModelServerStatistics", "create_model_server", "MODEL_SERVER_KEY"]
 
 log = logging.getLogger("optkit.model_server")
-REPO_KEY: web.AppKey[ModelRepository] = web.AppKey("optkit_repository", ModelRepository)
 EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics"]
+_SMALL_BODY = 64 * 1024  # repository requests carry no tensors
+MODEL_SERVER_KEY: web.AppKey["ModelServer"] = web.AppKey("optkit_model_server", object)  # type: ignore[arg-type]
 
 
-def create_model_server(repository: str | Path, config: ServiceConfig | None = None) -> web.Application:
-    """Build the model server app over the repository at ``repository``.
+@dataclass(frozen=True, slots=True)
+class ModelServerStatistics:
+    """Everything the model server counts; ``/stats`` and ``/metrics`` serialize it whole."""
 
-    Models named in ``config.loading.models`` (all, if empty) are loaded before
-    the app is returned, synchronously: the baseline's start-up.
+    server: ServerStatistics
+    repository: RepositoryStatistics
+
+
+class ModelServer:
+    """A v2 server hosting the models of one repository.
+
+    Args:
+        repository: the repository folder (``<repo>/<model>/<version>/``).
+        config: the service config; ``loading.models`` names what :meth:`start`
+            loads (all, if empty).
+
+    Nothing is loaded by the constructor: :meth:`start` (run by the app's
+    start-up) loads the configured models, synchronously, before the server
+    accepts a connection — the baseline's start-up.
     """
-    config = config or ServiceConfig()
-    repo = ModelRepository(repository, overrides=config.loading.parameters)
-    counters = ServerCounters()
-    limit = config.server.max_body_bytes
-    app = web.Application(client_max_size=limit, middlewares=[make_error_middleware(counters)])
-    app[REPO_KEY] = repo
-    app[STATS_KEY] = counters
 
-    for name in (config.loading.models or tuple(repo.names())):
-        try:
-            repo.load(name)
-        except OptkitError as exc:  # a broken model must not stop the others
-            log.error("model %s failed to load: %s", name, exc)
+    def __init__(self, repository: str | Path, config: ServiceConfig | None = None) -> None:
+        self.config = config or ServiceConfig()
+        self.repository = ModelRepository(repository, overrides=self.config.loading.parameters)
+        self.counters = ServerCounters()
+        self._limit = self.config.server.max_body_bytes
 
-    async def on_startup(app: web.Application) -> None:
-        counters.started_at = time.time()
+    # -- lifecycle ------------------------------------------------------------------
+    def make_app(self) -> web.Application:
+        """The aiohttp app serving this model server."""
+        app = web.Application(client_max_size=self._limit,
+                              middlewares=[make_error_middleware(self.counters)])
+        app[STATS_KEY] = self.counters
+        app[MODEL_SERVER_KEY] = self
+        app.on_startup.append(lambda _app: self.start())
+        app.on_cleanup.append(lambda _app: self.aclose())
+        add_v2_routes(app.router, self)
+        install_observability(app, "optkit_model_server", self.statistics)
+        return app
 
-    app.on_startup.append(on_startup)
+    async def start(self) -> None:
+        """Load the configured models; a broken one is logged and the others still load."""
+        for name in (self.config.loading.models or tuple(self.repository.names())):
+            try:
+                self.repository.load(name)
+            except OptkitError as exc:
+                log.error("model %s failed to load: %s", name, exc)
 
-    async def live(request: web.Request) -> web.Response:
-        return json_response({"live": True})
+    async def aclose(self) -> None:
+        return None
 
-    async def ready(request: web.Request) -> web.Response:
-        ok = repo.statistics().ready > 0 or not repo.names()
-        return json_response({"ready": ok}, status=200 if ok else 503)
+    def statistics(self) -> ModelServerStatistics:
+        return ModelServerStatistics(self.counters.snapshot(), self.repository.statistics())
 
-    async def server_metadata(request: web.Request) -> web.Response:
-        return json_response({"name": "optkit-model-server", "version": __version__,
-                              "extensions": EXTENSIONS})
+    def __repr__(self) -> str:
+        c = self.counters
+        return (f"<ModelServer {self.repository.root} [{c.in_flight} in flight, "
+                f"{c.completed} answered | {self.repository.statistics().ready} models ready]>")
 
-    async def model_metadata(request: web.Request) -> web.Response:
+    # -- v2 endpoints -----------------------------------------------------------------
+    async def infer(self, request: web.Request) -> web.Response:
         name, version = model_ref(request)
-        cfg = repo.config(name, version)
-        return json_response(cfg.metadata(versions=repo.versions(name)))
-
-    async def model_ready(request: web.Request) -> web.Response:
-        name, version = model_ref(request)
-        state, _ = repo.state(name)
-        if version is not None:
-            repo.version_dir(name, version)
-        ok = state == READY and (version is None or repo.get(name).config.version == version)
-        return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
-
-    async def infer(request: web.Request) -> web.Response:
-        name, version = model_ref(request)
-        model = repo.get(name, version)
-        body = await read_body(request, limit)
+        model = self.repository.get(name, version)
+        body = await read_body(request, self._limit)
         req = parse_infer_request(body, binary_header_length(request))
         cfg = model.config
         validate_inputs(req, cfg.inputs, cfg.max_batch_size)
@@ -98,6 +111,7 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
             unknown = set(req.outputs) - {t.name for t in cfg.outputs}
             if unknown:
                 raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
+        counters = self.counters
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
         counters.model_calls += 1
@@ -109,15 +123,41 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
         payload, head_len = encode_infer_response(
             name, cfg.version, selected, request_id=req.id, binary=req.outputs,
             binary_default=req.binary_default)
-        headers = None if head_len is None else {BINARY_HEADER: str(head_len)}
-        return web.Response(body=payload, headers=headers,
-                            content_type="application/octet-stream" if head_len is not None
-                            else "application/json")
+        if head_len is None:
+            return web.Response(body=payload, content_type="application/json")
+        return web.Response(body=payload, headers={BINARY_HEADER: str(head_len)},
+                            content_type="application/octet-stream")
 
-    async def repo_index(request: web.Request) -> web.Response:
+    async def live(self, request: web.Request) -> web.Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        repo = self.repository
+        ok = repo.statistics().ready > 0 or not repo.names()
+        return json_response({"ready": ok}, status=200 if ok else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return json_response({"name": "optkit-model-server", "version": __version__,
+                              "extensions": EXTENSIONS})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        name, version = model_ref(request)
+        cfg = self.repository.config(name, version)
+        return json_response(cfg.metadata(versions=self.repository.versions(name)))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = model_ref(request)
+        repo = self.repository
+        state, _ = repo.state(name)
+        if version is not None:
+            repo.version_dir(name, version)
+        ok = state == READY and (version is None or repo.get(name).config.version == version)
+        return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
+
+    async def repository_index(self, request: web.Request) -> web.Response:
         ready_only = False
         if request.can_read_body:
-            body = await read_body(request, 64 * 1024)
+            body = await read_body(request, _SMALL_BODY)
             if body.strip():
                 try:
                     doc: Any = json_loads(body)
@@ -126,36 +166,21 @@ def create_model_server(repository: str | Path, config: ServiceConfig | None = N
                 if not isinstance(doc, dict):
                     raise ProtocolError("index request must be a JSON object")
                 ready_only = bool(doc.get("ready", False))
-        return json_response(repo.index(ready_only=ready_only))
+        return json_response(self.repository.index(ready_only=ready_only))
 
-    async def repo_load(request: web.Request) -> web.Response:
+    async def repository_load(self, request: web.Request) -> web.Response:
         name, _ = model_ref(request)
-        await read_body(request, 64 * 1024)  # parameters are not used: never a path
-        repo.load(name)  # baseline: blocks the serving loop while it reads weights
+        await read_body(request, _SMALL_BODY)  # parameters are not used: never a path
+        self.repository.load(name)  # baseline: blocks the serving loop while it reads weights
         return json_response({})
 
-    async def repo_unload(request: web.Request) -> web.Response:
+    async def repository_unload(self, request: web.Request) -> web.Response:
         name, _ = model_ref(request)
-        repo.unload(name)
+        self.repository.unload(name)
         return json_response({})
 
-    def extra() -> dict[str, Any]:
-        st = repo.statistics()
-        return {"repository": {"loads": st.loads, "load_failures": st.load_failures,
-                               "unloads": st.unloads, "ready": st.ready}}
 
-    app[EXTRA_STATS_KEY] = extra
-    r = app.router
-    r.add_get("/v2/health/live", live)
-    r.add_get("/v2/health/ready", ready)
-    r.add_get("/v2", server_metadata)
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_get(base, model_metadata)
-        r.add_get(base + "/ready", model_ready)
-        r.add_post(base + "/infer", infer)
-    r.add_post("/v2/repository/index", repo_index)
-    r.add_post("/v2/repository/models/{model}/load", repo_load)
-    r.add_post("/v2/repository/models/{model}/unload", repo_unload)
-    install_metrics(app, "optkit_model_server")
-    return app
-
+def create_model_server(repository: str | Path,
+                        config: ServiceConfig | None = None) -> web.Application:
+    """The app of a :class:`ModelServer` over the repository at ``repository``."""
+    return ModelServer(repository, config).make_app()

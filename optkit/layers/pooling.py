@@ -11,11 +11,18 @@ implemented twice::
 A pool is a taxi rank: a request takes the first idle connection, rides it to
 the upstream and back, and returns it; a new one is opened only when the rank is
 empty and fewer than ``limit`` are out; one idle for ``keepalive_timeout`` is sent
-home. Keep that shorter than the upstream's idle timeout (aiohttp's server: 75 s;
-ours: 15 s) so the pool, not the server, closes idle connections. aiohttp's
+home. Keep that shorter than the upstream's idle timeout (aiohttp's server, ours
+included: 75 s; the pool's default: 15 s) so the pool, not the server, closes idle
+connections. aiohttp's
 ``TCPConnector`` does the pooling; this module adds the statistics (counted by
 aiohttp's ``TraceConfig`` hooks, not guessed), the retry policy, the bounded waits
-and the mapping of failures onto optkit's exceptions::
+and the mapping of failures onto optkit's exceptions.
+
+Two ways to call: :meth:`~ConnectionPool.request` reads the whole answer (bounded
+by ``max_upstream_response_bytes``); :meth:`~ConnectionPool.stream` is an async
+context manager whose :class:`UpstreamStream` yields the body chunk by chunk under
+the same bound, so a caller can relay it without holding it whole. Both share the
+send, the retry rule and the error mapping::
 
     refused, reset, dropped before the whole answer     -> UpstreamUnavailable
     no answer within upstream_timeout_s                 -> UpstreamTimeout
@@ -51,16 +58,18 @@ resent, once, within what is left of ``upstream_timeout_s``:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Protocol, Self
+from typing import AsyncContextManager, Protocol, Self
 
 import aiohttp
 from aiohttp import ClientTimeout
 
-from ._config import PoolingConfig, ServerConfig
-from ._exceptions import (
+from .._config import PoolingConfig, ServerConfig
+from .._metrics import counter, gauge
+from .._exceptions import (
     OptkitError,
     PoolTimeout,
     UpstreamError,
@@ -70,6 +79,7 @@ from ._exceptions import (
 
 __all__ = [
     "UpstreamResponse",
+    "UpstreamStream",
     "UpstreamClient",
     "PoolStatistics",
     "DirectClient",
@@ -107,22 +117,65 @@ class UpstreamResponse:
 class PoolStatistics:
     """A snapshot of a client: cumulative counters and current gauges."""
 
-    requests: int  # requests started
-    active: int  # requests in flight now
-    connections_opened: int
-    connections_reused: int
-    idle: int  # connections parked in the pool now
-    in_use: int  # connections lent out (or being opened) now
-    waits_for_slot: int  # requests that found all `limit` connections out and queued
-    retries: int  # requests sent twice, answered or not
-    non_idempotent_retries: int  # of which not idempotent (answer marked)
-    errors: int  # requests that raised
+    __derived__ = ("reuse_ratio",)
+
+    requests: int = counter("upstream requests started")
+    active: int = gauge("upstream requests in flight now")
+    connections_opened: int = counter("upstream connections opened")
+    connections_reused: int = counter("acquisitions served by an open connection")
+    idle: int = gauge("connections parked in the pool now")
+    in_use: int = gauge("connections lent out (or being opened) now")
+    waits_for_slot: int = counter("requests that found every connection out and queued")
+    retries: int = counter("requests sent twice, answered or not")
+    non_idempotent_retries: int = counter("of the retries, non-idempotent ones (answer marked)")
+    errors: int = counter("upstream requests that raised")
 
     @property
     def reuse_ratio(self) -> float:
         """Share of connection acquisitions served by an already open connection."""
         total = self.connections_opened + self.connections_reused
         return self.connections_reused / total if total else 0.0
+
+
+class UpstreamStream:
+    """An upstream's answer whose body is still on the wire.
+
+    Read it with ``async for chunk in stream.iter_chunks()``: chunks arrive as the
+    upstream sends them, the running total is bounded by
+    ``max_upstream_response_bytes``, and a failure mid-body raises the same
+    optkit exceptions as :meth:`ConnectionPool.request`. Valid only inside the
+    ``async with client.stream(...)`` block that produced it.
+    """
+
+    __slots__ = ("status", "content_type", "headers", "retried", "content_length",
+                 "_resp", "_client", "_url")
+
+    def __init__(self, resp: aiohttp.ClientResponse, client: "_Client", url: str,
+                 retried: bool) -> None:
+        self.status = resp.status
+        self.content_type = resp.headers.get("Content-Type", "")
+        self.headers: Mapping[str, str] = resp.headers
+        self.retried = retried
+        self.content_length = resp.content_length
+        self._resp, self._client, self._url = resp, client, url
+
+    async def iter_chunks(self, chunk_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """The body in chunks of at most ``chunk_bytes``, as they arrive."""
+        limit, size = self._client._max_response, 0
+        if self.content_length is not None and self.content_length > limit:
+            raise self._client._too_large(self._url, self.content_length)
+        try:
+            async for chunk in self._resp.content.iter_chunked(chunk_bytes):
+                size += len(chunk)
+                if size > limit:
+                    raise self._client._too_large(self._url, None)
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._client._error(exc, self._url, _Probe()) from exc
+
+    async def read(self) -> bytes:
+        """The rest of the body, whole (bounded like :meth:`iter_chunks`)."""
+        return b"".join([chunk async for chunk in self.iter_chunks(1 << 20)])
 
 
 class UpstreamClient(Protocol):
@@ -137,6 +190,16 @@ class UpstreamClient(Protocol):
         headers: Mapping[str, str] | None = None,
         idempotent: bool = False,
     ) -> UpstreamResponse: ...
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> AsyncContextManager[UpstreamStream]: ...
 
     def statistics(self) -> PoolStatistics: ...
 
@@ -227,33 +290,11 @@ class _Client:
         Raises:
             UpstreamUnavailable, UpstreamTimeout, PoolTimeout, UpstreamError.
         """
-        session = self._session if self._session is not None else self._open()
-        if headers is None and body is not None:
-            headers = _JSON_HEADERS
         probe = _Probe()
-        timeout = self._timeout
-        started = time.monotonic()
         self._requests += 1
         self._active += 1
         try:
-            while True:
-                try:
-                    resp = await session.request(
-                        method, url, data=body, headers=headers,
-                        timeout=timeout, trace_request_ctx=probe,
-                    )
-                    break
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    if not (self._retry_stale and probe.reused and probe.attempts == 1
-                            and isinstance(exc, _DROPPED)
-                            and not isinstance(exc, aiohttp.ClientConnectorError)):
-                        raise self._error(exc, url, probe) from exc
-                    left = self._total_s - (time.monotonic() - started)
-                    if left <= 0:
-                        raise self._error(TimeoutError("none left to retry"), url, probe) from exc
-                    timeout = ClientTimeout(
-                        total=left, connect=timeout.connect, sock_connect=timeout.sock_connect
-                    )
+            resp = await self._send(method, url, body, headers, probe)
             try:
                 payload = await self._read_bounded(resp, url)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -265,29 +306,92 @@ class _Client:
                 probe.attempts > 1,
             )
         finally:
-            self._active -= 1
-            if probe.attempts > 1:
-                self._retries += 1
-                if not (idempotent or method in _IDEMPOTENT_METHODS):
-                    self._unsafe_retries += 1
+            self._done(probe, method, idempotent)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+    ) -> AsyncIterator[UpstreamStream]:
+        """Send one request; yield its answer with the body still to be read.
+
+        Same arguments, retry rule and errors as :meth:`request`; the body is read
+        through :meth:`UpstreamStream.iter_chunks` inside the block, and the
+        connection goes back to the pool (or is closed, if the body was not read
+        to the end) when the block exits.
+        """
+        probe = _Probe()
+        self._requests += 1
+        self._active += 1
+        try:
+            resp = await self._send(method, url, body, headers, probe)
+            try:
+                yield UpstreamStream(resp, self, url, probe.attempts > 1)
+            finally:
+                if resp.content.at_eof():
+                    resp.release()
+                else:  # a half-read body cannot be reused: drop the connection
+                    resp.close()
+        finally:
+            self._done(probe, method, idempotent)
+
+    async def _send(self, method: str, url: str, body: bytes | None,
+                    headers: Mapping[str, str] | None, probe: _Probe) -> aiohttp.ClientResponse:
+        """Send, resending once on the stale-connection signature; the answer's head."""
+        session = self._session if self._session is not None else self._open()
+        if headers is None and body is not None:
+            headers = _JSON_HEADERS
+        timeout = self._timeout
+        started = time.monotonic()
+        while True:
+            try:
+                return await session.request(
+                    method, url, data=body, headers=headers,
+                    timeout=timeout, trace_request_ctx=probe,
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if not (self._retry_stale and probe.reused and probe.attempts == 1
+                        and isinstance(exc, _DROPPED)
+                        and not isinstance(exc, aiohttp.ClientConnectorError)):
+                    raise self._error(exc, url, probe) from exc
+                left = self._total_s - (time.monotonic() - started)
+                if left <= 0:
+                    raise self._error(TimeoutError("none left to retry"), url, probe) from exc
+                timeout = ClientTimeout(
+                    total=left, connect=timeout.connect, sock_connect=timeout.sock_connect
+                )
+
+    def _done(self, probe: _Probe, method: str, idempotent: bool) -> None:
+        self._active -= 1
+        if probe.attempts > 1:
+            self._retries += 1
+            if not (idempotent or method in _IDEMPOTENT_METHODS):
+                self._unsafe_retries += 1
 
     async def _read_bounded(self, resp: aiohttp.ClientResponse, url: str) -> bytes:
         """The whole body, refusing one over ``max_upstream_response_bytes``."""
         limit = self._max_response
         if resp.content_length is not None:
             if resp.content_length > limit:
-                self._errors += 1
-                raise UpstreamError(f"{url}: answer of {resp.content_length} bytes is over the "
-                                    f"{limit}-byte bound")
+                raise self._too_large(url, resp.content_length)
             return await resp.read()  # the hot path: a declared, bounded length
         chunks, size = [], 0
         async for chunk in resp.content.iter_chunked(1 << 20):
             size += len(chunk)
             if size > limit:
-                self._errors += 1
-                raise UpstreamError(f"{url}: answer is over the {limit}-byte bound")
+                raise self._too_large(url, None)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _too_large(self, url: str, declared: int | None) -> UpstreamError:
+        self._errors += 1
+        what = f"answer of {declared} bytes" if declared is not None else "answer"
+        return UpstreamError(f"{url}: {what} is over the {self._max_response}-byte bound")
 
     def _error(self, exc: BaseException, url: str, probe: _Probe) -> OptkitError:
         """Name an aiohttp failure in optkit's terms (the one place that does)."""

@@ -1,0 +1,16 @@
+"""The sprint's optimization layers, one module each; the service wires them together.
+
+::
+
+    layers/pooling.py    ConnectionPool (and the baseline DirectClient): upstream connections
+    layers/batching.py   DynamicBatcher: concurrent requests for one model become one call
+
+A layer never imports :mod:`optkit.service`; each has a frozen config section in
+:mod:`optkit._config`, ``statistics()`` returning a frozen record, and ``aclose()``.
+"""
+
+from .pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
+                      UpstreamResponse, UpstreamStream)
+
+__all__ = ["ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
+           "UpstreamResponse", "UpstreamStream"]

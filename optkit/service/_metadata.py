@@ -1,0 +1,109 @@
+"""The gateway's cache of model metadata: what it validates requests against.
+
+::
+
+    get(m, v) ─ fresh entry? ── yes ─▶ hit
+                    │ no
+                    ▼
+               a fetch for (m, v) already under way? ── yes ─▶ wait for it (shared)
+                    │ no
+                    ▼
+               start one fetch; every caller that arrives meanwhile shares it
+
+An entry is fresh for ``ttl_s`` seconds; :meth:`invalidate` drops one at once
+(the gateway does on an upstream 404). Failed fetches are not cached: the next
+caller tries again. Time comes from ``clock`` so tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from .._metrics import counter, gauge
+from .._protocol import TensorSpec
+
+__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics"]
+
+Key = tuple[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMeta:
+    """What the gateway needs of a model's v2 metadata."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    max_batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataCacheStatistics:
+    hits: int = counter("lookups answered from a fresh entry")
+    fetches: int = counter("upstream metadata fetches started")
+    shared: int = counter("lookups that waited on a fetch already under way")
+    errors: int = counter("fetches that failed")
+    entries: int = gauge("models cached now")
+
+
+class MetadataCache:
+    """Model metadata by ``(model, version)``, fetched once per ``ttl_s``, single flight.
+
+    Args:
+        fetch: ``await fetch(model, version)`` returns a :class:`ModelMeta` or raises.
+        ttl_s: how long an entry is used before it is fetched again.
+        clock: seconds, monotonic.
+    """
+
+    def __init__(self, fetch: Callable[[str, str | None], Awaitable[ModelMeta]], *,
+                 ttl_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch, self._ttl, self._clock = fetch, ttl_s, clock
+        self._entries: dict[Key, tuple[ModelMeta, float]] = {}  # key -> (meta, fetched at)
+        self._pending: dict[Key, asyncio.Future[ModelMeta]] = {}
+        self._hits = self._fetches = self._shared = self._errors = 0
+
+    async def get(self, name: str, version: str | None) -> ModelMeta:
+        key = (name, version)
+        entry = self._entries.get(key)
+        if entry is not None and self._clock() - entry[1] < self._ttl:
+            self._hits += 1
+            return entry[0]
+        pending = self._pending.get(key)
+        if pending is None:
+            self._fetches += 1
+            pending = self._pending[key] = asyncio.ensure_future(self._fill(key))
+            pending.add_done_callback(_retrieve)  # no "never retrieved" if every caller left
+        else:
+            self._shared += 1
+        # shield: one caller going away must not cancel the fetch the others wait on
+        return await asyncio.shield(pending)
+
+    async def _fill(self, key: Key) -> ModelMeta:
+        try:
+            meta = await self._fetch(*key)
+        except BaseException:
+            self._errors += 1
+            raise
+        finally:
+            self._pending.pop(key, None)
+        self._entries[key] = (meta, self._clock())
+        return meta
+
+    def invalidate(self, name: str, version: str | None) -> None:
+        self._entries.pop((name, version), None)
+
+    def statistics(self) -> MetadataCacheStatistics:
+        return MetadataCacheStatistics(self._hits, self._fetches, self._shared, self._errors,
+                                       len(self._entries))
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (f"<MetadataCache [{s.entries} entries | {s.hits} hits, {s.fetches} fetches, "
+                f"{s.shared} shared]>")
+
+
+def _retrieve(future: asyncio.Future[ModelMeta]) -> None:
+    if not future.cancelled():
+        future.exception()
