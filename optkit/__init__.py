@@ -15,8 +15,8 @@ from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_s
 from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
                         encode_infer_response, parse_infer_request, validate_inputs)
 from ._repository import ModelRepository, RepositoryStatistics
-from .layers import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
-                     UpstreamResponse, UpstreamStream)
+from .layers import (BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
+                     PoolStatistics, UpstreamClient, UpstreamResponse, UpstreamStream)
 
 __all__ = [
     "__version__",
@@ -35,7 +35,7 @@ __all__ = [
     "ModelRepository", "RepositoryStatistics",
     # layers
     "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient", "UpstreamResponse",
-    "UpstreamStream",
+    "UpstreamStream", "DynamicBatcher", "BatchStatistics",
     # experiments (imported lazily: servers start without pandas/scipy)
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
     "stats", "plotting", "bench",

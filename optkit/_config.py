@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
+from ._checks import check_bool as _bool, check_int as _integer, check_number as _positive
 from ._exceptions import ConfigError
 
 __all__ = [
@@ -38,27 +39,9 @@ __all__ = [
 MiB = 1024 * 1024
 
 
-def _bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-
-
-def _integer(name: str, value: object, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    _positive(name, value, allow_zero=allow_zero)
-
-
 def _not_yet(name: str, issue: str) -> ConfigError:
     return ConfigError(f"{name} is not implemented yet (it arrives with the {issue} layer); "
                        "enabling it would silently measure the baseline")
-
-
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,23 +107,35 @@ class PoolingConfig:
 class BatchingConfig:
     """Coalesce concurrent requests for one model into one call.
 
-    A batch is a bus that leaves when full (``max_batch_size`` rows) or when
-    its first passenger has waited ``max_delay_ms``; at most ``max_queue``
-    requests wait, beyond that callers get a 503 (backpressure).
+    A batch is a bus: it leaves at once while the road is clear (no batch
+    running); while buses are on the road, passengers accumulate, and one
+    leaves when full (``max_batch_size`` rows) or when its first passenger has
+    waited ``max_delay_ms``. At most ``max_concurrent_batches`` buses are on the
+    road at once (1: the model runs one batch at a time, and the delay never
+    applies); at most ``max_queue`` requests wait, beyond that callers get a 503
+    (backpressure). See :class:`optkit.layers.batching.DynamicBatcher`.
+
+    ``executor`` says where the model server runs a batch: ``loop`` (on the
+    event loop: requests that arrive while it computes are parsed right after
+    and form the next batch) or ``thread`` (a pool of ``max_concurrent_batches``
+    threads, the loop parsing meanwhile as far as the GIL lets it).
     """
 
     enabled: bool = False
     max_batch_size: int = 32
     max_delay_ms: float = 1.0
     max_queue: int = 1024
+    max_concurrent_batches: int = 1
+    executor: Literal["loop", "thread"] = "loop"
 
     def __post_init__(self) -> None:
         _bool("batching.enabled", self.enabled)
         _integer("batching.max_batch_size", self.max_batch_size)
         _positive("batching.max_delay_ms", self.max_delay_ms, allow_zero=True)
         _integer("batching.max_queue", self.max_queue)
-        if self.enabled:
-            raise _not_yet("batching.enabled", "Tuesday (request batching)")
+        _integer("batching.max_concurrent_batches", self.max_concurrent_batches)
+        if self.executor not in ("loop", "thread"):
+            raise ConfigError(f"batching.executor must be 'loop' or 'thread', got {self.executor!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,9 +36,13 @@ __all__ = [
     "InferRequest",
     "parse_infer_request",
     "validate_inputs",
+    "request_deadline",
     "encode_infer_request",
     "encode_infer_response",
     "decode_infer_response",
+    "decode_infer_result",
+    "encode_binary_infer_request",
+    "InferResult",
     "json_dumps",
     "json_loads",
     "error_body",
@@ -115,6 +119,8 @@ class InferRequest:
     #: requested output names -> wants binary data; empty means "all, as JSON".
     outputs: dict[str, bool] = field(default_factory=dict)
     binary_default: bool = False
+    #: the v2 ``timeout`` parameter (microseconds, as Triton names it); None or 0: no deadline
+    timeout_us: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -242,13 +248,24 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         oparams = raw.get("parameters") or {}
         outputs[raw["name"]] = bool(isinstance(oparams, dict) and oparams.get("binary_data"))
     rid = doc.get("id")
+    timeout = params.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                or timeout < 0):
+        raise ProtocolError(f"parameter 'timeout' must be a non-negative integer of "
+                            f"microseconds, got {timeout!r}")
     return InferRequest(
         inputs=inputs,
         id=None if rid is None else str(rid),
         parameters=params,
         outputs=outputs,
         binary_default=bool(params.get("binary_data_output")),
+        timeout_us=timeout or None,
     )
+
+
+def request_deadline(request: InferRequest, now: float) -> float | None:
+    """When the request stops being worth running, on the clock ``now`` came from."""
+    return None if request.timeout_us is None else now + request.timeout_us * 1e-6
 
 
 def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batch_size: int) -> None:
@@ -331,20 +348,70 @@ def encode_infer_request(inputs: Mapping[str, np.ndarray], *, request_id: str | 
     return json_dumps(doc)
 
 
+@dataclass
+class InferResult:
+    """A decoded v2 inference response."""
+
+    model_name: str
+    model_version: str | None
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+
+
+def decode_infer_result(body: bytes, header_length: int | None = None) -> InferResult:
+    """Decode a v2 response body (JSON, or JSON header + binary tensors).
+
+    Raises:
+        ProtocolError: the body is not a well-formed v2 response.
+    """
+    head = body if header_length is None else body[:header_length]
+    try:
+        doc = orjson.loads(head)
+        blob = memoryview(body)[len(head):]
+        out: dict[str, np.ndarray] = {}
+        offset = 0
+        for entry in doc["outputs"]:
+            dtype = DATATYPES[entry["datatype"]]
+            size = (entry.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                if offset + size > len(blob):
+                    raise ValueError("binary data runs past the end of the body")
+                arr = np.frombuffer(blob[offset:offset + size], dtype=dtype)
+                offset += size
+            else:
+                arr = np.asarray(entry["data"], dtype=dtype)
+            out[entry["name"]] = arr.reshape(entry["shape"])
+        version = doc.get("model_version")
+        rid = doc.get("id")
+        return InferResult(str(doc.get("model_name", "")),
+                           None if version is None else str(version), out,
+                           None if rid is None else str(rid))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed v2 response: {exc!r}") from None
+
+
 def decode_infer_response(body: bytes, header_length: int | None = None) -> dict[str, np.ndarray]:
     """Decode a v2 response body into ``{output name: array}``."""
-    head = body if header_length is None else body[:header_length]
-    doc = orjson.loads(head)
-    blob = memoryview(body)[len(head):]
-    out: dict[str, np.ndarray] = {}
-    offset = 0
-    for entry in doc["outputs"]:
-        dtype = DATATYPES[entry["datatype"]]
-        size = (entry.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            arr = np.frombuffer(blob[offset:offset + size], dtype=dtype)
-            offset += size
-        else:
-            arr = np.asarray(entry["data"], dtype=dtype)
-        out[entry["name"]] = arr.reshape(entry["shape"])
-    return out
+    return decode_infer_result(body, header_length).outputs
+
+
+def encode_binary_infer_request(inputs: Mapping[str, np.ndarray], *,
+                                outputs: Sequence[str] = ()) -> tuple[bytes, int]:
+    """A v2 request with every tensor in the binary extension, answers asked for in binary.
+
+    Returns ``(body, header_length)``: send the length as ``Inference-Header-Content-Length``.
+    ``outputs`` empty asks for every output.
+    """
+    entries, blobs = [], []
+    for name, arr in inputs.items():
+        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        entries.append({"name": name, "shape": list(arr.shape), "datatype": _NAME_OF[arr.dtype],
+                        "parameters": {"binary_data_size": len(raw)}})
+        blobs.append(raw)
+    doc: dict[str, Any] = {"inputs": entries}
+    if outputs:
+        doc["outputs"] = [{"name": o, "parameters": {"binary_data": True}} for o in outputs]
+    else:
+        doc["parameters"] = {"binary_data_output": True}
+    head = json_dumps(doc)
+    return head + b"".join(blobs), len(head)

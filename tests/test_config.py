@@ -36,7 +36,8 @@ def test_yaml_maps_onto_sections(tmp_path: Path) -> None:
     ({"pooling": {"enabled": "false"}}, "pooling.enabled"),
     ({"pooling": {"limit": 2.5}}, "pooling.limit"),
     ({"loading": {"models": "digits-mlp"}}, "loading.models"),
-    ({"batching": {"enabled": True}}, "not implemented yet"),
+    ({"batching": {"executor": "gpu"}}, "batching.executor"),
+    ({"batching": {"max_concurrent_batches": 0}}, "batching.max_concurrent_batches"),
     ({"streaming": {"enabled": True}}, "not implemented yet"),
     ({"loading": {"mode": "background"}}, "not implemented yet"),
 ])

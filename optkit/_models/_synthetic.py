@@ -4,6 +4,10 @@ It spins on the CPU (holding the GIL, like pure-Python inference code) for the
 configured time, then returns the row sums of its input, repeated to
 ``output_width`` columns. The known cost makes it the ground truth for
 experiments: lower ``b`` and the throughput must go up.
+
+``poison_value`` (off by default) injects a fault: a call whose input holds a
+row starting with that value raises, as a model does on an input it cannot
+handle, so batching's fault isolation can be tested and measured on a real server.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class SyntheticModel:
         self.cost_b_us = float(params.get("cost_b_us", 10.0))
         self.output_width = int(params.get("output_width", 1))
         self.load_delay_s = float(params.get("load_delay_s", 0.0))
+        poison = params.get("poison_value")
+        self.poison_value = None if poison is None else float(poison)
         self._input = config.inputs[0].name
         self._output = config.outputs[0].name
         if self.load_delay_s:
@@ -42,6 +48,8 @@ class SyntheticModel:
         x = inputs[self._input]
         batch = x.shape[0]
         _spin((self.cost_a_us + self.cost_b_us * batch) * 1e-6)
+        if self.poison_value is not None and batch and bool((x[:, 0] == self.poison_value).any()):
+            raise ValueError(f"a row starts with the poison value {self.poison_value}")
         sums = x.sum(axis=1, dtype=np.float32).reshape(batch, 1)
         if self.output_width != 1:
             sums = np.repeat(sums, self.output_width, axis=1)

@@ -9,8 +9,9 @@ A layer never imports :mod:`optkit.service`; each has a frozen config section in
 :mod:`optkit._config`, ``statistics()`` returning a frozen record, and ``aclose()``.
 """
 
+from .batching import BatchStatistics, DynamicBatcher
 from .pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                       UpstreamResponse, UpstreamStream)
 
 __all__ = ["ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
-           "UpstreamResponse", "UpstreamStream"]
+           "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics"]

@@ -5,8 +5,24 @@
     client ──▶ Gateway ─────────────────────────────────────────▶ model server(s)
                read body (bounded), decode, validate against       (round robin)
                MetadataCache ─ a 400 here, never upstream
-               forward the original bytes ── layers.pooling: pooled, or a new
-               pass the upstream's answer through (status, body)   connection each
+               batching off, or a request that cannot merge:
+                 forward the original bytes ── layers.pooling: pooled, or a new
+                 pass the upstream's answer through                 connection each
+               batching on (layers.batching.DynamicBatcher per model and shape):
+                 concurrent requests ─▶ one upstream v2 request (rows concatenated,
+                 binary tensors) ─▶ the answer cut row for row ─▶ each client's own
+                 response (its id, its outputs, JSON or binary as it asked)
+
+Merging. Requests for the same model and version, with the same input names and
+datatypes and the same requested outputs, and no parameters beyond
+``binary_data_output`` and ``timeout``, may share an upstream call; any other
+goes alone. A batch of one is forwarded as it came (no re-encoding), so a lone
+client pays nothing for batching. If the upstream refuses a merged request (400,
+422 or 500) its items are sent again in halves until the one it refuses is
+alone (the batcher's fault isolation): that client gets the upstream's own
+answer, every other its result, marked ``optkit-batch-fallback: 1``. Other
+refusals (503, 404, ...) are every item's answer; a transport failure (502, 504)
+fails the batch's items without resending.
 
 Upstream down → 502, slow → 504, both as JSON and within the configured bounds;
 the upstream's own 4xx/5xx answers are passed through unchanged. Which upstream
@@ -17,19 +33,23 @@ baseline) opens a new connection per upstream request.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 from urllib.parse import quote, urlsplit
 
+import numpy as np
 from aiohttp import web
 
 from .. import __version__
 from .._config import ServiceConfig
-from .._exceptions import ConfigError, ModelNotFound, OptkitError, UpstreamError
+from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
 from .._metrics import counter
 from .._models import validate_model_name
-from .._protocol import BINARY_HEADER, TensorSpec, json_loads, parse_infer_request, \
-    validate_inputs
+from .._protocol import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result, \
+    encode_binary_infer_request, encode_infer_request, encode_infer_response, json_loads, parse_infer_request, \
+    request_deadline, validate_inputs
+from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse)
 from ._http import STATS_KEY, ServerCounters, ServerStatistics, add_v2_routes, \
@@ -41,6 +61,9 @@ __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", 
 
 METADATA_TTL_S = 10.0
 RETRIED_HEADER = "optkit-retried"
+FALLBACK_HEADER = "optkit-batch-fallback"
+_MERGEABLE_PARAMETERS = frozenset({"binary_data_output", "timeout"})
+_SPLIT_STATUSES = frozenset({400, 422, 500})  # a refusal one item can cause
 GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("optkit_gateway", object)  # type: ignore[arg-type]
 _PASS_HEADERS = (BINARY_HEADER, RETRIED_HEADER)
 
@@ -66,6 +89,35 @@ class GatewayStatistics:
     pool: PoolStatistics
     metadata: MetadataCacheStatistics
     retried_answers: int = counter("answers marked optkit-retried (an upstream resend)")
+    merged_calls: int = counter("upstream calls that carried several client requests")
+    fallback_answers: int = counter("answers marked optkit-batch-fallback")
+    unmergeable: int = counter("requests sent alone because they could not merge")
+    batching: dict[str, BatchStatistics] = field(default_factory=dict)
+
+
+class _Pending:
+    """One client request while it rides the gateway's batcher."""
+
+    __slots__ = ("req", "body", "headers", "runs")
+
+    def __init__(self, req: InferRequest, body: bytes, headers: dict[str, str]) -> None:
+        self.req, self.body, self.headers, self.runs = req, body, headers, 0
+
+
+class _Refused(Exception):
+    """The upstream refused a merged request in a way one item can cause."""
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        super().__init__(f"upstream answered {response.status}")
+        self.response = response
+
+
+@dataclass(frozen=True, slots=True)
+class _Merged:
+    """One client's rows of a merged upstream answer."""
+
+    version: str
+    outputs: dict[str, np.ndarray]
 
 
 class Gateway:
@@ -89,7 +141,10 @@ class Gateway:
             ConnectionPool(self.config.pooling, self.config.server) if self.config.pooling.enabled
             else DirectClient(self.config.server))
         self.metadata = MetadataCache(self._fetch_meta, ttl_s=METADATA_TTL_S)
-        self._retried_answers = 0
+        self._retried_answers = self._merged_calls = self._fallbacks = self._unmergeable = 0
+        # (model, version, inputs, outputs) -> its batcher; bounded by the models' metadata
+        self._batchers: dict[tuple[Any, ...], DynamicBatcher[_Pending, Any]] = {}
+        self._binary_upstream: bool | None = None  # does the upstream speak binary tensors?
 
     # -- lifecycle ------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -104,11 +159,16 @@ class Gateway:
         return app
 
     async def aclose(self) -> None:
+        for batcher in list(self._batchers.values()):
+            await batcher.aclose()
         await self._client.aclose()
 
     def statistics(self) -> GatewayStatistics:
+        batching = {_batcher_label(key): b.statistics() for key, b in self._batchers.items()}
         return GatewayStatistics(self.counters.snapshot(), self._client.statistics(),
-                                 self.metadata.statistics(), self._retried_answers)
+                                 self.metadata.statistics(), self._retried_answers,
+                                 self._merged_calls, self._fallbacks, self._unmergeable,
+                                 batching)
 
     def __repr__(self) -> str:
         c = self.counters
@@ -156,17 +216,131 @@ class Gateway:
         req = parse_infer_request(body, head_len)
         meta = await self.metadata.get(name, version)
         validate_inputs(req, meta.inputs, meta.max_batch_size)
+        if req.outputs and meta.outputs:  # both tiers refuse the same request the same way
+            unknown = set(req.outputs) - set(meta.outputs)
+            if unknown:
+                raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
         counters = self.counters
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
         if head_len is not None:
             headers[BINARY_HEADER] = str(head_len)
+        if self.config.batching.enabled:
+            key = self._merge_key(name, version, req, meta)
+            if key is not None:
+                return await self._infer_batched(request, key, meta, req, body, headers)
+            self._unmergeable += 1
         resp = await self._upstream("POST", _model_path(name, version) + "/infer", body, headers)
         counters.model_calls += 1
         if resp.status == 404:
             self.metadata.invalidate(name, version)
         return self._passthrough(resp)
+
+    # -- batching -----------------------------------------------------------------------
+    @staticmethod
+    def _merge_key(name: str, version: str | None, req: InferRequest,
+                   meta: ModelMeta) -> tuple[Any, ...] | None:
+        """Which batcher a request may ride, or None: it must go alone."""
+        if meta.max_batch_size <= 0 or (req.outputs and not meta.outputs):
+            return None
+        if req.parameters and not _MERGEABLE_PARAMETERS.issuperset(req.parameters):
+            return None
+        return (name, version, tuple((i.name, i.datatype) for i in req.inputs),
+                tuple(sorted(req.outputs)))
+
+    async def _infer_batched(self, request: web.Request, key: tuple[Any, ...], meta: ModelMeta,
+                             req: InferRequest, body: bytes,
+                             headers: dict[str, str]) -> web.Response:
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = DynamicBatcher(
+                self._batch_runner(key), self.config.batching, max_rows=meta.max_batch_size,
+                name=_batcher_label(key), split_on_error=lambda exc: isinstance(exc, _Refused))
+        pending = _Pending(req, body, headers)
+        transport = request.transport
+        result = await batcher.submit(
+            pending, rows=req.batch_size, deadline=request_deadline(req, time.monotonic()),
+            alive=None if transport is None else (lambda: not transport.is_closing()))
+        if isinstance(result, UpstreamResponse):
+            response = self._passthrough(result)
+            if pending.runs > 1:
+                response.headers[FALLBACK_HEADER] = "1"
+                self._fallbacks += 1
+            return response
+        merged: _Merged = result
+        selected = ([(o, merged.outputs[o]) for o in req.outputs] if req.outputs
+                    else list(merged.outputs.items()))
+        payload, head_len = encode_infer_response(
+            key[0], merged.version, selected, request_id=req.id, binary=req.outputs,
+            binary_default=req.binary_default)
+        if head_len is None:
+            return web.Response(body=payload, content_type="application/json")
+        return web.Response(body=payload, headers={BINARY_HEADER: str(head_len)},
+                            content_type="application/octet-stream")
+
+    def _batch_runner(self, key: tuple[Any, ...]) -> Any:
+        name, version, _, outputs = key
+        path = _model_path(name, version) + "/infer"
+        counters = self.counters
+
+        async def run(items: Sequence[_Pending]) -> list[Any]:
+            for item in items:
+                item.runs += 1
+            counters.model_calls += 1
+            if len(items) == 1:  # alone: forwarded exactly as the client sent it
+                only = items[0]
+                resp = await self._upstream("POST", path, only.body, only.headers)
+                if resp.status == 404:
+                    self.metadata.invalidate(name, version)
+                return [resp]
+            self._merged_calls += 1
+            resp = await self._upstream("POST", path, *await self._merged_body(items, outputs))
+            if resp.status != 200:
+                if resp.status in _SPLIT_STATUSES:
+                    raise _Refused(resp)
+                return [resp] * len(items)  # not one item's doing: everyone's answer
+            try:
+                result = decode_infer_result(resp.body, _header_length(resp))
+            except ProtocolError as exc:
+                raise UpstreamError(f"upstream answered a merged request with {exc}") from None
+            version_seen = result.model_version or version or ""
+            total = sum(item.req.batch_size for item in items)
+            for out_name, array in result.outputs.items():
+                if array.ndim == 0 or array.shape[0] != total:
+                    raise UpstreamError(f"upstream output {out_name!r} has shape "
+                                        f"{list(array.shape)}, not {total} rows")
+            answers, start = [], 0
+            for item in items:
+                n = item.req.batch_size
+                answers.append(_Merged(version_seen, {k: v[start:start + n]
+                                                      for k, v in result.outputs.items()}))
+                start += n
+            return answers
+
+        return run
+
+    async def _merged_body(self, items: Sequence[_Pending],
+                           outputs: tuple[str, ...]) -> tuple[bytes, dict[str, str]]:
+        """One upstream request holding every item's rows, in the items' order."""
+        inputs = {i.name: np.concatenate([item.req.input(i.name) for item in items])
+                  for i in items[0].req.inputs}
+        if await self._speaks_binary():
+            body, head_len = encode_binary_infer_request(inputs, outputs=outputs)
+            return body, {"Content-Type": "application/octet-stream",
+                          BINARY_HEADER: str(head_len)}
+        return encode_infer_request(inputs, outputs=outputs), {"Content-Type": "application/json"}
+
+    async def _speaks_binary(self) -> bool:
+        """Whether the upstream announces the binary tensor extension (asked once)."""
+        if self._binary_upstream is None:
+            try:
+                resp = await self._upstream("GET", "/v2", idempotent=True)
+                doc = json_loads(resp.body) if resp.status == 200 else {}
+                self._binary_upstream = "binary_tensor_data" in (doc.get("extensions") or ())
+            except (OptkitError, ValueError, AttributeError):
+                return False  # ask again next time
+        return self._binary_upstream
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         path = _model_path(*model_ref(request))
@@ -221,6 +395,20 @@ def create_gateway(upstreams: str | Sequence[str],
                    config: ServiceConfig | None = None) -> web.Application:
     """The app of a :class:`Gateway` forwarding to ``upstreams`` (v2 servers)."""
     return Gateway(upstreams, config).make_app()
+
+
+def _batcher_label(key: tuple[Any, ...]) -> str:
+    name, version, _, outputs = key
+    label = name + (f"/{version}" if version else "")
+    return label + (f"[{','.join(outputs)}]" if outputs else "")
+
+
+def _header_length(resp: UpstreamResponse) -> int | None:
+    raw = resp.headers.get(BINARY_HEADER)
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        raise UpstreamError(f"upstream sent a bad {BINARY_HEADER}: {raw!r}") from None
 
 
 def _model_path(name: str, version: str | None) -> str:

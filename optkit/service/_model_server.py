@@ -4,7 +4,10 @@
 
     POST /v2/models/{m}[/versions/{v}]/infer
         read body (bounded) -> decode + validate against the model's metadata
-        -> model.predict(batch) -> encode -> one buffered response
+        -> model.predict(rows)                       (batching off: the baseline)
+           or layers.batching.DynamicBatcher ─▶ one predict for many requests'
+              rows, split back row for row          (batching on)
+        -> encode (JSON or binary, as this request asked) -> one buffered response
 
 Endpoints: health (``/v2/health/live|ready``), server metadata (``/v2``), model
 metadata and readiness, inference, and the repository extension
@@ -15,19 +18,26 @@ loaded synchronously on the serving loop, at start-up and on ``load``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from aiohttp import web
 
 from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, OptkitError, ProtocolError
-from .._protocol import BINARY_HEADER, encode_infer_response, json_loads, parse_infer_request, \
-    validate_inputs
+from .._models import Model
+from .._protocol import BINARY_HEADER, InferRequest, encode_infer_response, json_loads, \
+    parse_infer_request, request_deadline, validate_inputs
 from .._repository import READY, ModelRepository, RepositoryStatistics
+from ..layers.batching import BatchStatistics, DynamicBatcher
 from ._http import STATS_KEY, ServerCounters, ServerStatistics, add_v2_routes, \
     binary_header_length, install_observability, json_response, make_error_middleware, \
     model_ref, read_body
@@ -46,6 +56,7 @@ class ModelServerStatistics:
 
     server: ServerStatistics
     repository: RepositoryStatistics
+    batching: dict[str, BatchStatistics] = field(default_factory=dict)
 
 
 class ModelServer:
@@ -66,6 +77,15 @@ class ModelServer:
         self.repository = ModelRepository(repository, overrides=self.config.loading.parameters)
         self.counters = ServerCounters()
         self._limit = self.config.server.max_body_bytes
+        self._batching = self.config.batching
+        # model name -> (the model object it batches for, its batcher); a reload gets a new one
+        self._batchers: dict[str, tuple[Model, DynamicBatcher[Mapping[str, np.ndarray],
+                                                              dict[str, np.ndarray]]]] = {}
+        self._retired: dict[str, BatchStatistics] = {}  # statistics of replaced batchers
+        self._executor: ThreadPoolExecutor | None = None
+        if self._batching.enabled and self._batching.executor == "thread":
+            self._executor = ThreadPoolExecutor(self._batching.max_concurrent_batches,
+                                                thread_name_prefix="optkit-model")
 
     # -- lifecycle ------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -89,10 +109,19 @@ class ModelServer:
                 log.error("model %s failed to load: %s", name, exc)
 
     async def aclose(self) -> None:
-        return None
+        """Let running batches finish, fail what still waits, stop the model threads."""
+        batchers, self._batchers = self._batchers, {}
+        for name, (_, batcher) in batchers.items():
+            await batcher.aclose()
+            self._retired[name] = batcher.statistics()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def statistics(self) -> ModelServerStatistics:
-        return ModelServerStatistics(self.counters.snapshot(), self.repository.statistics())
+        batching = dict(self._retired)
+        batching.update((name, b.statistics()) for name, (_, b) in self._batchers.items())
+        return ModelServerStatistics(self.counters.snapshot(), self.repository.statistics(),
+                                     batching)
 
     def __repr__(self) -> str:
         c = self.counters
@@ -114,11 +143,15 @@ class ModelServer:
         counters = self.counters
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
-        counters.model_calls += 1
-        try:
-            outputs = model.predict({item.name: item.array for item in req.inputs})
-        except Exception as exc:
-            raise InferenceError(f"model {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        inputs = {item.name: item.array for item in req.inputs}
+        if self._batching.enabled:
+            transport = request.transport
+            outputs = await self._batcher(name, model).submit(
+                inputs, rows=req.batch_size, deadline=request_deadline(req, time.monotonic()),
+                alive=None if transport is None else (lambda: not transport.is_closing()))
+        else:
+            counters.model_calls += 1
+            outputs = _predict(model, inputs)
         selected = [(o, outputs[o]) for o in req.outputs] if req.outputs else list(outputs.items())
         payload, head_len = encode_infer_response(
             name, cfg.version, selected, request_id=req.id, binary=req.outputs,
@@ -127,6 +160,47 @@ class ModelServer:
             return web.Response(body=payload, content_type="application/json")
         return web.Response(body=payload, headers={BINARY_HEADER: str(head_len)},
                             content_type="application/octet-stream")
+
+    def _batcher(self, name: str, model: Model) -> DynamicBatcher[Mapping[str, np.ndarray],
+                                                                  dict[str, np.ndarray]]:
+        entry = self._batchers.get(name)
+        if entry is not None and entry[0] is model:
+            return entry[1]
+        cfg = self._batching
+        max_rows = model.config.max_batch_size or None
+        batcher: DynamicBatcher[Mapping[str, np.ndarray], dict[str, np.ndarray]] = \
+            DynamicBatcher(self._runner(model), cfg, max_rows=max_rows, name=name)
+        if entry is not None:  # the model was reloaded: the old batcher drains, then goes
+            old = entry[1]
+            asyncio.get_running_loop().create_task(self._retire(name, old))
+        self._batchers[name] = (model, batcher)
+        return batcher
+
+    async def _retire(self, name: str, batcher: DynamicBatcher[Any, Any]) -> None:
+        await batcher.aclose()
+        self._retired[name] = batcher.statistics()
+
+    def _runner(self, model: Model) -> Any:
+        """The batch function: concatenate the items' rows, predict once, split row for row."""
+        executor = self._executor
+        counters = self.counters
+
+        async def run(items: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+            counters.model_calls += 1
+            if len(items) == 1:
+                inputs = items[0]
+            else:
+                inputs = {k: np.concatenate([item[k] for item in items]) for k in items[0]}
+            if executor is None:  # on the loop: requests that arrive meanwhile form the next batch
+                outputs = _predict(model, inputs)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    executor, _predict, model, inputs)
+            if len(items) == 1:
+                return [outputs]
+            return _split_rows(outputs, [len(next(iter(item.values()))) for item in items])
+
+        return run
 
     async def live(self, request: web.Request) -> web.Response:
         return json_response({"live": True})
@@ -178,6 +252,27 @@ class ModelServer:
         name, _ = model_ref(request)
         self.repository.unload(name)
         return json_response({})
+
+
+def _predict(model: Model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        return model.predict(inputs)
+    except Exception as exc:
+        raise InferenceError(f"model {model.config.name!r} failed: {type(exc).__name__}: "
+                             f"{exc}") from exc
+
+
+def _split_rows(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Cut each output along its batch dimension back into the items' rows."""
+    total = sum(rows)
+    for key, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != total:
+            raise InferenceError(f"output {key!r} has shape {list(value.shape)}, not {total} rows")
+    parts, start = [], 0
+    for n in rows:
+        parts.append({key: value[start:start + n] for key, value in outputs.items()})
+        start += n
+    return parts
 
 
 def create_model_server(repository: str | Path,
