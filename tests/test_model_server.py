@@ -180,3 +180,14 @@ async def test_stats_and_metrics_count_requests(model_server: TestClient) -> Non
     assert "# TYPE optkit_model_server_server_in_flight gauge" in text
     assert "# TYPE optkit_model_server_repository_ready gauge" in text
     assert "# TYPE optkit_model_server_repository_loads_total counter" in text
+
+
+async def test_wrong_method_is_a_json_405_with_allow(model_server: TestClient) -> None:
+    """A known path with the wrong method is a JSON 405 naming the allowed methods; counted."""
+    resp = await model_server.get(INFER)
+    assert resp.status == 405 and "POST" in resp.headers["Allow"]
+    assert "error" in orjson.loads(await resp.read())
+    resp = await model_server.delete("/v2/nothing-here")
+    assert resp.status == 404 and "error" in orjson.loads(await resp.read())
+    stats = orjson.loads(await (await model_server.get("/stats")).read())
+    assert stats["server"]["client_errors"] >= 2

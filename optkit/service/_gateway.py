@@ -52,9 +52,8 @@ from .._protocol import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_re
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse)
-from ._http import STATS_KEY, ServerCounters, ServerStatistics, add_v2_routes, \
-    binary_header_length, install_observability, json_response, make_error_middleware, \
-    model_ref, read_body
+from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
+    json_response, model_ref, read_body
 from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
 
 __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
@@ -149,13 +148,10 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------
     def make_app(self) -> web.Application:
         """The aiohttp app serving this gateway (its cleanup closes the gateway)."""
-        app = web.Application(client_max_size=self._limit,
-                              middlewares=[make_error_middleware(self.counters)])
-        app[STATS_KEY] = self.counters
+        app = build_app(self, prefix="optkit_gateway", counters=self.counters,
+                        statistics=self.statistics, max_body_bytes=self._limit)
         app[GATEWAY_KEY] = self
         app.on_cleanup.append(lambda _app: self.aclose())
-        add_v2_routes(app.router, self)
-        install_observability(app, "optkit_gateway", self.statistics)
         return app
 
     async def aclose(self) -> None:

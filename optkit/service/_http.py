@@ -1,9 +1,11 @@
-"""What both tiers share: JSON errors, bounded bodies, counters, /stats, /metrics.
+"""What both tiers share: the v2 route table, JSON errors, bounded bodies, counters,
+``/stats`` and ``/metrics``.
 
-Every request passes one middleware that counts it and turns any error into a
-JSON ``{"error": ...}`` body with the right status: an :class:`OptkitError`
-maps to its ``status``, aiohttp's own HTTP errors (404 route, 405, 413) keep
-theirs, and anything unexpected becomes a 500 that never takes the server down.
+Every route is wrapped by :func:`guard`, which counts the request and turns any
+error into a JSON ``{"error": ...}`` body with the right status: an
+:class:`OptkitError` maps to its ``status`` (a full queue adds ``Retry-After``),
+aiohttp's own HTTP errors (413) keep theirs, a path no route serves is a JSON 404
+or 405, and anything unexpected becomes a 500 that never takes the server down.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from .._metrics import counter, gauge, iter_families, to_plain
 from .._models import validate_model_name
 from .._protocol import BINARY_HEADER, error_body, json_dumps
 
-__all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response",
-           "make_error_middleware", "read_body", "binary_header_length", "model_ref",
-           "install_observability", "add_v2_routes", "V2Handlers", "STATS_KEY"]
+__all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
+           "build_app", "read_body", "binary_header_length", "model_ref", "V2Handlers",
+           "STATS_KEY"]
 
 log = logging.getLogger("optkit.service")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,11 +88,16 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(body=error_body(message), status=status, content_type="application/json")
 
 
-def make_error_middleware(counters: ServerCounters) -> Any:
-    """Count every request and answer every failure as JSON."""
+def guard(handler: Handler, counters: ServerCounters) -> Handler:
+    """Wrap a handler: count the request and answer any failure as JSON.
 
-    @web.middleware
-    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    This is what an aiohttp middleware would do, as one wrapper per route instead:
+    measured here, the middleware chain (two more coroutine frames on every resume
+    and aiohttp's per-request middleware lookup) cost the model server about a fifth
+    of its batched throughput.
+    """
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
         counters.accepted += 1
         counters.in_flight += 1
         try:
@@ -104,6 +111,8 @@ def make_error_middleware(counters: ServerCounters) -> Any:
                 raise
             response = _error(exc.status, exc.reason if exc.status != 413 else
                               f"request body too large: {exc.text}")
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
         except asyncio.CancelledError:  # the client went away, or a drain timed out
             counters.in_flight -= 1
             counters.cancelled += 1
@@ -122,7 +131,50 @@ def make_error_middleware(counters: ServerCounters) -> Any:
                 counters.client_errors += 1
         return response
 
-    return error_middleware
+    return guarded
+
+
+def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
+              statistics: Callable[[], Any], max_body_bytes: int) -> web.Application:
+    """The aiohttp app of a tier: the v2 routes, ``/stats``, ``/metrics``, JSON 404/405.
+
+    Every route is guarded (counted, errors as JSON); a request no route matches is
+    answered 404, or 405 with ``Allow`` when the path exists for other methods, as JSON.
+    """
+    app = web.Application(client_max_size=max_body_bytes)
+    app[STATS_KEY] = counters
+    router = app.router
+
+    def add(method: str, path: str, handler: Handler) -> None:
+        router.add_route(method, path, guard(handler, counters))
+
+    # inference first: the router tries resources in order, and this is the hot path
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        add("POST", base + "/infer", component.infer)
+    add("GET", "/v2/health/live", component.live)
+    add("GET", "/v2/health/ready", component.ready)
+    add("GET", "/v2", component.server_metadata)
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        add("GET", base, component.model_metadata)
+        add("GET", base + "/ready", component.model_ready)
+    add("POST", "/v2/repository/index", component.repository_index)
+    add("POST", "/v2/repository/models/{model}/load", component.repository_load)
+    add("POST", "/v2/repository/models/{model}/unload", component.repository_unload)
+    add("GET", "/stats", _stats_handler(statistics))
+    add("GET", "/metrics", _metrics_handler(statistics, prefix))
+    known = list(router.resources())
+
+    async def unmatched(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in known:
+            match, methods = await resource.resolve(request)
+            allowed |= methods
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+        raise web.HTTPNotFound()
+
+    router.add_route("*", "/{tail:.*}", guard(unmatched, counters))
+    return app
 
 
 def binary_header_length(request: web.Request) -> int | None:
@@ -172,25 +224,25 @@ class _Collector:
         return iter_families(self._prefix, self._statistics())
 
 
-def install_observability(app: web.Application, prefix: str,
-                          statistics: Callable[[], Any]) -> None:
-    """``GET /stats`` (JSON) and ``GET /metrics`` (Prometheus), both from ``statistics()``.
-
-    The component's whole statistics record is serialized: nothing is copied by
-    hand, and each metric has the type its field declares.
-    """
+def _metrics_handler(statistics: Callable[[], Any], prefix: str) -> Handler:
+    """``GET /metrics``: the component's whole statistics record, each metric typed as declared."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(statistics, prefix))  # type: ignore[arg-type]
 
-    async def metrics_handler(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
-    async def stats_handler(request: web.Request) -> web.Response:
+    return metrics
+
+
+def _stats_handler(statistics: Callable[[], Any]) -> Handler:
+    """``GET /stats``: the same record as JSON; nothing copied by hand."""
+
+    async def stats(request: web.Request) -> web.Response:
         return json_response(to_plain(statistics()))
 
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/stats", stats_handler)
+    return stats
 
 
 class V2Handlers(Protocol):
@@ -205,17 +257,3 @@ class V2Handlers(Protocol):
     async def repository_index(self, request: web.Request) -> web.StreamResponse: ...
     async def repository_load(self, request: web.Request) -> web.StreamResponse: ...
     async def repository_unload(self, request: web.Request) -> web.StreamResponse: ...
-
-
-def add_v2_routes(router: web.UrlDispatcher, h: V2Handlers) -> None:
-    """The one v2 route table both tiers serve."""
-    router.add_get("/v2/health/live", h.live)
-    router.add_get("/v2/health/ready", h.ready)
-    router.add_get("/v2", h.server_metadata)
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        router.add_get(base, h.model_metadata)
-        router.add_get(base + "/ready", h.model_ready)
-        router.add_post(base + "/infer", h.infer)
-    router.add_post("/v2/repository/index", h.repository_index)
-    router.add_post("/v2/repository/models/{model}/load", h.repository_load)
-    router.add_post("/v2/repository/models/{model}/unload", h.repository_unload)

@@ -38,9 +38,8 @@ from .._protocol import BINARY_HEADER, InferRequest, encode_infer_response, json
     parse_infer_request, request_deadline, validate_inputs
 from .._repository import READY, ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
-from ._http import STATS_KEY, ServerCounters, ServerStatistics, add_v2_routes, \
-    binary_header_length, install_observability, json_response, make_error_middleware, \
-    model_ref, read_body
+from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
+    json_response, model_ref, read_body
 
 __all__ = ["ModelServer", "ModelServerStatistics", "create_model_server", "MODEL_SERVER_KEY"]
 
@@ -90,14 +89,11 @@ class ModelServer:
     # -- lifecycle ------------------------------------------------------------------
     def make_app(self) -> web.Application:
         """The aiohttp app serving this model server."""
-        app = web.Application(client_max_size=self._limit,
-                              middlewares=[make_error_middleware(self.counters)])
-        app[STATS_KEY] = self.counters
+        app = build_app(self, prefix="optkit_model_server", counters=self.counters,
+                        statistics=self.statistics, max_body_bytes=self._limit)
         app[MODEL_SERVER_KEY] = self
         app.on_startup.append(lambda _app: self.start())
         app.on_cleanup.append(lambda _app: self.aclose())
-        add_v2_routes(app.router, self)
-        install_observability(app, "optkit_model_server", self.statistics)
         return app
 
     async def start(self) -> None:
