@@ -273,15 +273,6 @@ def _analyse_session(trials: pd.DataFrame, settings: CompareSettings, calibratio
     return per_load
 
 
-def _flatten(prefix: str, doc: Mapping[str, Any], out: dict[str, Any]) -> None:
-    for key, value in doc.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            _flatten(name + ".", value, out)
-        elif isinstance(value, (int, float, bool)) and not isinstance(value, bool):
-            out[name] = value
-
-
 def compare(a: Any, b: Any, *, repository: str | Path,
             settings: CompareSettings | None = None, calibration: Any = None,
             out_dir: str | Path | None = None, progress: bool = True,
@@ -335,10 +326,8 @@ def compare(a: Any, b: Any, *, repository: str | Path,
                     continue
                 row = {**result.row(), **row}
                 pair_rows.append(row)
-                stat = {"pair": pair, "arm": arm, "load": load_text, "attempt": attempt}
-                for tier, doc in (result.stats_after or {}).items():
-                    _flatten(f"{tier}.", doc, stat)
-                stats_rows.append(stat)
+                stats_rows.append({"pair": pair, "arm": arm, "load": load_text,
+                                   "attempt": attempt, **result.stats_row()})
                 lat = result.bench.latencies_ms
                 if len(lat):
                     curves.setdefault(load_text, {}).setdefault(cfg.name, []).append(lat)

@@ -77,3 +77,15 @@ def test_encode_request_has_host_length_and_body() -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1:80\r\n")
     assert b"Content-Length: 13" in head and body == b'{"inputs":[]}'
+
+
+def test_retried_mark_is_read_from_the_head_and_cleared_by_reset() -> None:
+    """optkit-retried: 1 (any case) marks the answer; a 0, no header or the next answer do not."""
+    parser = ResponseParser()
+    assert parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nOptkit-Retried: 1\r\n\r\nok")
+    assert parser.retried
+    parser.reset()
+    assert parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") and not parser.retried
+    parser.reset()
+    assert parser.feed(b"HTTP/1.1 200 OK\r\noptkit-retried: 0\r\nContent-Length: 0\r\n\r\n")
+    assert not parser.retried

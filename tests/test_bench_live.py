@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from optkit.bench import LoadSpec, StubServer, load_run, run_bench, wrk_available
+from optkit.bench import LoadSpec, StubServer, format_summary, load_run, run_bench, wrk_available
 from optkit.bench._cli import main as cli_main
 
 SERVICE_MS = 5.0
@@ -34,8 +35,31 @@ def test_open_loop_latency_is_service_time_at_low_load() -> None:
     assert SERVICE_MS <= s["p50_ms"] < 2.5 * SERVICE_MS
     assert s["achieved_fraction"] == pytest.approx(1.0, abs=0.03)
     assert s["requests"] == 100 and s["dropped"] == 0
-    assert s["generator"]["precise_timer"] in (True, False)
+    # Linux has timerfd, so the timetable must run on it, and wake ~25 µs late, not ~1 ms
+    assert s["generator"]["precise_timer"] is sys.platform.startswith("linux")
+    assert s["generator"]["schedule_lag_ms"]["p50"] < 1.0
     assert len(result.latencies_ms) == 100
+
+
+def test_closed_loop_has_no_timetable() -> None:
+    """A closed loop sends on answers, not on a timer: no precise timer, no schedule lag."""
+    with StubServer(service_ms=1.0) as server:
+        s = run_bench(server.url, LoadSpec.closed(2), warmup_s=0, duration_s=0.3).summary
+    assert s["generator"]["precise_timer"] is False and s["generator"]["schedule_lag_ms"] is None
+
+
+def test_resent_answers_are_counted(tmp_path: Path) -> None:
+    """Answers marked optkit-retried: 1 are counted per request, in summary.json and printed."""
+    with StubServer(service_ms=1.0, retried_every=4) as server:
+        result = run_bench(server.url, LoadSpec.closed(4), warmup_s=0, duration_s=0.5,
+                           out_dir=tmp_path / "run")
+        marked = server.retried  # every 4th answer, the pre-run check request (1st) not one
+    s = result.summary
+    assert s["errors"] == {} and s["requests"] > 40
+    assert s["retried"] == marked == int(result.records["retried"].sum())
+    assert abs(s["retried"] - s["requests"] / 4) <= 1
+    assert load_run(tmp_path / "run").summary["retried"] == marked
+    assert f"retried      {marked} (" in format_summary(s)
 
 
 def test_stall_shows_in_open_loop_p99_and_late_sends_but_hides_from_closed_loop() -> None:
@@ -85,7 +109,7 @@ def test_cli_writes_a_run_that_load_run_reads(tmp_path: Path,
                          "--mode", "open", "--rate", "200", "--arrival", "poisson",
                          "--warmup", "0.2", "--duration", "1", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
-    assert code == 0 and "p99" in out and "late sends" in out
+    assert code == 0 and "p99" in out and "late sends" in out and "retried      0 (" in out
     run = load_run(tmp_path / "run")
     assert run.summary["load"] == "open:200" and run.summary["mode"] == "open"
     assert set(run.summary["per_model"]) == {"digits-mlp-s", "digits-mlp-m", "digits-mlp-l",

@@ -54,6 +54,19 @@ def test_percentiles_use_observed_values() -> None:
     assert percentiles_ms(np.zeros(0))["p99"] is None
 
 
+def test_percentile_curve_agrees_with_the_summary() -> None:
+    """On the same records a curve's p50..p99.9 are the summary's: one method (inverted CDF)."""
+    from optkit.stats import percentile_curve
+
+    lat = np.random.default_rng(0).permutation(np.arange(1, 1001))  # 1..1000 ms, shuffled
+    raw = records([(1000 + i, 1000 + i, 1000 + i + int(ms), 200, OK, 0)
+                   for i, ms in enumerate(lat)])
+    s = summarize(raw, gen(), meta=META)
+    _, curve = percentile_curve(BenchResult(s, raw).latencies_ms, [0.5, 0.9, 0.99, 0.999])
+    summary = [s["p50_ms"], s["p90_ms"], s["p99_ms"], s["p999_ms"]]
+    assert curve.tolist() == summary == [500, 900, 990, 999]  # 99.9/100 would give 1000
+
+
 def test_summary_known_answer() -> None:
     """Counts, latency from the scheduled time, late sends, drops and error kinds add up."""
     s = known_run()
@@ -66,6 +79,20 @@ def test_summary_known_answer() -> None:
     assert s["per_model"]["b"] == {"requests": 4, "ok": 3, "p50_ms": 10.0, "p99_ms": 10.0}
     assert s["windows"]["throughput_rps"] == [4.0, 3.0]
     assert not s["valid"] and any("transport" in r for r in s["invalid_reasons"])
+
+
+def test_retried_answers_are_counted_in_the_window() -> None:
+    """Marked answers (optkit-retried) count when scheduled in the window; unrecorded is None."""
+    rows = [(500, 500, 510, 200, OK, 0), (1000, 1000, 1010, 200, OK, 0),
+            (1500, 1500, 1510, 503, HTTP, 1), (2000, 2000, 2010, 200, OK, 1)]
+    raw = records(rows)
+    raw["retried"] = np.array([1, 1, 1, 0], dtype=np.int8)  # the warm-up one is not counted
+    s = summarize(raw, gen(), meta=META)
+    assert s["retried"] == 2
+    assert "retried      2 (answers marked optkit-retried" in bench.format_summary(s)
+    raw.pop("retried")
+    s = summarize(raw, gen(), meta=META)
+    assert s["retried"] is None and "retried      n/a" in bench.format_summary(s)
 
 
 def test_gates_flag_each_problem_by_name() -> None:

@@ -52,6 +52,38 @@ def test_bad_workloads_name_the_problem(doc: dict) -> None:
         Workload.from_dict(doc)
 
 
+@pytest.mark.parametrize(("doc", "key"), [
+    ({"rows": 2.7}, "rows"), ({"rows": 2.0}, "rows"), ({"rows": "2"}, "rows"),
+    ({"rows": True}, "rows"), ({"rows": {"values": [1, 2.5]}}, r"rows\.values\[1\]"),
+    ({"rows": {"vals": [1]}}, "rows"), ({"rows": {"values": 4}}, "rows.values"),
+    ({"rows": {"values": [1, 4], "weights": [1]}}, "row_weights"),
+    ({"pool_size": 10.5}, "pool_size"), ({"pool_size": 0}, "pool_size"),
+    ({"models": 5}, "models"), ({"models": [{"weight": 2}]}, r"models\[0\]"),
+    ({"models": [{"name": "a", "weight": "heavy"}]}, r"models\[0\]\.weight"),
+    ({"models": ["a", 7]}, r"models\[1\]"), ({"zipf_s": -1}, "zipf_s"),
+    ({"low": "zero"}, "low"), ({"low": 2, "high": 1}, "high"), ({"high": float("nan")}, "high"),
+    ({"inputs": ["pixels"]}, r"inputs\[0\]"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16.5]}]}, "shape"),
+    ({"name": 3}, "name"), ({"description": ["a"]}, "description"),
+])
+def test_bad_values_raise_bench_error_naming_the_key(doc: dict, key: str) -> None:
+    """Wrong types or ranges are a BenchError naming the key, never truncated or a bare error."""
+    with pytest.raises(BenchError, match=key) as caught:
+        Workload.from_dict(doc)
+    assert "workload" in str(caught.value)
+
+
+def test_integer_fields_are_never_truncated() -> None:
+    """rows 2.7 is refused from YAML and from Python; integer values stay as given."""
+    with pytest.raises(BenchError, match="rows must be an integer, got 2.7"):
+        Workload.from_dict({"rows": 2.7})
+    with pytest.raises(BenchError, match=r"rows\[0\] must be an integer"):
+        Workload(rows=(2.7,))
+    wl = Workload.from_dict({"rows": {"values": [1, 4], "weights": [3, 1]}, "pool_size": 8})
+    assert wl.rows == (1, 4) and wl.row_weights == (0.75, 0.25) and wl.pool_size == 8
+    assert Workload.from_dict(wl.to_dict()) == wl  # what to_dict writes reads back the same
+
+
 def test_pool_matches_weights_and_encodes_v2_bodies() -> None:
     """The pool holds each model in proportion to its weight, as valid v2 JSON of real digits."""
     wl = Workload.resolve("catalog-zipf")

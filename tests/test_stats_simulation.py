@@ -1,40 +1,67 @@
 """The validation method tested on simulated sessions with a known truth (optkit._simulate).
 
 Each simulated session is DEFAULT_PAIRS interleaved pairs with 4 % trial noise, drift, a random
-walk and 5 % of trials 20 % slow, analysed by ``stats.analyse`` with the default deltas. Rates
-are asserted through their exact (Clopper-Pearson) 95 % binomial interval, so the claim holds
-beyond the luck of this seed; the runs are seeded, so the test is deterministic.
+walk and 5 % of trials 20 % slow, analysed by ``stats.analyse`` - once with the default deltas
+and once, as real sessions run, with deltas measured by ``stats.calibrate_deltas`` on a
+simulated A/A calibration session of the same size (a fresh one per session, so the luck of
+the calibration is part of the rate). Rates are asserted through their exact (Clopper-Pearson)
+95 % binomial interval, so the claim holds beyond the luck of this seed; the runs are seeded,
+so the test is deterministic. The README's table "Validating a gain" quotes these figures.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Mapping
 
 import numpy as np
 import pytest
 from scipy import stats as st
 
 from optkit._simulate import simulate_trials
-from optkit.stats import DEFAULT_PAIRS, METRICS, analyse
+from optkit.stats import DEFAULT_PAIRS, METRICS, analyse, calibrate_deltas
 
 N_AA = 400  # A/A sessions
 N_POWER = 300  # sessions with a true +10 % throughput change
 N_RESAMPLES = 999  # bootstrap resamples per CI: enough for a rate, 10x faster than the default
+CALIBRATED_PAIRS = 24  # the fewest pairs (in steps of 4) at which a calibrated delta keeps 80 %
 
 
-def false_positive_rate(n_sessions: int = N_AA, n_pairs: int = DEFAULT_PAIRS) -> tuple[int, int]:
+@functools.lru_cache(maxsize=None)
+def calibrated_deltas(session: int, n_pairs: int) -> Mapping[str, dict]:
+    """delta per metric from a simulated A/A calibration session, as ``optkit calibrate`` does.
+
+    Sign flips are drawn (``max_exact=0``, N_RESAMPLES of them) instead of enumerating all
+    2^20: the same noise quantile within Monte Carlo error (exact enumeration gives 0/400 and
+    223/300 where this gives 0/400 and 221/300), and the file runs three times faster.
+    """
+    aa = simulate_trials(n_pairs, seed=200_000 + session)
+    return calibrate_deltas(aa, n_resamples=N_RESAMPLES, max_exact=0, seed=session)
+
+
+def _deltas(session: int, n_pairs: int, calibrated: bool) -> Mapping[str, dict] | None:
+    return calibrated_deltas(session, n_pairs) if calibrated else None
+
+
+def false_positive_rate(n_sessions: int = N_AA, n_pairs: int = DEFAULT_PAIRS, *,
+                        calibrated: bool = False) -> tuple[int, int]:
     """(sessions where any metric was called improved or regressed, sessions) under A/A."""
     hits = 0
     for s in range(n_sessions):
-        verdicts = analyse(simulate_trials(n_pairs, seed=s), n_resamples=N_RESAMPLES, seed=s)
+        verdicts = analyse(simulate_trials(n_pairs, seed=s), n_resamples=N_RESAMPLES, seed=s,
+                           deltas=_deltas(s, n_pairs, calibrated))
         hits += any(v.verdict in ("improved", "regressed") for v in verdicts)
     return hits, n_sessions
 
 
-def power(n_sessions: int = N_POWER, n_pairs: int = DEFAULT_PAIRS) -> tuple[int, int]:
+def power(n_sessions: int = N_POWER, n_pairs: int = DEFAULT_PAIRS, *,
+          calibrated: bool = False) -> tuple[int, int]:
     """(sessions where throughput was called improved, sessions) for a true +10 % change."""
     hits = 0
     for s in range(n_sessions):
         trials = simulate_trials(n_pairs, effect=0.10, seed=100_000 + s)
-        verdicts = analyse(trials, n_resamples=N_RESAMPLES, seed=s)  # Holm over all 4 metrics
+        verdicts = analyse(trials, n_resamples=N_RESAMPLES, seed=s,  # Holm over all 4 metrics
+                           deltas=_deltas(s, n_pairs, calibrated))
         tp = next(v for v in verdicts if v.metric == "throughput_rps")
         hits += tp.verdict == "improved"
     return hits, n_sessions
@@ -81,4 +108,30 @@ def test_aa_false_positive_rate_at_most_5_percent():
 def test_power_for_a_10_percent_throughput_gain_at_least_80_percent():
     """+10 % throughput at cv 4 % with drift: the 95 % lower bound of P(improved) >= 80 %."""
     k, n = power()
+    assert interval(k, n)[0] >= 0.80
+
+
+def test_calibrated_deltas_are_wider_than_the_default_for_throughput():
+    """On this simulator the A/A noise band for throughput is ~3.7 %, above the 2 % default."""
+    found = [calibrated_deltas(s, DEFAULT_PAIRS)["throughput_rps"]["delta"] for s in range(50)]
+    assert 0.03 < float(np.median(found)) < 0.045
+
+
+def test_aa_false_positive_rate_with_a_calibrated_delta_at_most_5_percent():
+    """A/A at DEFAULT_PAIRS, delta from an A/A calibration: 95 % upper bound of any call <= 5 %."""
+    k, n = false_positive_rate(calibrated=True)
+    assert interval(k, n)[1] <= 0.05
+
+
+@pytest.mark.xfail(raises=AssertionError, strict=True,
+                   reason="a calibrated delta (~3.7 %) at 20 pairs gives ~74 % power, not 80 %")
+def test_power_with_a_calibrated_delta_at_default_pairs_at_least_80_percent():
+    """+10 % at DEFAULT_PAIRS with a calibrated delta: the 95 % lower bound of P(improved)."""
+    k, n = power(calibrated=True)
+    assert interval(k, n)[0] >= 0.80
+
+
+def test_power_with_a_calibrated_delta_at_24_pairs_at_least_80_percent():
+    """+10 % at 24 pairs, delta calibrated on 24 A/A pairs: the 95 % lower bound is >= 80 %."""
+    k, n = power(n_pairs=CALIBRATED_PAIRS, calibrated=True)
     assert interval(k, n)[0] >= 0.80

@@ -17,8 +17,8 @@ from ._records import COLUMNS, ERROR_KINDS
 from ._results import (SCHEMA_VERSION, BenchResult, format_summary, load_run, percentiles_ms,
                        summarize, write_run)
 from ._stub_server import StubServer
-from ._trial import ROW_COLUMNS, ProcessSampler, TrialResult, load_trial, memory_per_request_kb, \
-    run_trial
+from ._trial import ROW_COLUMNS, ProcessSampler, TrialResult, flatten_stats, load_trial, \
+    memory_per_request_kb, run_trial
 from ._validity import ValidityGates, check_validity
 from ._workload import BodyPool, InputSpec, Workload, builtin_workloads, zipf_weights
 from ._wrk import wrk_available
@@ -49,6 +49,7 @@ __all__ = [
     "ROW_COLUMNS",
     "load_trial",
     "memory_per_request_kb",
+    "flatten_stats",
     "ProcessSampler",
     "environment_manifest",
     "git_commit",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import BenchError
+from .._quantiles import quantiles
 from ._client import HttpConnection
 from ._load import LoadSpec, schedule_offsets_ns
 from ._timer import Alarm
@@ -60,7 +61,7 @@ def _quantiles_ms(values: list[int]) -> dict[str, float]:
     if not values:
         return {"p50": 0.0, "p99": 0.0, "max": 0.0}
     arr = np.asarray(values, dtype=np.float64) / 1e6
-    p50, p99 = np.percentile(arr, [50, 99], method="inverted_cdf")
+    p50, p99 = quantiles(arr, [0.50, 0.99])
     return {"p50": float(p50), "p99": float(p99), "max": float(arr.max())}
 
 
@@ -112,6 +113,8 @@ class Generator:
         rec.first[rid] = conn.first_ns
         status = conn.parser.status
         rec.status[rid] = status
+        if conn.parser.retried:
+            rec.retried[rid] = 1
         self.outstanding -= 1
         if not 200 <= status < 300:
             rec.error[rid] = HTTP

@@ -9,6 +9,8 @@
     status        HTTP status (0: no answer)
     error_code    OK, HTTP, CONNECT, RESET, TIMEOUT, PROTOCOL, DROPPED
     model         index into the run's model list (-1: not a request)
+    retried       1 when the answer carried ``optkit-retried: 1`` (the gateway's
+                  pool sent it upstream twice), else 0
 
 Times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC), which every process on
 the machine shares, so the generator's records line up with samples the
@@ -34,6 +36,7 @@ COLUMNS: dict[str, type] = {
     "status": np.int16,
     "error_code": np.int8,
     "model": np.int16,
+    "retried": np.int8,
 }
 
 
@@ -52,6 +55,7 @@ class Records:
         self.scheduled, self.start, self.first = c["scheduled_ns"], c["start_ns"], c["first_byte_ns"]
         self.end, self.status, self.error, self.model = (
             c["end_ns"], c["status"], c["error_code"], c["model"])
+        self.retried = c["retried"]
 
     def add(self, scheduled_ns: int, model: int) -> int:
         """Reserve the next row; return its id."""

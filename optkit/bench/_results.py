@@ -4,11 +4,14 @@ A run folder, written once and never changed::
 
     run/
     ├── summary.json   schema_version, load, target, figures, generator, windows, validity
+    │                  (fields are only ever added within a version: readers use .get)
     └── records.npz    the raw records (see ``_records``), compressed; absent for wrk
 
 Figures come from the raw data by numpy: percentiles use the *inverted CDF*
 (the smallest observed latency with at least q% of requests at or below it,
-as HdrHistogram and wrk report), so every figure is a latency that happened.
+as HdrHistogram and wrk report), so every figure is a latency that happened;
+``optkit._quantiles`` is the one place that method is named, so percentile
+curves (``stats.percentile_curve``) agree with these figures.
 Latency is ``end - scheduled`` (coordinated-omission safe); ``service`` is
 ``end - start`` (what the server plus network took once the request left).
 """
@@ -23,6 +26,7 @@ import numpy as np
 import orjson
 
 from .._exceptions import BenchError
+from .._quantiles import quantiles
 from ._records import COLUMNS, DROPPED, ERROR_KINDS, HTTP, OK, TRANSPORT_ERRORS
 from ._validity import ValidityGates, check_validity, generator_saturation
 
@@ -30,14 +34,14 @@ __all__ = ["SCHEMA_VERSION", "BenchResult", "summarize", "percentiles_ms", "writ
            "load_run", "format_summary"]
 
 SCHEMA_VERSION = 1
-_QS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+_QS = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p999": 0.999}
 
 
 def percentiles_ms(values_ms: np.ndarray) -> dict[str, float | None]:
     """p50/p90/p99/p99.9/max/mean of latencies in ms (None when there are none)."""
     if len(values_ms) == 0:
         return {k: None for k in (*_QS, "max", "mean", "min")}
-    qs = np.percentile(values_ms, list(_QS.values()), method="inverted_cdf")
+    qs = quantiles(values_ms, list(_QS.values()))
     out: dict[str, float | None] = {k: float(q) for k, q in zip(_QS, qs)}
     out.update(max=float(values_ms.max()), mean=float(values_ms.mean()),
                min=float(values_ms.min()))
@@ -97,7 +101,10 @@ def summarize(records: Mapping[str, np.ndarray], gen: Mapping[str, Any], *,
     s, t = percentiles_ms(svc), percentiles_ms(ttfb)
     summary.update(service_p50_ms=s["p50"], service_p99_ms=s["p99"], service_mean_ms=s["mean"],
                    ttfb_p50_ms=t["p50"], ttfb_p99_ms=t["p99"])
+    # answers the gateway's pool sent upstream twice (optkit-retried: 1); None: not recorded
+    resent = records.get("retried")
     summary.update(errors=errors, errors_total=sum(errors.values()) - errors.get("dropped", 0),
+                   retried=None if resent is None else int((in_win & (resent != 0)).sum()),
                    transport_errors=sum(errors.get(ERROR_KINDS[c], 0) for c in TRANSPORT_ERRORS),
                    late_sends=late, late_threshold_ms=late_threshold_ms,
                    dropped=int((in_win & (err == DROPPED)).sum()),
@@ -218,6 +225,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _retried(count: int | None) -> str:
+    if count is None:
+        return "n/a (not recorded: wrk does not read response headers)"
+    return f"{count} (answers marked optkit-retried: the gateway's pool sent them twice)"
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The run's figures as a few aligned lines for a terminal."""
     s = summary
@@ -233,6 +246,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"p99 {_ms(s.get('p99_ms'))}  p99.9 {_ms(s.get('p999_ms'))}  max {_ms(s.get('max_ms'))}"
         + ("   (from scheduled send)" if s.get("mode") == "open" else ""),
         f"  errors       {', '.join(f'{k}: {v}' for k, v in errors.items()) or 'none'}",
+        f"  retried      {_retried(s.get('retried'))}",
         (f"  late sends   {s.get('late_sends', 0)} (> {s.get('late_threshold_ms') or 0:g} ms)"
          f"   dropped {s.get('dropped', 0)}" if s.get("mode") == "open"
          else "  late sends   n/a (closed loop: each send waits for a response)"),

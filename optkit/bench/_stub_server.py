@@ -4,8 +4,11 @@
 
     GET  /v2/health/ready            200 (404 when v2=False: "not a v2 server")
     GET  /v2/models/{m}              metadata of the optkit catalog (pixels/x inputs)
-    POST /v2/models/{m}/infer        validates shape, sleeps service_ms, answers zeros
+    POST /v2/models/{m}/infer        validates shape, sleeps service_ms, answers zeros;
+                                     holds hold_kb of touched memory while it sleeps;
+                                     every retried_every-th answer says optkit-retried: 1
     POST /stub/stall?ms=200          blocks the server's loop (a GC pause, a sync load)
+    GET  /stats                      {"requests": n, "answers": {"retried": k}}
 
 Its answers are right in shape, not in value: it stands in for a model server
 when what is measured is the generator. Run it in a thread of the caller
@@ -44,14 +47,17 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def make_app(*, service_ms: float = 0.0, v2: bool = True, stall_at_request: int = 0,
-             stall_ms: float = 0.0) -> web.Application:
+             stall_ms: float = 0.0, retried_every: int = 0, hold_kb: int = 0) -> web.Application:
     """The stub's aiohttp app: v2 endpoints with an ``asyncio.sleep(service_ms)`` per infer.
 
     With ``stall_at_request`` n > 0, the n-th inference request blocks the loop for
-    ``stall_ms`` (a stall that lands at a known point of a run).
+    ``stall_ms`` (a stall that lands at a known point of a run). With ``retried_every`` n > 0,
+    the n-th, 2n-th, ... inference answers carry ``optkit-retried: 1``, as the gateway marks
+    an answer its pool had to resend. With ``hold_kb`` > 0, each inference request holds that
+    much written memory while it sleeps: a known memory cost per request in flight.
     """
     app = web.Application()
-    state = app[STATE] = {"requests": 0}
+    state = app[STATE] = {"requests": 0, "retried": 0}
     cache: dict[tuple[str, int], bytes] = {}
 
     async def ready(request: web.Request) -> web.Response:
@@ -70,7 +76,8 @@ def make_app(*, service_ms: float = 0.0, v2: bool = True, stall_at_request: int 
 
     async def infer(request: web.Request) -> web.Response:
         state["requests"] += 1
-        if state["requests"] == stall_at_request:
+        number = state["requests"]
+        if number == stall_at_request:
             time.sleep(stall_ms / 1e3)  # the stall: nothing else is served meanwhile
         name = request.match_info["model"]
         if name not in CATALOG:
@@ -85,15 +92,21 @@ def make_app(*, service_ms: float = 0.0, v2: bool = True, stall_at_request: int 
             ok, rows = False, 0
         if not ok:
             return _error(400, "malformed v2 request for this model")
+        held = b"\x01" * (hold_kb * 1024)  # written, so its pages are resident
         if service_ms > 0:
             await asyncio.sleep(service_ms / 1e3)
+        del held
         body = cache.get((name, rows))
         if body is None:
             outputs = [{"name": n, "shape": [rows, w], "datatype": d,
                         "data": [0] * (rows * w)} for n, d, w in CATALOG[name][1]]
             body = cache[(name, rows)] = orjson.dumps(
                 {"model_name": name, "model_version": "1", "outputs": outputs})
-        return web.Response(body=body, content_type="application/json")
+        headers = None
+        if retried_every > 0 and number % retried_every == 0:
+            state["retried"] += 1
+            headers = {"optkit-retried": "1"}
+        return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def stall(request: web.Request) -> web.Response:
         ms = float(request.query.get("ms", "200"))
@@ -101,7 +114,8 @@ def make_app(*, service_ms: float = 0.0, v2: bool = True, stall_at_request: int 
         return web.json_response({"stall_ms": ms})
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response({"requests": state["requests"]})
+        return web.json_response({"requests": state["requests"],
+                                  "answers": {"retried": state["retried"]}})
 
     app.router.add_post("/stub/stall", stall)
     app.router.add_get("/stats", stats)
@@ -118,9 +132,10 @@ class StubServer:
     """The stub app served on 127.0.0.1 by a thread with its own event loop."""
 
     def __init__(self, *, service_ms: float = 0.0, v2: bool = True, port: int = 0,
-                 stall_at_request: int = 0, stall_ms: float = 0.0) -> None:
+                 stall_at_request: int = 0, stall_ms: float = 0.0, retried_every: int = 0,
+                 hold_kb: int = 0) -> None:
         self._app = make_app(service_ms=service_ms, v2=v2, stall_at_request=stall_at_request,
-                             stall_ms=stall_ms)
+                             stall_ms=stall_ms, retried_every=retried_every, hold_kb=hold_kb)
         self._port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -139,6 +154,11 @@ class StubServer:
     def requests(self) -> int:
         """Inference requests received so far."""
         return int(self._app[STATE]["requests"])
+
+    @property
+    def retried(self) -> int:
+        """Answers sent so far with ``optkit-retried: 1``."""
+        return int(self._app[STATE]["retried"])
 
     async def _start(self) -> int:
         self._runner = web.AppRunner(self._app, access_log=None)
@@ -194,9 +214,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stall-ms", type=float, default=0.0, help="length of each stall")
     parser.add_argument("--stall-every-s", type=float, default=0.0, help="stall period (0: never)")
     parser.add_argument("--lifetime-s", type=float, default=3600.0, help="exit after this long")
+    parser.add_argument("--retried-every", type=int, default=0,
+                        help="mark every n-th answer optkit-retried: 1 (0: never)")
+    parser.add_argument("--hold-kb", type=int, default=0,
+                        help="memory each inference request holds while it sleeps")
     args = parser.parse_args(argv)
+
     async def serve() -> None:
-        runner = web.AppRunner(make_app(service_ms=args.service_ms), access_log=None)
+        app = make_app(service_ms=args.service_ms, retried_every=args.retried_every,
+                       hold_kb=args.hold_kb)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", args.port).start()
         print(f"stub v2 server on http://127.0.0.1:{args.port}", flush=True)

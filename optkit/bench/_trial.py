@@ -2,13 +2,18 @@
 
 ::
 
-    launch_stack(config) ─┬─ GET /stats (both tiers)                      before
-                          ├─ one request per model, then idle RSS          before load
-                          ├─ sampler thread: CPU, RSS every 0.1 s  ┐
-                          ├─ run_bench(warm-up)                    │       discarded
-                          ├─ run_bench(measurement window)         ┘       kept
-                          ├─ GET /stats (both tiers)                       after
-                          └─ stop; validity gates; environment manifest
+    launch_stack(config) ─┬─ GET /stats (both tiers)                          before
+                          ├─ prepare: probe, one request per model
+                          ├─ idle RSS: median of 3 samples 0.1 s apart        before load
+                          ├─ sampler thread: CPU, RSS every 0.1 s     ┐
+                          ├─ one run_bench: probe, warm-up ─▶ window  │  warm-up discarded,
+                          │    (no gap between them; 5 stability      │  window kept
+                          │     windows of duration_s / 5)            ┘
+                          ├─ GET /stats (both tiers)                          after
+                          └─ stop; gates (the run's + "service exited"); manifest
+
+CPU and load RSS come only from samples inside the window. ``TrialResult.stats_row()``
+flattens the ``/stats`` taken after the window into one row (``server_stats.csv``).
 
 **Memory per request** = Σ over service processes of (median RSS during the
 window − idle RSS) ÷ mean requests in flight, where requests in flight come
@@ -46,7 +51,7 @@ from ._validity import ValidityGates
 from ._workload import Workload
 
 __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_request_kb",
-           "ProcessSampler"]
+           "ProcessSampler", "flatten_stats"]
 
 ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
                "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "errors", "valid",
@@ -67,6 +72,50 @@ def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, 
     if grown <= 0:
         return None
     return grown / mean_in_flight / 1024.0
+
+
+def flatten_stats(doc: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """One flat row of numbers from a server's nested ``/stats`` JSON, keys joined by dots.
+
+    ::
+
+        {"pool": {"requests": 9}, "batching": {"digits": {"batches": 3,
+         "size": {"bounds": [1, 8], "counts": [1, 2, 0], "sum": 9.0, "count": 3}}}}
+        -> {"pool.requests": 9, "batching.digits.batches": 3,
+            "batching.digits.size.count": 3, "batching.digits.size.sum": 9.0,
+            "batching.digits.size.mean": 3.0, "batching.digits.size.le_1": 1,
+            "batching.digits.size.le_8": 2, "batching.digits.size.le_inf": 0}
+
+    Every number at any depth becomes a column, so a statistic a component adds shows up
+    without a change here. A histogram (a dict with ``bounds`` and ``counts`` lists) keeps
+    its count, sum and mean (no mean when empty) and one column per bucket (``.le_<bound>``,
+    the bucket's own count, not cumulative; ``.le_inf`` above the last bound), so a day's
+    figure can draw the distribution from ``server_stats.csv``; lists, strings, None and
+    bools (states, not statistics) are left out.
+    """
+    out: dict[str, float] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            bounds, counts = value.get("bounds"), value.get("counts")
+            if isinstance(bounds, list) and isinstance(counts, list):
+                count, total = value.get("count"), value.get("sum")
+                if _is_number(count) and _is_number(total):
+                    out.update({f"{name}.count": count, f"{name}.sum": total})
+                    if count:
+                        out[f"{name}.mean"] = total / count
+                if len(counts) == len(bounds) + 1 and all(map(_is_number, counts)):
+                    for bound, n in zip([*bounds, None], counts):  # per bucket, not cumulative
+                        out[f"{name}.le_{'inf' if bound is None else f'{bound:g}'}"] = n
+            else:
+                out.update(flatten_stats(value, f"{name}."))
+        elif _is_number(value):
+            out[name] = value
+    return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class ProcessSampler:
@@ -177,6 +226,13 @@ class TrialResult:
             raise ValueError(f"unknown trial-table column(s): {', '.join(sorted(unknown))}")
         row.update(overrides)
         return row
+
+    def stats_row(self) -> dict[str, float]:
+        """The servers' ``/stats`` after the trial as one flat row: ``{"gateway.pool.requests":
+        ...}`` (see :func:`flatten_stats`); the session writes these rows to
+        ``server_stats.csv``."""
+        return {f"{tier}.{key}": value for tier, doc in self.stats_after.items() if doc
+                for key, value in flatten_stats(doc).items()}
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the raw records, JSON-ready (``trial.json``)."""

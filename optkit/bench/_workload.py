@@ -15,8 +15,10 @@ names them (``inputs:``). Built-in workloads live in ``optkit/bench/workloads``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from importlib import resources
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -24,6 +26,7 @@ import numpy as np
 import orjson
 import yaml
 
+from .._checks import check_int, check_number, check_real
 from .._exceptions import BenchError
 
 __all__ = ["Workload", "BodyPool", "InputSpec", "zipf_weights", "builtin_workloads"]
@@ -31,6 +34,18 @@ __all__ = ["Workload", "BodyPool", "InputSpec", "zipf_weights", "builtin_workloa
 DataSource = Literal["auto", "digits", "random"]
 _KEYS = {"name", "description", "models", "zipf_s", "rows", "data", "low", "high",
          "pool_size", "inputs"}
+
+
+def _text(where: str, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise BenchError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _sequence(where: str, key: str, value: object) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise BenchError(f"{where}: {key} must be a list, got {value!r}")
+    return list(value)
 
 
 @dataclass(frozen=True)
@@ -45,7 +60,9 @@ class InputSpec:
     def from_metadata(cls, entry: Mapping[str, Any]) -> "InputSpec":
         """Read one ``inputs`` entry of v2 model metadata (``shape`` [-1, w, ...])."""
         try:
-            shape = [int(d) for d in entry["shape"]]
+            shape = list(entry["shape"])
+            if not all(isinstance(d, Integral) and not isinstance(d, bool) for d in shape):
+                raise ValueError(f"shape must be integers, got {shape}")
             width = int(np.prod([d for d in shape[1:]])) if len(shape) > 1 else 1
             spec = cls(str(entry["name"]), str(entry["datatype"]), width)
         except (KeyError, TypeError, ValueError) as exc:
@@ -74,6 +91,21 @@ def zipf_weights(n: int, s: float) -> np.ndarray:
         raise BenchError(f"zipf needs n >= 1 and s >= 0, got n={n}, s={s}")
     w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
     return w / w.sum()
+
+
+def _normalized(where: str, key: str, weights: Sequence[float], n: int,
+                what: str) -> tuple[float, ...]:
+    """Weights (default: all equal) checked >= 0, one per item, not all zero; summing to 1."""
+    if not weights:
+        return (1.0 / n,) * n
+    if len(weights) != n:
+        raise BenchError(f"{where}: {key} needs one weight per {what} ({n}), got {len(weights)}")
+    w = [check_number(f"{where}: {key}[{i}]", x, allow_zero=True, error=BenchError)
+         for i, x in enumerate(weights)]
+    total = math.fsum(w)
+    if not 0 < total < math.inf:
+        raise BenchError(f"{where}: {key} must not all be zero, got {tuple(weights)!r}")
+    return tuple(float(x / total) for x in w)
 
 
 def _apportion(weights: np.ndarray, total: int) -> np.ndarray:
@@ -124,63 +156,92 @@ class Workload:
     inputs: tuple[InputSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        where = f"workload {self.name!r}"
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
-            raise BenchError(f"workload {self.name!r}: models must be non-empty names")
-        w = np.asarray(self.weights or [1.0] * len(self.models), dtype=np.float64)
-        if len(w) != len(self.models) or (w < 0).any() or w.sum() <= 0:
-            raise BenchError(f"workload {self.name!r}: one weight >= 0 per model, not all zero")
-        object.__setattr__(self, "weights", tuple(float(x) for x in w / w.sum()))
-        r = np.asarray(self.row_weights or [1.0] * len(self.rows), dtype=np.float64)
-        if not self.rows or any(int(x) != x or x < 1 for x in self.rows) or len(r) != len(self.rows) \
-                or (r < 0).any() or r.sum() <= 0:
-            raise BenchError(f"workload {self.name!r}: rows must be integers >= 1 with "
-                             f"one weight each, got {self.rows!r}")
-        object.__setattr__(self, "row_weights", tuple(float(x) for x in r / r.sum()))
+            raise BenchError(f"{where}: models must be non-empty names, got {self.models!r}")
+        object.__setattr__(self, "weights", _normalized(where, "weights", self.weights,
+                                                        len(self.models), "model"))
+        if not self.rows:
+            raise BenchError(f"{where}: rows must hold at least one value")
+        object.__setattr__(self, "rows", tuple(
+            check_int(f"{where}: rows[{i}]", x, error=BenchError) for i, x in enumerate(self.rows)))
+        object.__setattr__(self, "row_weights", _normalized(where, "row_weights", self.row_weights,
+                                                            len(self.rows), "rows value"))
         if self.data not in ("auto", "digits", "random"):
-            raise BenchError(f"workload {self.name!r}: data must be auto, digits or random, "
-                             f"got {self.data!r}")
-        if not self.pool_size >= 1 or not self.high > self.low:
-            raise BenchError(f"workload {self.name!r}: need pool_size >= 1 and high > low")
+            raise BenchError(f"{where}: data must be auto, digits or random, got {self.data!r}")
+        check_int(f"{where}: pool_size", self.pool_size, error=BenchError)
+        low = check_real(f"{where}: low", self.low, error=BenchError)
+        if not check_real(f"{where}: high", self.high, error=BenchError) > low:
+            raise BenchError(f"{where}: high must be > low, got low={self.low!r}, "
+                             f"high={self.high!r}")
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, name: str = "custom") -> "Workload":
-        """Build from plain data (the YAML schema), naming any unknown key."""
+        """Build from plain data (the YAML schema); a bad key or value is named in a BenchError.
+
+        Nothing is coerced: ``rows: 2.7`` or ``pool_size: "64"`` is refused, not truncated.
+        """
+        kw: dict[str, Any] = {"name": _text(f"workload {name!r}", "name", doc.get("name", name))}
+        where = f"workload {kw['name']!r}"
         unknown = set(doc) - _KEYS
         if unknown:
-            raise BenchError(f"workload {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
-        kw: dict[str, Any] = {"name": str(doc.get("name", name))}
+            raise BenchError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
         models = doc.get("models", ["digits-mlp"])
-        if isinstance(models, str):
-            models = [models]
         names, weights = [], []
-        for m in models:
+        for i, m in enumerate(_sequence(where, "models", [models] if isinstance(models, str)
+                                        else models)):
             if isinstance(m, Mapping):
-                names.append(str(m["name"]))
-                weights.append(float(m.get("weight", 1.0)))
+                if "name" not in m or set(m) - {"name", "weight"}:
+                    raise BenchError(f"{where}: models[{i}] must be a name or {{name, weight}}, "
+                                     f"got {dict(m)!r}")
+                names.append(_text(where, f"models[{i}].name", m["name"]))
+                weights.append(check_number(f"{where}: models[{i}].weight", m.get("weight", 1.0),
+                                            allow_zero=True, error=BenchError))
             else:
-                names.append(str(m))
+                names.append(_text(where, f"models[{i}]", m))
                 weights.append(1.0)
         kw["models"] = tuple(names)
         if "zipf_s" in doc:
-            kw["weights"] = tuple(zipf_weights(len(names), float(doc["zipf_s"])))
+            s = check_number(f"{where}: zipf_s", doc["zipf_s"], allow_zero=True, error=BenchError)
+            kw["weights"] = tuple(zipf_weights(len(names), s)) if names else ()
         else:
             kw["weights"] = tuple(weights)
         rows = doc.get("rows", 1)
         if isinstance(rows, Mapping):
-            kw["rows"] = tuple(int(v) for v in rows["values"])
-            kw["row_weights"] = tuple(float(v) for v in rows.get("weights", ()))
+            if "values" not in rows or set(rows) - {"values", "weights"}:
+                raise BenchError(f"{where}: rows must be an integer or {{values: [...], "
+                                 f"weights: [...]}}, got {dict(rows)!r}")
+            kw["rows"] = tuple(check_int(f"{where}: rows.values[{i}]", v, error=BenchError)
+                               for i, v in enumerate(_sequence(where, "rows.values",
+                                                               rows["values"])))
+            kw["row_weights"] = tuple(
+                check_number(f"{where}: rows.weights[{i}]", v, allow_zero=True, error=BenchError)
+                for i, v in enumerate(_sequence(where, "rows.weights", rows.get("weights", []))))
         else:
-            kw["rows"] = (int(rows),)
-        for key in ("description", "data"):
-            if key in doc:
-                kw[key] = str(doc[key])
+            kw["rows"] = (check_int(f"{where}: rows", rows, error=BenchError),)
+        description = doc.get("description")
+        if description is not None:
+            if not isinstance(description, str):
+                raise BenchError(f"{where}: description must be a string, got {description!r}")
+            kw["description"] = description
+        if "data" in doc:
+            kw["data"] = _text(where, "data", doc["data"])
         for key in ("low", "high"):
             if key in doc:
-                kw[key] = float(doc[key])
+                kw[key] = check_real(f"{where}: {key}", doc[key], error=BenchError)
         if "pool_size" in doc:
-            kw["pool_size"] = int(doc["pool_size"])
+            kw["pool_size"] = check_int(f"{where}: pool_size", doc["pool_size"], error=BenchError)
         if "inputs" in doc:
-            kw["inputs"] = tuple(InputSpec.from_metadata(e) for e in doc["inputs"])
+            specs = []
+            for i, e in enumerate(_sequence(where, "inputs", doc["inputs"])):
+                if not isinstance(e, Mapping):
+                    raise BenchError(f"{where}: inputs[{i}] must be a mapping with name, "
+                                     f"datatype and shape, got {e!r}")
+                try:
+                    specs.append(InputSpec.from_metadata(e))
+                except BenchError as exc:
+                    raise BenchError(f"{where}: inputs[{i}]: {exc}") from None
+            kw["inputs"] = tuple(specs)
         return cls(**kw)
 
     @classmethod
@@ -206,6 +267,9 @@ class Workload:
         shipped = builtin_workloads()
         if isinstance(source, str) and source in shipped:
             return cls.from_yaml(shipped[source])
+        if not isinstance(source, (str, Path)):
+            raise BenchError(f"a workload is a Workload, a mapping, a name or a path, "
+                             f"got {source!r}")
         if not Path(source).exists():
             raise BenchError(f"no workload file {source!r} (built-in: {', '.join(sorted(shipped))})")
         return cls.from_yaml(source)

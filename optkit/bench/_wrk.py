@@ -116,6 +116,7 @@ def run_wrk(target: Target, pool: BodyPool, load: LoadSpec, *, meta: Mapping[str
         "service_p50_ms": lat["p50"], "service_p99_ms": lat["p99"], "service_mean_ms": lat["mean"],
         "ttfb_p50_ms": None, "ttfb_p99_ms": None,
         "errors": errors, "errors_total": sum(errors.values()),
+        "retried": None,  # wrk's Lua response() hook could read headers, but costs per request
         "transport_errors": sum(v for k, v in errors.items() if not k.startswith("http_")),
         "late_sends": 0, "late_threshold_ms": None, "dropped": 0,
         "mean_in_flight": throughput * lat["mean"] / 1e3,
