@@ -38,6 +38,7 @@ __all__ = [
     "UpstreamStream", "DynamicBatcher", "BatchStatistics",
     # experiments (imported lazily: servers start without pandas/scipy)
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
+    "latency_vs_load",
     "stats", "plotting", "bench",
 ]
 
@@ -45,6 +46,7 @@ _LAZY = {
     "compare": ("._compare", "compare"), "calibrate": ("._compare", "calibrate"),
     "Comparison": ("._compare", "Comparison"), "CompareSettings": ("._compare", "CompareSettings"),
     "QUICK": ("._compare", "QUICK"), "STANDARD": ("._compare", "STANDARD"),
+    "latency_vs_load": ("._slo", "latency_vs_load"),
     "week": ("._week", None), "stats": (".stats", None), "plotting": (".plotting", None),
     "bench": (".bench", None),
 }

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ import pandas as pd
 from ._config import load_config
 from .stats import MetricVerdict, analyse
 
-__all__ = ["SloSearch", "throughput_at_slo", "compare_at_slo"]
+__all__ = ["SloSearch", "throughput_at_slo", "compare_at_slo", "latency_vs_load"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,39 @@ def compare_at_slo(a: Any, b: Any, *, repository: str | Path, pairs: int = 8,
     table = pd.DataFrame(rows)
     verdict = analyse(table, metrics={"slo_rps": True}, deltas={"slo_rps": delta}, seed=seed)[0]
     return verdict, table, pd.DataFrame(steps)
+
+
+def latency_vs_load(configs: Sequence[Any], *, repository: str | Path, rates: Sequence[float],
+                    workload: str = "digits", step_s: float = 2.0, warmup_s: float = 0.5,
+                    seed: int = 0) -> pd.DataFrame:
+    """p50/p99 of each config at each offered open-loop rate: where its curve bends up.
+
+    Each config gets one fresh stack and climbs the rates in order (Poisson arrivals,
+    latency from the scheduled send, so queueing shows); the configs run in a seeded
+    random order, back to back. A curve, not a verdict: one stack per config, no pairs.
+
+    Returns:
+        one row per (label, offered rate): achieved_rps, p50_ms, p99_ms, late_sends,
+        errors, valid — the generator's own lateness says when a point is limited by
+        the generator rather than the service.
+    """
+    from .bench._engine import run_bench
+    from .bench._load import LoadSpec
+    from .service import launch_stack
+
+    cfgs = [load_config(c) for c in configs]
+    order = np.random.default_rng(seed).permutation(len(cfgs))
+    rows = []
+    for index in order:
+        cfg = cfgs[index]
+        with launch_stack(cfg, repository=repository) as stack:
+            for i, rate in enumerate(sorted(rates)):
+                res = run_bench(stack.url, LoadSpec(mode="open", rate=float(rate),
+                                                    arrival="poisson", max_in_flight=4096),
+                                workload, warmup_s=warmup_s, duration_s=step_s, seed=seed + i)
+                s = res.summary
+                rows.append({"label": cfg.name, "offered_rps": float(rate),
+                             "achieved_rps": res.throughput_rps, "p50_ms": s.get("p50_ms"),
+                             "p99_ms": s.get("p99_ms"), "late_sends": s.get("late_sends"),
+                             "errors": s.get("errors_total"), "valid": res.valid})
+    return pd.DataFrame(rows)

@@ -4,6 +4,7 @@
 
     optkit week --days mon,tue --quick --out runs/week-1
       mon: papermill notebooks/01-connection-pooling.ipynb -> runs/week-1/mon/
+      tue: papermill notebooks/02-request-batching.ipynb   -> runs/week-1/tue/
              01-connection-pooling.ipynb   the executed notebook = the day's report
              01-connection-pooling.html    the same with its figures, for reading anywhere
              results.json                  machine-readable verdicts (Friday rolls these up)
@@ -29,7 +30,8 @@ import pandas as pd
 from ._compare import QUICK, STANDARD, CompareSettings, Comparison
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "ensure_repository", "day_settings",
-           "pool_summary", "conclusion", "record_day", "run_week", "week_summary"]
+           "pool_summary", "batch_summary", "batch_histogram", "latency_curve", "conclusion",
+           "record_day", "run_week", "week_summary"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Day:
 
 DAYS: dict[str, Day] = {
     "mon": Day("mon", "Connection pooling", "01-connection-pooling.ipynb", "baseline", "pooling"),
+    "tue": Day("tue", "Request batching", "02-request-batching.ipynb", "pooling", "batching"),
 }
 
 
@@ -113,6 +116,88 @@ def pool_summary(cmp: Comparison) -> pd.DataFrame:
             table["upstream_requests"] > 0)).round(1)
     table.index = [f"{arm}: {cmp.a.name if arm == 'A' else cmp.b.name}" for arm in table.index]
     return table
+
+
+_TIERS = ("model-server", "gateway")
+
+
+def batch_summary(cmp: Comparison) -> pd.DataFrame:
+    """What the batchers did per load, arm and tier, summed over the arm's trials.
+
+    Columns: requests (items batched), batches, mean rows per batch, mean queue delay,
+    and the items that never ran (cancelled, expired, rejected) or failed; for the
+    gateway also its merged upstream calls and the answers that needed a fallback.
+    An arm without batching has no rows here.
+    """
+    stats = cmp.server_stats
+    rows = []
+    for (load, arm), group in stats.groupby(["load", "arm"]):
+        label = cmp.a.name if arm == "A" else cmp.b.name
+        for tier in _TIERS:
+            prefix = f"{tier}.batching."
+            models = sorted({c[len(prefix):].split(".")[0] for c in group.columns
+                             if c.startswith(prefix) and group[c].notna().any()})
+            for model in models:
+                col = f"{prefix}{model}."
+
+                def total(name: str) -> float:
+                    column = col + name
+                    return float(group[column].sum()) if column in group else 0.0
+
+                batches = total("batches")
+                delay_n = total("queue_delay_s.count")
+                row = {"load": load, "arm": f"{arm}: {label}", "tier": tier, "model": model,
+                       "requests": int(total("items")), "batches": int(batches),
+                       "rows_per_batch": round(total("rows") / batches, 2) if batches else None,
+                       "queue_delay_ms": round(1000 * total("queue_delay_s.sum") / delay_n, 3)
+                       if delay_n else None,
+                       "cancelled": int(total("cancelled")), "expired": int(total("expired")),
+                       "rejected": int(total("rejected")), "failed": int(total("failed"))}
+                if tier == "gateway":
+                    for name in ("merged_calls", "fallback_answers", "unmergeable"):
+                        column = f"gateway.{name}"
+                        row[name] = int(group[column].sum()) if column in group else 0
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def batch_histogram(cmp: Comparison, load: str | None = None) -> pd.DataFrame:
+    """Batches by size (rows per batch, bucketed) per arm and tier, summed over trials.
+
+    Returns a tidy frame: arm, tier, rows_le (the bucket's upper bound), batches.
+    """
+    stats = cmp.server_stats
+    if load is not None:
+        stats = stats[stats["load"] == load]
+    rows = []
+    for arm, group in stats.groupby("arm"):
+        label = cmp.a.name if arm == "A" else cmp.b.name
+        for tier in _TIERS:
+            marker = ".batch_rows.le_"
+            for column in group.columns:
+                if column.startswith(f"{tier}.batching.") and marker in column \
+                        and group[column].notna().any():
+                    bound = column.split(marker, 1)[1]
+                    rows.append({"arm": f"{arm}: {label}", "tier": tier,
+                                 "rows_le": float("inf") if bound == "inf" else float(bound),
+                                 "batches": int(group[column].sum())})
+    out = pd.DataFrame(rows, columns=["arm", "tier", "rows_le", "batches"])
+    return out.groupby(["arm", "tier", "rows_le"], as_index=False)["batches"].sum()
+
+
+def latency_curve(a: str | Path, b: str | Path, *, repository: str | Path,
+                  rates: Sequence[float], step_s: float, quick: bool, seed: int,
+                  workload: str = "digits") -> pd.DataFrame:
+    """Both arms' p50/p99 against the offered open-loop rate (one fresh stack per arm).
+
+    Quick mode (CI) keeps the two lowest rates and 1 s steps.
+    """
+    from ._slo import latency_vs_load
+
+    if quick or os.environ.get("OPTKIT_QUICK") == "1":
+        rates, step_s = sorted(rates)[:2], 1.0
+    return latency_vs_load([a, b], repository=repository, rates=rates, workload=workload,
+                           step_s=step_s, warmup_s=0.5, seed=seed)
 
 
 _WORDS = {"improved": "improved", "regressed": "regressed",

@@ -20,6 +20,7 @@ from .stats import MetricVerdict, pct
 __all__ = [
     "PERCENTILE_TICKS",
     "VERDICT_COLORS",
+    "batch_sizes",
     "effect_forest",
     "latency_percentiles",
     "latency_vs_load",
@@ -175,3 +176,38 @@ def latency_vs_load(df: pd.DataFrame, *, slo_ms: float | None = None) -> Figure:
         ax.legend(fontsize="small")
     return fig
 
+
+
+def batch_sizes(hist: pd.DataFrame) -> Figure:
+    """How many rows each batch carried, one panel per tier: the batcher's work at a glance.
+
+    Args:
+        hist: columns arm, tier, rows_le, batches (``week.batch_histogram``): batches whose
+            size fell in the bucket ending at ``rows_le``.
+    Returns:
+        a figure with one bar panel per tier (bars per bucket, one colour per arm).
+    """
+    need = {"arm", "tier", "rows_le", "batches"}
+    if missing := need - set(hist.columns):
+        raise ValueError(f"batch_sizes needs columns {sorted(missing)}")
+    tiers = list(dict.fromkeys(hist["tier"])) or ["(no batches)"]
+    fig = Figure(figsize=(4.5 * len(tiers), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(tiers), sharey=False))
+    for ax, tier in zip(axes, tiers):
+        data = hist[hist["tier"] == tier]
+        bounds = sorted(data["rows_le"].unique())
+        labels = [f"≤{b:g}" if np.isfinite(b) else f">{bounds[-2]:g}" for b in bounds]
+        arms = list(dict.fromkeys(data["arm"]))
+        width = 0.8 / max(len(arms), 1)
+        for i, arm in enumerate(arms):
+            counts = data[data["arm"] == arm].set_index("rows_le")["batches"]
+            ax.bar(np.arange(len(bounds)) + i * width, [counts.get(b, 0) for b in bounds],
+                   width=width, label=str(arm), color=_PALETTE[i % len(_PALETTE)])
+        ax.set_xticks(np.arange(len(bounds)) + width * (len(arms) - 1) / 2, labels,
+                      rotation=45, fontsize="small")
+        ax.set_xlabel("rows per batch")
+        ax.set_ylabel("batches")
+        ax.set_title(tier.replace("_", " "))
+        if arms:
+            ax.legend(fontsize="small")
+    return fig

@@ -73,6 +73,31 @@ async def busy(b: DynamicBatcher[Any, Any], model: Model) -> asyncio.Task[Any]:
     return first
 
 
+def held(run: Any) -> Any:
+    """Wrap a run function so that an item "hold" blocks the model until ``gate`` is set."""
+    gate = asyncio.Event()
+
+    async def wrapped(items: Sequence[Any]) -> list[Any]:
+        if list(items) == ["hold"]:
+            await gate.wait()
+            return ["held"]
+        return await run(items)
+
+    wrapped.gate = gate  # type: ignore[attr-defined]
+    return wrapped
+
+
+async def together(b: DynamicBatcher[Any, Any], run: Any, items: Sequence[Any]) -> list[Any]:
+    """Submit ``items`` while a held item occupies the model, so they leave as one batch."""
+    hold = asyncio.create_task(b.submit("hold"))
+    await ticks()
+    tasks = [asyncio.create_task(b.submit(x)) for x in items]
+    await ticks()
+    run.gate.set()
+    assert await hold == "held"
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_lone_item_runs_at_once() -> None:
     """A lone item reaches run within three loop iterations, whatever max_delay_ms says."""
     model = Model()
@@ -86,11 +111,29 @@ async def test_lone_item_runs_at_once() -> None:
 
 
 async def test_same_tick_submits_share_a_batch() -> None:
-    """Items submitted in the same loop iteration ride one bus."""
+    """Items submitted in the same loop iteration as the one that found the model idle ride one bus."""
     model = Model()
     async with batcher(model) as b:
-        assert await asyncio.gather(*(b.submit(x) for x in "abc")) == ["a!", "b!", "c!"]
-        assert model.calls == [["a", "b", "c"]]
+        assert await asyncio.gather(*(b.submit(x) for x in "abcd")) == ["a!", "b!", "c!", "d!"]
+        assert model.calls == [["a", "b", "c", "d"]]
+
+
+async def test_a_lone_item_runs_in_its_callers_task() -> None:
+    """Alone with an idle model, an item is run by its own submitter's task: no hop through a new task."""
+    seen = []
+
+    async def run(items: Sequence[str]) -> list[str]:
+        seen.append(asyncio.current_task())
+        return [x + "!" for x in items]
+
+    async with batcher(run) as b:
+        async def client() -> tuple[str, Any]:
+            return await b.submit("a"), asyncio.current_task()
+
+        answer, task = await asyncio.create_task(client())
+        assert answer == "a!" and seen == [task]
+        s = b.statistics()
+        assert s.batches == 1 and s.queue_delay_s.count == 1 and s.running == 0
 
 
 async def test_items_accumulate_while_busy_then_leave_together() -> None:
@@ -174,9 +217,10 @@ async def test_caller_tells_a_rerun_by_counting_run_calls() -> None:
             raise ValueError("poisoned")
         return ["ok"] * len(items)
 
+    run = held(run)
     async with batcher(run) as b:
         reqs = [Req(False), Req(False), Req(True), Req(False)]
-        results = await asyncio.gather(*(b.submit(r) for r in reqs), return_exceptions=True)
+        results = await together(b, run, reqs)
         assert results[:2] == ["ok", "ok"] and isinstance(results[2], ValueError)
         assert [r.runs for r in reqs] == [2, 2, 3, 3]
 
@@ -206,9 +250,9 @@ async def test_per_item_exception_goes_to_its_submitter_only() -> None:
         calls.append(list(items))
         return [KeyError(x) if x == 2 else x * 10 for x in items]
 
+    run = held(run)
     async with batcher(run) as b:
-        results = await asyncio.gather(*(b.submit(x) for x in (1, 2, 3)),
-                                       return_exceptions=True)
+        results = await together(b, run, (1, 2, 3))
         assert results[0] == 10 and results[2] == 30 and isinstance(results[1], KeyError)
         assert calls == [[1, 2, 3]]
         assert b.statistics().failed == 1
@@ -218,13 +262,17 @@ async def test_wrong_result_count_fails_every_item() -> None:
     """run returning too few results fails each item with InferenceError, nobody hangs."""
 
     async def run(items: Sequence[str]) -> list[str]:
-        return ["only one"]
+        return []
 
+    run = held(run)
     async with batcher(run) as b:
-        results = await asyncio.gather(*(b.submit(x) for x in "ab"), return_exceptions=True)
+        results = await together(b, run, "ab")
         assert all(isinstance(r, InferenceError) for r in results)
-        assert "1 results for 2 items" in str(results[0])
+        assert "0 results for 2 items" in str(results[0])
         assert b.statistics().failed == 2
+        with pytest.raises(InferenceError, match="0 results for 1 item"):
+            await b.submit("alone")  # the idle fast path checks the count too
+        assert b.statistics().failed == 3
 
 
 async def test_cancelled_run_is_not_split_and_cancels_its_items() -> None:
@@ -235,8 +283,9 @@ async def test_cancelled_run_is_not_split_and_cancels_its_items() -> None:
         calls.append(list(items))
         raise asyncio.CancelledError
 
+    run = held(run)
     async with batcher(run) as b:
-        results = await asyncio.gather(*(b.submit(x) for x in "ab"), return_exceptions=True)
+        results = await together(b, run, "ab")
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         assert calls == [["a", "b"]]
         assert b.statistics().split_retries == 0 and b.statistics().running == 0

@@ -177,3 +177,37 @@ def test_compare_at_slo_pairs_searches(repository: Path) -> None:
     assert {"offered_rps", "p99_ms", "passed"} <= set(steps.columns)
     fig = latency_vs_load(steps, slo_ms=20.0)
     assert len(fig.axes) == 2
+
+
+def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
+    """Tuesday's tables sum each batching arm's /stats over its trials; an arm without batchers has no rows."""
+    from optkit._week import batch_histogram, batch_summary
+
+    rows = []
+    for pair in range(2):
+        rows.append({"pair": pair, "arm": "A", "load": "closed:32"})  # pooling: no batchers
+        rows.append({"pair": pair, "arm": "B", "load": "closed:32",
+                     "gateway.batching.m.items": 100, "gateway.batching.m.batches": 10,
+                     "gateway.batching.m.rows": 120, "gateway.batching.m.cancelled": 1,
+                     "gateway.batching.m.queue_delay_s.count": 100,
+                     "gateway.batching.m.queue_delay_s.sum": 0.05,
+                     "gateway.batching.m.batch_rows.le_1": 2,
+                     "gateway.batching.m.batch_rows.le_16": 8,
+                     "gateway.batching.m.batch_rows.le_inf": 0,
+                     "gateway.merged_calls": 8,
+                     "model-server.batching.m.items": 10, "model-server.batching.m.batches": 9,
+                     "model-server.batching.m.rows": 120})
+    stats = pd.DataFrame(rows)
+    trials = simulate_trials(2, effect=0.3, seed=1)
+    cmp = Comparison(ServiceConfig(name="pooling"), ServiceConfig(name="batching"),
+                     CompareSettings(pairs=2), trials, {}, stats, dict(DEFAULT_DELTAS),
+                     "defaults", 1.0)
+    summary = batch_summary(cmp).set_index("tier")
+    assert list(summary["arm"]) == ["B: batching", "B: batching"]
+    gw = summary.loc["gateway"]
+    assert (gw["requests"], gw["batches"], gw["rows_per_batch"]) == (200, 20, 12.0)
+    assert gw["queue_delay_ms"] == pytest.approx(0.5) and gw["merged_calls"] == 16
+    assert summary.loc["model-server", "rows_per_batch"] == pytest.approx(240 / 18, abs=0.01)
+    hist = batch_histogram(cmp)
+    assert set(hist["arm"]) == {"B: batching"}
+    assert dict(zip(hist["rows_le"], hist["batches"])) == {1.0: 4, 16.0: 16, float("inf"): 0}

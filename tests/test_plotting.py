@@ -116,3 +116,16 @@ def test_figures_render_to_png():
     buf = io.BytesIO()
     plotting.paired_trials(simulate_trials(3, seed=0), "p50_ms").savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def test_batch_sizes_one_panel_per_tier_one_bar_per_bucket_and_arm():
+    """batch_sizes draws a panel per tier with a bar per (bucket, arm); it refuses missing columns."""
+    hist = pd.DataFrame({"arm": ["B"] * 4, "tier": ["gateway", "gateway", "model-server",
+                                                    "model-server"],
+                         "rows_le": [1.0, 16.0, 1.0, float("inf")], "batches": [3, 9, 1, 2]})
+    fig = plotting.batch_sizes(hist)
+    assert len(fig.axes) == 2
+    heights = sorted(p.get_height() for p in fig.axes[0].patches)
+    assert heights == [3, 9]
+    with pytest.raises(ValueError, match="columns"):
+        plotting.batch_sizes(hist.drop(columns="batches"))

@@ -1,0 +1,14 @@
+"""Under nbmake each notebook is one test that runs whole A/B sessions on real servers: it
+gets a longer hang guard than the unit tests' 120 s (quick mode keeps each to a few minutes)."""
+
+from __future__ import annotations
+
+import pytest
+
+NOTEBOOK_TIMEOUT_S = 420
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.timeout(NOTEBOOK_TIMEOUT_S))
