@@ -200,12 +200,16 @@ class DynamicBatcher(Generic[T, R]):
         try:
             return await entry.future
         except asyncio.CancelledError:
-            if entry.queued:  # still waiting: it must never run
-                queue.remove(entry)
-                entry.queued = False
-                self._queued_rows -= rows
-                self._cancelled += 1
+            self._withdraw(entry)
             raise
+
+    def _withdraw(self, entry: _Item) -> None:
+        """A submitter was cancelled: if its item still waits, it leaves the queue, unrun."""
+        if entry.queued:
+            self._queue.remove(entry)
+            entry.queued = False
+            self._queued_rows -= entry.rows
+            self._cancelled += 1
 
     async def _lead(self, entry: _Item) -> Any:
         """Send the bus from the leader's own task once this loop iteration's items joined.
@@ -222,11 +226,7 @@ class DynamicBatcher(Generic[T, R]):
             await asyncio.sleep(0)
         except asyncio.CancelledError:
             self._scheduled = False
-            if entry.queued:
-                self._queue.remove(entry)
-                entry.queued = False
-                self._queued_rows -= entry.rows
-                self._cancelled += 1
+            self._withdraw(entry)
             if self._queue:
                 self._pump()
             raise
@@ -242,11 +242,7 @@ class DynamicBatcher(Generic[T, R]):
         try:
             return await entry.future
         except asyncio.CancelledError:
-            if entry.queued:
-                queue.remove(entry)
-                entry.queued = False
-                self._queued_rows -= entry.rows
-                self._cancelled += 1
+            self._withdraw(entry)
             raise
 
     async def _run_alone(self, entry: _Item) -> Any:
@@ -265,15 +261,10 @@ class DynamicBatcher(Generic[T, R]):
             self._failed += 1
             raise
         finally:
-            took = self._clock() - start
-            self._duration.observe(took)
-            self._mean_duration += 0.2 * (took - self._mean_duration)
-            self._running -= 1
             self._inline.discard(done)
             if not done.done():
                 done.set_result(None)
-            if self._queue:
-                self._pump()
+            self._finish(start)
         result = results[0]
         if isinstance(result, BaseException):
             self._failed += 1
@@ -352,12 +343,16 @@ class DynamicBatcher(Generic[T, R]):
                 entry.future.cancel()
             raise
         finally:
-            took = self._clock() - start
-            self._duration.observe(took)
-            self._mean_duration += 0.2 * (took - self._mean_duration)
-            self._running -= 1
-            if self._queue:
-                self._pump()  # the next bus leaves now, not a tick later
+            self._finish(start)
+
+    def _finish(self, start: float) -> None:
+        """A batch gave its slot back: record how long it held it; the next bus leaves now."""
+        took = self._clock() - start
+        self._duration.observe(took)
+        self._mean_duration += 0.2 * (took - self._mean_duration)
+        self._running -= 1
+        if self._queue:
+            self._pump()  # not a tick later
 
     async def _attempt(self, batch: list[_Item], *, split: bool) -> None:
         """Run ``batch``, splitting it on failure; ``split``: it is a half of a failed one."""
