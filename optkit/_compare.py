@@ -44,7 +44,7 @@ class CompareSettings:
 
     pairs: int = DEFAULT_PAIRS
     warmup_s: float = 1.0  # wrk counts whole seconds: keep both in whole seconds
-    duration_s: float = 3.0
+    duration_s: float = 2.0  # 24 pairs of 1 + 2 s trials keep a day within ~4 minutes
     loads: tuple[str, ...] = ("closed:32",)
     workload: str = "digits"
     seed: int = 0
