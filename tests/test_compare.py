@@ -211,3 +211,18 @@ def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
     hist = batch_histogram(cmp)
     assert set(hist["arm"]) == {"B: batching"}
     assert dict(zip(hist["rows_le"], hist["batches"])) == {1.0: 4, 16.0: 16, float("inf"): 0}
+
+
+def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypatch) -> None:
+    """Quick mode (CI) runs 8 short pairs at the day's first load; standard mode what the notebook says."""
+    from optkit._week import day_settings
+
+    monkeypatch.delenv("OPTKIT_QUICK", raising=False)
+    loads = ["closed:32", "closed:1"]
+    quick = day_settings(quick=True, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads, seed=3)
+    assert quick.loads == ("closed:32",) and quick.pairs == 8 and quick.quick and quick.seed == 3
+    full = day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads, seed=3)
+    assert full.loads == ("closed:32", "closed:1") and full.pairs == 12 and not full.quick
+    monkeypatch.setenv("OPTKIT_QUICK", "1")
+    assert day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
+                        seed=3).quick
