@@ -37,6 +37,7 @@ __all__ = [
     "parse_infer_request",
     "validate_inputs",
     "request_deadline",
+    "split_rows",
     "encode_infer_request",
     "encode_infer_response",
     "decode_infer_response",
@@ -415,3 +416,20 @@ def encode_binary_infer_request(inputs: Mapping[str, np.ndarray], *,
         doc["parameters"] = {"binary_data_output": True}
     head = json_dumps(doc)
     return head + b"".join(blobs), len(head)
+
+
+def split_rows(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """Cut each output of a batched call along its batch dimension back into its items' rows.
+
+    Raises:
+        ValueError: an output does not have ``sum(rows)`` rows.
+    """
+    total = sum(rows)
+    for key, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != total:
+            raise ValueError(f"output {key!r} has shape {list(value.shape)}, not {total} rows")
+    parts, start = [], 0
+    for n in rows:
+        parts.append({key: value[start:start + n] for key, value in outputs.items()})
+        start += n
+    return parts

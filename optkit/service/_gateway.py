@@ -47,13 +47,13 @@ from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError
 from .._metrics import counter
 from .._models import validate_model_name
 from .._protocol import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result, \
-    encode_binary_infer_request, encode_infer_request, encode_infer_response, json_loads, parse_infer_request, \
-    request_deadline, validate_inputs
+    encode_binary_infer_request, encode_infer_request, json_loads, parse_infer_request, \
+    request_deadline, split_rows, validate_inputs
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse)
 from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
-    json_response, model_ref, read_body
+    infer_response, json_response, model_ref, read_body
 from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
 
 __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
@@ -265,15 +265,7 @@ class Gateway:
                 self._fallbacks += 1
             return response
         merged: _Merged = result
-        selected = ([(o, merged.outputs[o]) for o in req.outputs] if req.outputs
-                    else list(merged.outputs.items()))
-        payload, head_len = encode_infer_response(
-            key[0], merged.version, selected, request_id=req.id, binary=req.outputs,
-            binary_default=req.binary_default)
-        if head_len is None:
-            return web.Response(body=payload, content_type="application/json")
-        return web.Response(body=payload, headers={BINARY_HEADER: str(head_len)},
-                            content_type="application/octet-stream")
+        return infer_response(key[0], merged.version, merged.outputs, req)
 
     def _batch_runner(self, key: tuple[Any, ...]) -> Any:
         name, version, _, outputs = key
@@ -301,18 +293,11 @@ class Gateway:
             except ProtocolError as exc:
                 raise UpstreamError(f"upstream answered a merged request with {exc}") from None
             version_seen = result.model_version or version or ""
-            total = sum(item.req.batch_size for item in items)
-            for out_name, array in result.outputs.items():
-                if array.ndim == 0 or array.shape[0] != total:
-                    raise UpstreamError(f"upstream output {out_name!r} has shape "
-                                        f"{list(array.shape)}, not {total} rows")
-            answers, start = [], 0
-            for item in items:
-                n = item.req.batch_size
-                answers.append(_Merged(version_seen, {k: v[start:start + n]
-                                                      for k, v in result.outputs.items()}))
-                start += n
-            return answers
+            try:
+                parts = split_rows(result.outputs, [item.req.batch_size for item in items])
+            except ValueError as exc:
+                raise UpstreamError(f"upstream answered a merged request: {exc}") from None
+            return [_Merged(version_seen, part) for part in parts]
 
         return run
 

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Protocol
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -23,10 +23,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from .._exceptions import OptkitError, PayloadTooLarge, ProtocolError, QueueFull
 from .._metrics import counter, gauge, iter_families, to_plain
 from .._models import validate_model_name
-from .._protocol import BINARY_HEADER, error_body, json_dumps
+from .._protocol import BINARY_HEADER, InferRequest, encode_infer_response, error_body, json_dumps
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
-           "build_app", "read_body", "binary_header_length", "model_ref", "V2Handlers",
+           "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
            "STATS_KEY"]
 
 log = logging.getLogger("optkit.service")
@@ -73,6 +73,20 @@ class ServerCounters:
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
     return web.Response(body=json_dumps(doc), status=status, content_type="application/json")
+
+
+def infer_response(model: str, version: str, outputs: Mapping[str, Any],
+                   req: InferRequest) -> web.Response:
+    """A request's v2 answer: the outputs it asked for (all if none), JSON or binary as it asked."""
+    selected = ([(o, outputs[o]) for o in req.outputs] if req.outputs
+                else list(outputs.items()))
+    payload, head_len = encode_infer_response(model, version, selected, request_id=req.id,
+                                              binary=req.outputs,
+                                              binary_default=req.binary_default)
+    if head_len is None:
+        return web.Response(body=payload, content_type="application/json")
+    return web.Response(body=payload, headers={BINARY_HEADER: str(head_len)},
+                        content_type="application/octet-stream")
 
 
 def error_response(exc: OptkitError) -> web.Response:

@@ -34,12 +34,12 @@ from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, OptkitError, ProtocolError
 from .._models import Model
-from .._protocol import BINARY_HEADER, InferRequest, encode_infer_response, json_loads, \
-    parse_infer_request, request_deadline, validate_inputs
+from .._protocol import json_loads, parse_infer_request, request_deadline, split_rows, \
+    validate_inputs
 from .._repository import READY, ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
-    json_response, model_ref, read_body
+    infer_response, json_response, model_ref, read_body
 
 __all__ = ["ModelServer", "ModelServerStatistics", "create_model_server", "MODEL_SERVER_KEY"]
 
@@ -148,14 +148,7 @@ class ModelServer:
         else:
             counters.model_calls += 1
             outputs = _predict(model, inputs)
-        selected = [(o, outputs[o]) for o in req.outputs] if req.outputs else list(outputs.items())
-        payload, head_len = encode_infer_response(
-            name, cfg.version, selected, request_id=req.id, binary=req.outputs,
-            binary_default=req.binary_default)
-        if head_len is None:
-            return web.Response(body=payload, content_type="application/json")
-        return web.Response(body=payload, headers={BINARY_HEADER: str(head_len)},
-                            content_type="application/octet-stream")
+        return infer_response(name, cfg.version, outputs, req)
 
     def _batcher(self, name: str, model: Model) -> DynamicBatcher[Mapping[str, np.ndarray],
                                                                   dict[str, np.ndarray]]:
@@ -194,7 +187,10 @@ class ModelServer:
                     executor, _predict, model, inputs)
             if len(items) == 1:
                 return [outputs]
-            return _split_rows(outputs, [len(next(iter(item.values()))) for item in items])
+            try:
+                return split_rows(outputs, [len(next(iter(item.values()))) for item in items])
+            except ValueError as exc:
+                raise InferenceError(f"model {model.config.name!r}: {exc}") from None
 
         return run
 
@@ -256,19 +252,6 @@ def _predict(model: Model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.nda
     except Exception as exc:
         raise InferenceError(f"model {model.config.name!r} failed: {type(exc).__name__}: "
                              f"{exc}") from exc
-
-
-def _split_rows(outputs: Mapping[str, np.ndarray], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """Cut each output along its batch dimension back into the items' rows."""
-    total = sum(rows)
-    for key, value in outputs.items():
-        if value.ndim == 0 or value.shape[0] != total:
-            raise InferenceError(f"output {key!r} has shape {list(value.shape)}, not {total} rows")
-    parts, start = [], 0
-    for n in rows:
-        parts.append({key: value[start:start + n] for key, value in outputs.items()})
-        start += n
-    return parts
 
 
 def create_model_server(repository: str | Path,
