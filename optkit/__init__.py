@@ -16,7 +16,8 @@ from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_
                         encode_infer_response, parse_infer_request, validate_inputs)
 from ._repository import ModelRepository, RepositoryStatistics
 from .layers import (BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
-                     PoolStatistics, UpstreamClient, UpstreamResponse, UpstreamStream)
+                     PoolStatistics, ResponseStreamer, StreamingStatistics, UpstreamClient,
+                     UpstreamResponse, UpstreamStream)
 
 __all__ = [
     "__version__",
@@ -35,11 +36,12 @@ __all__ = [
     "ModelRepository", "RepositoryStatistics",
     # layers
     "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient", "UpstreamResponse",
-    "UpstreamStream", "DynamicBatcher", "BatchStatistics",
+    "UpstreamStream", "DynamicBatcher", "BatchStatistics", "ResponseStreamer",
+    "StreamingStatistics",
     # experiments (imported lazily: servers start without pandas/scipy)
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
     "latency_vs_load",
-    "stats", "plotting", "bench",
+    "stats", "plotting", "bench", "report",
 ]
 
 _LAZY = {
@@ -47,7 +49,8 @@ _LAZY = {
     "Comparison": ("._compare", "Comparison"), "CompareSettings": ("._compare", "CompareSettings"),
     "QUICK": ("._compare", "QUICK"), "STANDARD": ("._compare", "STANDARD"),
     "latency_vs_load": ("._slo", "latency_vs_load"),
-    "week": ("._week", None), "stats": (".stats", None), "plotting": (".plotting", None),
+    "week": ("._week", None), "report": ("._report", None), "stats": (".stats", None),
+    "plotting": (".plotting", None),
     "bench": (".bench", None),
 }
 

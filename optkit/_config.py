@@ -140,18 +140,34 @@ class BatchingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StreamingConfig:
-    """Send responses in chunks of ``chunk_bytes`` instead of one buffered body."""
+    """Send large responses in chunks of ``chunk_bytes`` instead of one buffered body.
+
+    An answer over ``threshold_bytes`` (or of unknown length) is written piece by
+    piece, each ``write`` waiting for the client to drain (backpressure); a client
+    that takes no byte for ``write_timeout_s`` is cut off. The model server computes
+    a request of more than ``sub_batch_rows`` rows a sub-batch at a time, writing
+    each before computing the next; ``generate_stream`` sends one event per
+    sub-batch and takes at most ``max_stream_rows`` rows. See
+    :class:`optkit.layers.streaming.ResponseStreamer`.
+    """
 
     enabled: bool = False
     chunk_bytes: int = 64 * 1024
     threshold_bytes: int = 256 * 1024
+    write_timeout_s: float = 10.0
+    sub_batch_rows: int = 16
+    max_stream_rows: int = 16384
 
     def __post_init__(self) -> None:
         _bool("streaming.enabled", self.enabled)
         _integer("streaming.chunk_bytes", self.chunk_bytes)
         _integer("streaming.threshold_bytes", self.threshold_bytes, allow_zero=True)
-        if self.enabled:
-            raise _not_yet("streaming.enabled", "Wednesday (response streaming)")
+        _positive("streaming.write_timeout_s", self.write_timeout_s)
+        _integer("streaming.sub_batch_rows", self.sub_batch_rows)
+        _integer("streaming.max_stream_rows", self.max_stream_rows)
+        if self.max_stream_rows < self.sub_batch_rows:
+            raise ConfigError(f"streaming.max_stream_rows ({self.max_stream_rows}) must be >= "
+                              f"streaming.sub_batch_rows ({self.sub_batch_rows})")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,10 @@ def test_yaml_maps_onto_sections(tmp_path: Path) -> None:
     ({"loading": {"models": "digits-mlp"}}, "loading.models"),
     ({"batching": {"executor": "gpu"}}, "batching.executor"),
     ({"batching": {"max_concurrent_batches": 0}}, "batching.max_concurrent_batches"),
-    ({"streaming": {"enabled": True}}, "not implemented yet"),
+    ({"streaming": {"write_timeout_s": 0}}, "streaming.write_timeout_s"),
+    ({"streaming": {"sub_batch_rows": 2.0}}, "streaming.sub_batch_rows"),
+    ({"streaming": {"max_stream_rows": 0}}, "streaming.max_stream_rows"),
+    ({"streaming": {"sub_batch_rows": 64, "max_stream_rows": 8}}, "streaming.max_stream_rows"),
     ({"loading": {"mode": "background"}}, "not implemented yet"),
 ])
 def test_bad_values_name_the_parameter(data: dict, key: str) -> None:

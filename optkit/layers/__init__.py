@@ -4,6 +4,8 @@
 
     layers/pooling.py    ConnectionPool (and the baseline DirectClient): upstream connections
     layers/batching.py   DynamicBatcher: concurrent requests for one model become one call
+    layers/streaming.py  ResponseStreamer: large answers and server-sent events leave in
+                         chunks at the client's pace (backpressure, write timeout, disconnect)
 
 A layer never imports :mod:`optkit.service`; each has a frozen config section in
 :mod:`optkit._config`, ``statistics()`` returning a frozen record, and ``aclose()``.
@@ -12,6 +14,8 @@ A layer never imports :mod:`optkit.service`; each has a frozen config section in
 from .batching import BatchStatistics, DynamicBatcher
 from .pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                       UpstreamResponse, UpstreamStream)
+from .streaming import ChunkWriter, ResponseStreamer, StreamingStatistics
 
 __all__ = ["ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
-           "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics"]
+           "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics",
+           "ResponseStreamer", "ChunkWriter", "StreamingStatistics"]

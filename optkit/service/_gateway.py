@@ -28,11 +28,20 @@ Upstream down → 502, slow → 504, both as JSON and within the configured boun
 the upstream's own 4xx/5xx answers are passed through unchanged. Which upstream
 client is used is the pooling layer's switch: ``pooling.enabled: false`` (the
 baseline) opens a new connection per upstream request.
+
+Streaming (``streaming.enabled``): a request forwarded alone (batching off, or one
+that cannot merge) uses the pool's ``stream()``; an answer over ``threshold_bytes``
+or of unknown length is relayed chunk by chunk (:mod:`optkit.layers.streaming`),
+status and binary/retried headers passed through; an upstream dying mid-body cuts
+the client's response (no clean end). ``generate_stream`` is validated here like
+infer (same 400s as the model server), then its events relayed as they come (or
+buffered when streaming is off). Requests riding the batcher are answered buffered.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -46,12 +55,13 @@ from .._config import ServiceConfig
 from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
 from .._metrics import counter
 from .._models import validate_model_name
-from .._protocol import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result, \
-    encode_binary_infer_request, encode_infer_request, json_loads, parse_infer_request, \
-    request_deadline, split_rows, validate_inputs
+from .._protocol import BINARY_HEADER, DATATYPES, InferRequest, TensorSpec, decode_infer_result, \
+    encode_binary_infer_request, encode_infer_request, json_loads, parse_generate_request, \
+    parse_infer_request, request_deadline, split_rows, validate_inputs
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
-                              UpstreamResponse)
+                              UpstreamResponse, UpstreamStream)
+from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
     infer_response, json_response, model_ref, read_body
 from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
@@ -65,6 +75,22 @@ _MERGEABLE_PARAMETERS = frozenset({"binary_data_output", "timeout"})
 _SPLIT_STATUSES = frozenset({400, 422, 500})  # a refusal one item can cause
 GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("optkit_gateway", object)  # type: ignore[arg-type]
 _PASS_HEADERS = (BINARY_HEADER, RETRIED_HEADER)
+_JSON_PER_BINARY_BYTE = 2.5
+
+
+def _row_bytes(outputs: Sequence[Any]) -> int | None:
+    """Binary bytes of one row of all ``outputs`` (v2 metadata entries), or None if unknown."""
+    total = 0
+    for spec in outputs:
+        try:
+            dtype = DATATYPES.get(str(spec["datatype"]))
+            dims = [int(d) for d in spec["shape"]][1:]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if dtype is None or any(d < 0 for d in dims):
+            return None
+        total += dtype.itemsize * math.prod(dims)
+    return total
 
 
 def parse_upstreams(spec: str | Sequence[str]) -> list[str]:
@@ -91,7 +117,9 @@ class GatewayStatistics:
     merged_calls: int = counter("upstream calls that carried several client requests")
     fallback_answers: int = counter("answers marked optkit-batch-fallback")
     unmergeable: int = counter("requests sent alone because they could not merge")
+    large_alone: int = counter("requests sent alone, unbatched, to stream their large answer")
     batching: dict[str, BatchStatistics] = field(default_factory=dict)
+    streaming: StreamingStatistics = field(default_factory=StreamingStatistics)
 
 
 class _Pending:
@@ -141,9 +169,11 @@ class Gateway:
             else DirectClient(self.config.server))
         self.metadata = MetadataCache(self._fetch_meta, ttl_s=METADATA_TTL_S)
         self._retried_answers = self._merged_calls = self._fallbacks = self._unmergeable = 0
+        self._large_alone = 0
         # (model, version, inputs, outputs) -> its batcher; bounded by the models' metadata
         self._batchers: dict[tuple[Any, ...], DynamicBatcher[_Pending, Any]] = {}
         self._binary_upstream: bool | None = None  # does the upstream speak binary tensors?
+        self._streamer = ResponseStreamer(self.config.streaming)
 
     # -- lifecycle ------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -164,7 +194,7 @@ class Gateway:
         return GatewayStatistics(self.counters.snapshot(), self._client.statistics(),
                                  self.metadata.statistics(), self._retried_answers,
                                  self._merged_calls, self._fallbacks, self._unmergeable,
-                                 batching)
+                                 self._large_alone, batching, self._streamer.statistics())
 
     def __repr__(self) -> str:
         c = self.counters
@@ -202,10 +232,10 @@ class Gateway:
             mbs = int((doc.get("parameters") or {}).get("max_batch_size", 0) or 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc!r}") from None
-        return ModelMeta(specs, outputs, mbs)
+        return ModelMeta(specs, outputs, mbs, _row_bytes(doc.get("outputs") or ()))
 
     # -- v2 endpoints -----------------------------------------------------------------
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = model_ref(request)
         body = await read_body(request, self._limit)
         head_len = binary_header_length(request)
@@ -223,15 +253,82 @@ class Gateway:
         if head_len is not None:
             headers[BINARY_HEADER] = str(head_len)
         if self.config.batching.enabled:
-            key = self._merge_key(name, version, req, meta)
-            if key is not None:
-                return await self._infer_batched(request, key, meta, req, body, headers)
-            self._unmergeable += 1
-        resp = await self._upstream("POST", _model_path(name, version) + "/infer", body, headers)
-        counters.model_calls += 1
+            if self._streamer.config.enabled and self._large(req, meta):
+                # a large answer is streamed, not held whole in a merged one: it goes alone
+                self._large_alone += 1
+            else:
+                key = self._merge_key(name, version, req, meta)
+                if key is not None:
+                    return await self._infer_batched(request, key, meta, req, body, headers)
+                self._unmergeable += 1
+        return await self._forward(request, name, version, "/infer", body, headers)
+
+    def _large(self, req: InferRequest, meta: ModelMeta) -> bool:
+        """Whether the answer will likely exceed the streaming threshold (an estimate from the
+        metadata's output shapes: binary size, x2.5 for JSON, where a float32 takes ~10 chars)."""
+        if meta.row_bytes is None:
+            return False
+        binary = bool(req.parameters.get("binary_data_output")) if req.parameters else False
+        size = req.batch_size * meta.row_bytes * (1.0 if binary else _JSON_PER_BINARY_BYTE)
+        return size > self._streamer.config.threshold_bytes
+
+    async def generate_stream(self, request: web.Request) -> web.StreamResponse:
+        """Validated like the model server does it, then the upstream's events relayed."""
+        name, version = model_ref(request)
+        body = await read_body(request, self._limit)
+        meta = await self.metadata.get(name, version)
+        req = parse_generate_request(body, meta.inputs,
+                                     max_rows=self.config.streaming.max_stream_rows)
+        self.counters.infer_requests += 1
+        self.counters.infer_rows += req.batch_size
+        return await self._forward(request, name, version, "/generate_stream", body,
+                                   {"Content-Type": "application/json"}, sse=True)
+
+    async def _forward(self, request: web.Request, name: str, version: str | None, tail: str,
+                       body: bytes, headers: dict[str, str], *,
+                       sse: bool = False) -> web.StreamResponse:
+        """Send one request upstream alone; pass its answer through, relayed if large.
+
+        Streaming on: an answer over the threshold (or of unknown length) is relayed
+        chunk by chunk as it arrives, never held whole. If the upstream dies
+        mid-body the client's response is cut (no clean end); for server-sent
+        events that broke off between two events, an error event ends it cleanly.
+        """
+        path = _model_path(name, version) + tail
+        self.counters.model_calls += 1
+        if not self._streamer.config.enabled:
+            resp = await self._upstream("POST", path, body, headers)
+        else:
+            async with self._client.stream("POST", next(self._rotation) + path, body=body,
+                                           headers=headers) as up:
+                if up.status == 200 and self._streamer.wants_stream(up.content_length):
+                    return await self._relay(request, up, sse=sse)
+                resp = UpstreamResponse(up.status, up.content_type, await up.read(),
+                                        up.headers, up.retried)
         if resp.status == 404:
             self.metadata.invalidate(name, version)
         return self._passthrough(resp)
+
+    async def _relay(self, request: web.Request, up: UpstreamStream, *,
+                     sse: bool) -> web.StreamResponse:
+        headers = {k: up.headers[k] for k in _PASS_HEADERS if k in up.headers}
+        if up.retried:
+            headers[RETRIED_HEADER] = "1"
+        if RETRIED_HEADER in headers:
+            self._retried_answers += 1
+        headers["Content-Type"] = up.content_type or "application/json"
+        response = web.StreamResponse(status=up.status, headers=headers)
+        async with self._streamer.open(request, response) as out:
+            tail = b""
+            try:
+                async for chunk in up.iter_chunks(self._streamer.config.chunk_bytes):
+                    await out.write(chunk)
+                    tail = (tail + chunk)[-2:]
+            except OptkitError as exc:
+                if not (sse and tail == b"\n\n"):
+                    raise  # mid-body: the streamer cuts the connection
+                await out.error_event(f"upstream failed mid-stream: {exc}")
+        return response
 
     # -- batching -----------------------------------------------------------------------
     @staticmethod
@@ -346,7 +443,8 @@ class Gateway:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return json_response({"name": "optkit-gateway", "version": __version__,
-                              "extensions": ["model_repository", "binary_tensor_data"]})
+                              "extensions": ["model_repository", "binary_tensor_data",
+                                             "generate_stream"]})
 
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await read_body(request, 64 * 1024)

@@ -37,6 +37,9 @@ class ModelMeta:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
     max_batch_size: int
+    #: bytes of one row of every output, binary-encoded (element size x the per-row
+    #: dimensions); None when the metadata does not fix them (a -1 past the batch axis, BYTES)
+    row_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

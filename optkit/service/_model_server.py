@@ -8,6 +8,8 @@
            or layers.batching.DynamicBatcher ─▶ one predict for many requests'
               rows, split back row for row          (batching on)
         -> encode (JSON or binary, as this request asked) -> one buffered response
+           (streaming on: a large answer computed in sub-batches and written in
+            chunks, and POST .../generate_stream as server-sent events; see _streams.py)
 
 Endpoints: health (``/v2/health/live|ready``), server metadata (``/v2``), model
 metadata and readiness, inference, and the repository extension
@@ -34,17 +36,19 @@ from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, OptkitError, ProtocolError
 from .._models import Model
-from .._protocol import json_loads, parse_infer_request, request_deadline, split_rows, \
-    validate_inputs
+from .._protocol import json_loads, parse_generate_request, parse_infer_request, \
+    request_deadline, split_rows, validate_inputs
 from .._repository import READY, ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
+from ..layers.streaming import ResponseStreamer, StreamingStatistics
+from ._streams import stream_generate, stream_infer
 from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
     infer_response, json_response, model_ref, read_body
 
 __all__ = ["ModelServer", "ModelServerStatistics", "create_model_server", "MODEL_SERVER_KEY"]
 
 log = logging.getLogger("optkit.model_server")
-EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics"]
+EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics", "generate_stream"]
 _SMALL_BODY = 64 * 1024  # repository requests carry no tensors
 MODEL_SERVER_KEY: web.AppKey["ModelServer"] = web.AppKey("optkit_model_server", object)  # type: ignore[arg-type]
 
@@ -56,6 +60,7 @@ class ModelServerStatistics:
     server: ServerStatistics
     repository: RepositoryStatistics
     batching: dict[str, BatchStatistics] = field(default_factory=dict)
+    streaming: StreamingStatistics = field(default_factory=StreamingStatistics)
 
 
 class ModelServer:
@@ -81,6 +86,7 @@ class ModelServer:
         self._batchers: dict[str, tuple[Model, DynamicBatcher[Mapping[str, np.ndarray],
                                                               dict[str, np.ndarray]]]] = {}
         self._retired: dict[str, BatchStatistics] = {}  # statistics of replaced batchers
+        self._streamer = ResponseStreamer(self.config.streaming)
         self._executor: ThreadPoolExecutor | None = None
         if self._batching.enabled and self._batching.executor == "thread":
             self._executor = ThreadPoolExecutor(self._batching.max_concurrent_batches,
@@ -117,7 +123,7 @@ class ModelServer:
         batching = dict(self._retired)
         batching.update((name, b.statistics()) for name, (_, b) in self._batchers.items())
         return ModelServerStatistics(self.counters.snapshot(), self.repository.statistics(),
-                                     batching)
+                                     batching, self._streamer.statistics())
 
     def __repr__(self) -> str:
         c = self.counters
@@ -125,7 +131,7 @@ class ModelServer:
                 f"{c.completed} answered | {self.repository.statistics().ready} models ready]>")
 
     # -- v2 endpoints -----------------------------------------------------------------
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = model_ref(request)
         model = self.repository.get(name, version)
         body = await read_body(request, self._limit)
@@ -140,15 +146,38 @@ class ModelServer:
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
         inputs = {item.name: item.array for item in req.inputs}
+        if self._streamer.config.enabled:  # large answers in chunks, rows in sub-batches
+            return await stream_infer(self._streamer, request, name, cfg.version, req, inputs,
+                                      lambda part: self._compute(request, name, model, part, req))
+        return infer_response(name, cfg.version,
+                              await self._compute(request, name, model, inputs, req), req)
+
+    async def _compute(self, request: web.Request, name: str, model: Model,
+                       inputs: Mapping[str, np.ndarray], req: Any) -> dict[str, np.ndarray]:
+        """Run ``inputs`` through the model: directly, or riding its batcher."""
         if self._batching.enabled:
             transport = request.transport
-            outputs = await self._batcher(name, model).submit(
-                inputs, rows=req.batch_size, deadline=request_deadline(req, time.monotonic()),
+            return await self._batcher(name, model).submit(
+                inputs, rows=len(next(iter(inputs.values()))),
+                deadline=request_deadline(req, time.monotonic()),
                 alive=None if transport is None else (lambda: not transport.is_closing()))
-        else:
-            counters.model_calls += 1
-            outputs = _predict(model, inputs)
-        return infer_response(name, cfg.version, outputs, req)
+        self.counters.model_calls += 1
+        return _predict(model, inputs)
+
+    async def generate_stream(self, request: web.Request) -> web.StreamResponse:
+        """``generate_stream``: rows scored in sub-batches, one Server-Sent Event each."""
+        name, version = model_ref(request)
+        model = self.repository.get(name, version)
+        body = await read_body(request, self._limit)
+        cfg, streaming = model.config, self.config.streaming
+        req = parse_generate_request(body, cfg.inputs, max_rows=streaming.max_stream_rows)
+        counters = self.counters
+        counters.infer_requests += 1
+        counters.infer_rows += req.batch_size
+        sub_rows = min(streaming.sub_batch_rows, cfg.max_batch_size or streaming.sub_batch_rows)
+        return await stream_generate(self._streamer, request, name, cfg.version, req,
+                                     lambda part: self._compute(request, name, model, part, req),
+                                     sub_rows)
 
     def _batcher(self, name: str, model: Model) -> DynamicBatcher[Mapping[str, np.ndarray],
                                                                   dict[str, np.ndarray]]:
