@@ -12,3 +12,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.timeout(NOTEBOOK_TIMEOUT_S))
+
+# The final reports read a finished week's run folder: they are executed by `optkit week` (and
+# by tests/test_report.py over a recorded run), not on their own by nbmake.
+collect_ignore = ["reports"]

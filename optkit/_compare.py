@@ -29,8 +29,10 @@ import pandas as pd
 
 from ._config import ServiceConfig, load_config
 from ._exceptions import ConfigError, OptkitError
-from .stats import DEFAULT_DELTAS, DEFAULT_PAIRS, MetricVerdict, analyse, calibrate_deltas, \
-    decide, holm, verdict_table
+from .bench._churn import ChurnPlan
+from .bench._validity import ValidityGates
+from .stats import DEFAULT_DELTAS, DEFAULT_PAIRS, EXTRA_METRICS, METRICS, MetricVerdict, analyse, \
+    calibrate_deltas, decide, holm, verdict_table
 
 __all__ = ["CompareSettings", "Comparison", "compare", "calibrate", "parse_load", "load_deltas",
            "QUICK", "STANDARD"]
@@ -40,7 +42,12 @@ __all__ = ["CompareSettings", "Comparison", "compare", "calibrate", "parse_load"
 
 @dataclass(frozen=True, kw_only=True)
 class CompareSettings:
-    """How a session runs: pairs, trial timing, loads, workload, seed."""
+    """How a session runs: pairs, trial timing, loads, workload, seed.
+
+    ``metrics`` names columns analysed besides the four core ones (throughput, p50, p99,
+    memory per request), from ``optkit.stats.EXTRA_METRICS``: e.g. ``("ttfb_p99_ms",
+    "gateway_peak_mb")`` for the streaming day. They join the same Holm family.
+    """
 
     pairs: int = DEFAULT_PAIRS
     warmup_s: float = 1.0  # wrk counts whole seconds: keep both in whole seconds
@@ -51,8 +58,23 @@ class CompareSettings:
     quick: bool = False
     max_reruns: int = 3
     engine: str = "auto"
+    metrics: tuple[str, ...] = ()
+    #: model loads/reloads against the model server during every trial (Thursday's churn)
+    churn: ChurnPlan | None = None
+    #: validity gates of every trial (None: the defaults). A churn session switches the
+    #: stability gate off: load stalls make throughput uneven across windows by design.
+    gates: ValidityGates | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.gates, Mapping):
+            object.__setattr__(self, "gates", ValidityGates(**self.gates))
+        if isinstance(self.churn, Mapping):
+            object.__setattr__(self, "churn", ChurnPlan(**self.churn))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        unknown = set(self.metrics) - set(EXTRA_METRICS)
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {sorted(unknown)}; choose from "
+                              f"{sorted(EXTRA_METRICS)}")
         if self.pairs < 2:
             raise ConfigError(f"pairs must be >= 2, got {self.pairs}")
         if self.duration_s <= 0 or self.warmup_s < 0:
@@ -65,7 +87,13 @@ class CompareSettings:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["loads"] = list(self.loads)
+        out["metrics"] = list(self.metrics)
+        out["churn"] = self.churn.to_dict() if self.churn else None
         return out
+
+    def analysed_metrics(self) -> dict[str, bool]:
+        """Metric -> higher_is_better for every column this session's verdicts cover."""
+        return {**METRICS, **{m: EXTRA_METRICS[m] for m in self.metrics}}
 
 
 def parse_load(text: str, *, engine: str = "auto") -> Any:
@@ -144,8 +172,7 @@ class Comparison:
     def means(self) -> pd.DataFrame:
         """Mean of each metric per load and arm, over valid trials."""
         valid = self.trials[self.trials["valid"].astype(bool) & (self.trials["pair"] >= 0)]
-        cols = [c for c in ("throughput_rps", "p50_ms", "p99_ms", "mem_per_request_kb")
-                if c in valid.columns]
+        cols = [c for c in self.settings.analysed_metrics() if c in valid.columns]
         return valid.groupby(["load", "arm"])[cols].mean()
 
     def to_json(self) -> dict[str, Any]:
@@ -255,7 +282,8 @@ def _analyse_session(trials: pd.DataFrame, settings: CompareSettings, calibratio
         subset = trials[(trials["load"] == load_text) & (trials["pair"] >= 0)]
         deltas, _ = load_deltas(calibration, load=load_text, n_pairs=settings.pairs)
         try:
-            per_load[load_text] = analyse(subset, deltas=deltas, seed=settings.seed)
+            per_load[load_text] = analyse(subset, metrics=settings.analysed_metrics(),
+                                          deltas=deltas, seed=settings.seed)
         except ValueError as exc:
             if log:
                 log(f"{load_text}: no analysis possible: {exc}")
@@ -309,6 +337,8 @@ def compare(a: Any, b: Any, *, repository: str | Path,
             pair_rows = []
             for position, arm in enumerate(order):
                 cfg = cfg_a if arm == "A" else cfg_b
+                if bar is not None:
+                    bar.set_postfix_str(f"({load_text}, pair {pair + 1}, {arm}: {cfg.name})")
                 slug = f"{load_text.replace(':', '-')}-p{pair:02d}-{arm}-{attempt}"
                 row: dict[str, Any] = {"pair": pair, "position": position, "arm": arm,
                                        "label": cfg.name, "load": load_text, "attempt": attempt}
@@ -316,7 +346,8 @@ def compare(a: Any, b: Any, *, repository: str | Path,
                     result = run_trial(cfg, repository=repository, load=load,
                                        workload=settings.workload, warmup_s=settings.warmup_s,
                                        duration_s=settings.duration_s,
-                                       seed=settings.seed * 1000 + pair,
+                                       seed=settings.seed * 1000 + pair, churn=settings.churn,
+                                       gates=settings.gates,
                                        out_dir=out / "trials" / slug if out else None)
                 except OptkitError as exc:  # a trial that could not run is an invalid trial
                     row.update(valid=False, invalid_reasons=f"trial failed: {exc}"[:500])
@@ -339,6 +370,8 @@ def compare(a: Any, b: Any, *, repository: str | Path,
             # keep the invalid attempt on record, both trials under one pair id (< 0) that
             # analysis skips; which arm failed is kept and reported (see invalid_by_arm)
             invalid_ids += 1
+            if bar is not None and attempt < settings.max_reruns:
+                bar.total += len(order)  # the pair runs again: the count says so
             for r in pair_rows:
                 r["failed_pair"], r["pair"] = pair, -invalid_ids
                 rows.append(r)
@@ -389,10 +422,46 @@ def calibrate(config: Any, *, repository: str | Path, settings: CompareSettings 
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
+    """A progress bar in a terminal; inside a notebook kernel, lines on the *terminal*.
+
+    In a kernel (papermill under ``optkit week``, nbmake, JupyterLab) ``sys.stderr`` is the
+    notebook's stream, so a bar there ends up in the report as pages of red text. The
+    kernel process's own stderr (``sys.__stderr__``) is the terminal that started it:
+    progress goes there, one line per trial, and the report stays clean.
+    """
+    import sys
+
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    if sys.stderr is not sys.__stderr__:
+        return _KernelProgress(total, desc, sys.__stderr__)
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="trial", leave=False)
 
 
+class _KernelProgress:
+    """``trial k of n``, the trial just run, elapsed and estimated remaining time."""
+
+    def __init__(self, total: int, desc: str, stream: Any) -> None:
+        self.total, self.desc, self.stream = total, desc, stream
+        self.done, self.note = 0, ""
+        self.started = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.done * max(0, self.total - self.done) if self.done else 0.0
+        if self.stream is not None:
+            try:
+                self.stream.write(f"  {self.desc}: trial {self.done} of {self.total} {self.note}"
+                                  f" | {elapsed:.0f} s elapsed, ~{left:.0f} s left\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # no terminal behind the kernel: stay silent
+                self.stream = None
+
+    def set_postfix_str(self, note: str) -> None:
+        self.note = note
+
+    def close(self) -> None:
+        pass

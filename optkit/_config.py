@@ -39,11 +39,6 @@ __all__ = [
 MiB = 1024 * 1024
 
 
-def _not_yet(name: str, issue: str) -> ConfigError:
-    return ConfigError(f"{name} is not implemented yet (it arrives with the {issue} layer); "
-                       "enabling it would silently measure the baseline")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """Settings shared by both tiers.
@@ -174,10 +169,23 @@ class StreamingConfig:
 class LoadingConfig:
     """How models get loaded.
 
-    ``mode: sync`` (baseline) reads and builds every model on the serving
-    loop, blocking it; ``background`` (the Thursday layer, not built yet) will do
-    that in a worker thread while the loop keeps serving. ``models`` lists what
-    to load at start-up (empty: every model in the repository).
+    ``mode: sync`` (baseline) reads and builds every model on the serving loop,
+    blocking it; ``background`` builds it off the loop (``executor``: a pool of
+    ``workers`` threads, or of worker processes that hand back the built model)
+    while the loop keeps serving, one load per model at a time, and installs it
+    atomically once built (and warmed up, with ``warmup``). ``models`` lists what
+    to load at start-up (empty: every model in the repository); the server is
+    ready when those are. See :class:`optkit.layers.loading.ModelLoader`.
+
+    Args:
+        warmup: run one inference on a zero input before a model becomes READY.
+        lazy: a request for a known model that is not loaded starts its load and
+            waits up to ``lazy_wait_s``; past that it gets a 503 with ``Retry-After``.
+            Background mode only (a lazy load on the loop would stall every request).
+        memory_budget_bytes: the most bytes of weights loaded at once (0: no bound);
+            least recently used idle models are unloaded to make room.
+        load_timeout_s: how long a ``load`` request waits for its load before it is
+            answered 503 (the load itself goes on).
     """
 
     mode: Literal["sync", "background"] = "sync"
@@ -185,12 +193,21 @@ class LoadingConfig:
     #: per-model parameter overrides, e.g. ``{"synthetic": {"cost_b_us": 18}}``:
     #: experiments change a model's cost without rebuilding the repository.
     parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: process (measured: the loop keeps its GIL; see layers/loading.py) or thread
+    executor: Literal["thread", "process"] = "process"
+    workers: int = 1
+    warmup: bool = False
+    lazy: bool = False
+    lazy_wait_s: float = 1.0
+    memory_budget_bytes: int = 0
+    load_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "background"):
             raise ConfigError(f"loading.mode must be 'sync' or 'background', got {self.mode!r}")
-        if self.mode == "background":
-            raise _not_yet("loading.mode: background", "Thursday (async model loading)")
+        if self.executor not in ("thread", "process"):
+            raise ConfigError(f"loading.executor must be 'thread' or 'process', "
+                              f"got {self.executor!r}")
         if isinstance(self.models, str) or not isinstance(self.models, (list, tuple)) \
                 or not all(isinstance(m, str) for m in self.models):
             raise ConfigError(f"loading.models must be a list of model names, got {self.models!r}")
@@ -198,6 +215,15 @@ class LoadingConfig:
         if not isinstance(self.parameters, Mapping) or not all(
                 isinstance(v, Mapping) for v in self.parameters.values()):
             raise ConfigError("loading.parameters must map model names to parameter mappings")
+        _integer("loading.workers", self.workers)
+        _bool("loading.warmup", self.warmup)
+        _bool("loading.lazy", self.lazy)
+        _positive("loading.lazy_wait_s", self.lazy_wait_s, allow_zero=True)
+        _integer("loading.memory_budget_bytes", self.memory_budget_bytes, allow_zero=True)
+        _positive("loading.load_timeout_s", self.load_timeout_s)
+        if self.lazy and self.mode == "sync":
+            raise ConfigError("loading.lazy needs loading.mode: background "
+                              "(a lazy load on the serving loop would stall every request)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,7 @@
     ├── ProtocolError           a v2 request is malformed (the client's fault -> 400)
     ├── PayloadTooLarge         a request body is over the configured bound (-> 413)
     ├── ModelNotFound           no such model or version in the repository (-> 404)
-    ├── ModelNotReady           the model exists but is not loaded yet (-> 503)
+    ├── ModelNotReady           the model exists but is not loaded yet (-> 503, maybe + Retry-After)
     ├── ModelLoadError          loading a model from disk failed (the server's side)
     ├── InferenceError          the model raised while predicting (-> 500)
     ├── UpstreamError           the gateway could not get an answer upstream
@@ -74,9 +74,17 @@ class ModelNotFound(OptkitError, LookupError):
 
 
 class ModelNotReady(OptkitError):
-    """The model is known but not loaded (yet): try again later."""
+    """The model is known but not loaded (yet): try again later.
+
+    ``retry_after_s``, when set, is how long the caller should wait before trying
+    again (a lazy load still under way): the server sends it as ``Retry-After``.
+    """
 
     status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ModelLoadError(OptkitError):

@@ -23,14 +23,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
-from ._compare import QUICK, STANDARD, CompareSettings, Comparison
+if TYPE_CHECKING:
+    from ._config import ServiceConfig
 
-__all__ = ["Day", "DAYS", "project_root", "experiment", "ensure_repository", "day_settings",
-           "pool_summary", "batch_summary", "batch_histogram", "latency_curve", "conclusion",
+from ._compare import QUICK, STANDARD, CompareSettings, Comparison
+from ._sessions import (batch_histogram, batch_summary, conclusion, headline, layer_summary,
+                        load_events, load_timeline, pool_summary)
+
+__all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository", "day_settings",
+           "pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
+           "load_timeline", "headline", "startup_times", "bulk_scoring", "latency_curve", "conclusion",
            "record_day", "run_week", "week_summary"]
 
 
@@ -48,6 +54,10 @@ class Day:
 DAYS: dict[str, Day] = {
     "mon": Day("mon", "Connection pooling", "01-connection-pooling.ipynb", "baseline", "pooling"),
     "tue": Day("tue", "Request batching", "02-request-batching.ipynb", "pooling", "batching"),
+    "wed": Day("wed", "Response streaming", "03-response-streaming.ipynb", "batching", "streaming"),
+    "thu": Day("thu", "Async model loading", "04-async-model-loading.ipynb", "streaming",
+               "loading"),
+    "fri": Day("fri", "Integration", "05-integration.ipynb", "baseline", "integrated"),
 }
 
 
@@ -71,6 +81,22 @@ def experiment(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
+def config(name: str, *, models: Sequence[str] | None = None,
+           root: str | Path | None = None) -> "ServiceConfig":
+    """The experiment config ``name``, with ``loading.models`` replaced when ``models`` is given.
+
+    A day whose workload needs models the configs do not load at start-up (Wednesday's
+    synthetic-wide) gives both arms the same list: the layers compared stay the only difference.
+    """
+    from ._config import LoadingConfig, ServiceConfig
+
+    cfg = ServiceConfig.from_yaml(experiment(name, root))
+    if models is None:
+        return cfg
+    loading = cfg.to_dict()["loading"]
+    return cfg.replace(loading=LoadingConfig(**{**loading, "models": list(models)}))
+
+
 def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
     """The model repository at ``path`` (relative to the project), built if missing."""
     from ._models import build_repository
@@ -83,107 +109,61 @@ def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
 
 
 def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
-                 loads: Sequence[str], seed: int) -> CompareSettings:
+                 loads: Sequence[str], seed: int, **extra: Any) -> CompareSettings:
     """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
-    notebook's parameters.
+    notebook's parameters. ``extra`` sets further fields either way (``workload``,
+    ``metrics``, ``engine``, ``churn``, ``gates``).
 
     ``OPTKIT_QUICK=1`` in the environment forces quick mode: that is how ``make test``
     runs the notebooks under nbmake, which cannot pass papermill parameters.
     """
     if quick or os.environ.get("OPTKIT_QUICK") == "1":  # CI: does the day run end to end?
-        return dataclasses.replace(QUICK, loads=tuple(loads)[:1], seed=seed)
+        # 4 pairs: enough for every analysis step to run (a verdict, a CI, Holm), not for a
+        # claim (the smallest exact p is 1/8): quick verdicts are marked provisional anyway
+        return dataclasses.replace(QUICK, pairs=min(pairs, 4), loads=tuple(loads)[:1], seed=seed,
+                                   **extra)
     return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
-                               loads=tuple(loads), seed=seed)
+                               loads=tuple(loads), seed=seed, **extra)
 
 
-def pool_summary(cmp: Comparison) -> pd.DataFrame:
-    """Connection figures of the gateway per arm: reuse ratio, connections per 1,000 requests."""
-    stats = cmp.server_stats
-    cols = {"gateway.pool.requests": "upstream_requests",
-            "gateway.pool.connections_opened": "connections_opened",
-            "gateway.pool.connections_reused": "connections_reused",
-            "gateway.pool.retries": "retries",
-            "gateway.pool.non_idempotent_retries": "non_idempotent_retries",
-            "gateway.retried_answers": "answers_marked_retried",
-            "gateway.pool.errors": "errors"}
-    have = [c for c in cols if c in stats.columns]
-    if not have:
-        return pd.DataFrame()
-    table = stats.groupby("arm")[have].sum().rename(columns=cols)
-    total = table["connections_opened"] + table["connections_reused"]
-    table["reuse_ratio"] = (table["connections_reused"] / total.where(total > 0)).round(4)
-    table["opened_per_1000_requests"] = (
-        1000 * table["connections_opened"] / table["upstream_requests"].where(
-            table["upstream_requests"] > 0)).round(1)
-    table.index = [f"{arm}: {cmp.a.name if arm == 'A' else cmp.b.name}" for arm in table.index]
-    return table
+def startup_times(configs: Sequence[str | Path], *, repository: str | Path, model: str,
+                  repeats: int = 3) -> pd.DataFrame:
+    """Start-up of a fresh model server per config, ``repeats`` times each, interleaved.
 
-
-_TIERS = ("model-server", "gateway")
-
-
-def batch_summary(cmp: Comparison) -> pd.DataFrame:
-    """What the batchers did per load, arm and tier, summed over the arm's trials.
-
-    Columns: requests (items batched), batches, mean rows per batch, mean queue delay,
-    and the items that never ran (cancelled, expired, rejected) or failed; for the
-    gateway also its merged upstream calls and the answers that needed a fallback.
-    An arm without batching has no rows here.
+    Columns: config, repeat, port_s, live_s, first_answer_s, ready_s (see
+    ``optkit.bench._startup``): how soon it binds, is live, answers ``model``, is ready.
     """
-    stats = cmp.server_stats
+    from ._config import load_config
+    from .bench._startup import startup_time
+
     rows = []
-    for (load, arm), group in stats.groupby(["load", "arm"]):
-        label = cmp.a.name if arm == "A" else cmp.b.name
-        for tier in _TIERS:
-            prefix = f"{tier}.batching."
-            models = sorted({c[len(prefix):].split(".")[0] for c in group.columns
-                             if c.startswith(prefix) and group[c].notna().any()})
-            for model in models:
-                col = f"{prefix}{model}."
-
-                def total(name: str) -> float:
-                    column = col + name
-                    return float(group[column].sum()) if column in group else 0.0
-
-                batches = total("batches")
-                delay_n = total("queue_delay_s.count")
-                row = {"load": load, "arm": f"{arm}: {label}", "tier": tier, "model": model,
-                       "requests": int(total("items")), "batches": int(batches),
-                       "rows_per_batch": round(total("rows") / batches, 2) if batches else None,
-                       "queue_delay_ms": round(1000 * total("queue_delay_s.sum") / delay_n, 3)
-                       if delay_n else None,
-                       "cancelled": int(total("cancelled")), "expired": int(total("expired")),
-                       "rejected": int(total("rejected")), "failed": int(total("failed"))}
-                if tier == "gateway":
-                    for name in ("merged_calls", "fallback_answers", "unmergeable"):
-                        column = f"gateway.{name}"
-                        row[name] = int(group[column].sum()) if column in group else 0
-                rows.append(row)
+    for repeat in range(repeats):
+        for config in configs:
+            cfg = load_config(config)
+            rows.append({"config": cfg.name, "repeat": repeat,
+                         **startup_time(cfg, repository=repository, model=model)})
     return pd.DataFrame(rows)
 
 
-def batch_histogram(cmp: Comparison, load: str | None = None) -> pd.DataFrame:
-    """Batches by size (rows per batch, bucketed) per arm and tier, summed over trials.
+def bulk_scoring(configs: Sequence[Any], *, repository: str | Path, model: str = "synthetic",
+                 rows: int = 10_000, repeats: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Time the events of one ``generate_stream`` request of ``rows`` rows, per config.
 
-    Returns a tidy frame: arm, tier, rows_le (the bucket's upper bound), batches.
+    One fresh stack per config (gateway in front), ``repeats`` requests each. Columns:
+    config, repeat, events, first_event_s, last_event_s, rows_scored, complete.
     """
-    stats = cmp.server_stats
-    if load is not None:
-        stats = stats[stats["load"] == load]
-    rows = []
-    for arm, group in stats.groupby("arm"):
-        label = cmp.a.name if arm == "A" else cmp.b.name
-        for tier in _TIERS:
-            marker = ".batch_rows.le_"
-            for column in group.columns:
-                if column.startswith(f"{tier}.batching.") and marker in column \
-                        and group[column].notna().any():
-                    bound = column.split(marker, 1)[1]
-                    rows.append({"arm": f"{arm}: {label}", "tier": tier,
-                                 "rows_le": float("inf") if bound == "inf" else float(bound),
-                                 "batches": int(group[column].sum())})
-    out = pd.DataFrame(rows, columns=["arm", "tier", "rows_le", "batches"])
-    return out.groupby(["arm", "tier", "rows_le"], as_index=False)["batches"].sum()
+    from ._config import load_config
+    from .bench._bulk import bulk_stream
+    from .service import launch_stack
+
+    out = []
+    for config in configs:
+        cfg = load_config(config)
+        with launch_stack(cfg, repository=repository) as stack:
+            for repeat in range(repeats):
+                out.append({"config": cfg.name, "repeat": repeat,
+                            **bulk_stream(stack.url, model, rows=rows, seed=seed + repeat)})
+    return pd.DataFrame(out)
 
 
 def latency_curve(a: str | Path, b: str | Path, *, repository: str | Path,
@@ -201,63 +181,35 @@ def latency_curve(a: str | Path, b: str | Path, *, repository: str | Path,
                            step_s=step_s, warmup_s=0.5, seed=seed)
 
 
-_WORDS = {"improved": "improved", "regressed": "regressed",
-          "within noise": "changed, but within the noise band",
-          "no change detected": "showed no change we can detect"}
-
-
-def conclusion(cmp: Comparison) -> str:
-    """The session's result in words, generated from the verdicts (never written by hand)."""
-    lines = []
-    head = f"{cmp.b.name} vs {cmp.a.name}"
-    for load, verdicts in cmp.verdicts.items():
-        if not verdicts:
-            lines.append(f"{head} at {load}: not enough valid pairs for a verdict.")
-            continue
-        n = verdicts[0].n_pairs
-        parts = []
-        for v in verdicts:
-            parts.append(f"{v.metric} {_WORDS[v.verdict]} ({v.change_pct:+.1f} %, 95 % CI "
-                         f"{v.ci_low_pct:+.1f} to {v.ci_high_pct:+.1f} %, Holm p = "
-                         f"{v.p_adjusted:.3g}, noise band ±{100 * v.delta:.0f} %)")
-        lines.append(f"{head} at {load}, {n} valid pairs: " + "; ".join(parts) + ".")
-    means = cmp.means()
-    if "throughput_rps" in means:
-        for load in cmp.verdicts:
-            try:
-                a, b = means.loc[(load, "A"), "throughput_rps"], means.loc[(load, "B"), "throughput_rps"]
-                lines.append(f"Mean throughput at {load}: {a:,.0f} req/s ({cmp.a.name}) -> "
-                             f"{b:,.0f} req/s ({cmp.b.name}).")
-            except KeyError:
-                pass
-    by_arm = cmp.invalid_by_arm()
-    invalid = sum(by_arm.values())
-    lines.append(f"{len(cmp.trials)} trials in {cmp.elapsed_s:.0f} s, {invalid} invalid "
-                 f"(A {by_arm['A']}, B {by_arm['B']}; kept on record, their pairs re-run); "
-                 f"noise thresholds from {cmp.deltas_source}.")
-    lost = {load: n for load, n in cmp.pairs_lost().items() if n}
-    if lost:
-        lines.append(f"WARNING: pairs never valid after re-runs, analysed without them: {lost}.")
-    if abs(by_arm["A"] - by_arm["B"]) >= 2:
-        lines.append("WARNING: invalid trials are lopsided between the arms; re-running them "
-                     "may favour the arm that failed - read the verdict with that in mind.")
-    if cmp.provisional:
-        lines.append("QUICK MODE: few, short trials - these verdicts are provisional.")
-    return "\n".join(lines)
-
-
-def record_day(cmp: Comparison, *, day: str, out_dir: str | Path,
+def record_day(cmp: Comparison | Sequence[Comparison], *, day: str, out_dir: str | Path,
                extra: dict[str, Any] | None = None) -> Path:
-    """Save the session and ``results.json`` (what Friday's roll-up reads) into ``out_dir``."""
+    """Save the day's session(s) and ``results.json`` (what Friday's roll-up reads).
+
+    A day may run several sessions (Wednesday: one per workload): the first is saved in
+    ``out_dir``, each further one in ``out_dir/<workload>/``; every verdict row says its
+    workload, so the roll-up can follow one workload through the week.
+    """
+    sessions = [cmp] if isinstance(cmp, Comparison) else list(cmp)
     out = Path(out_dir)
-    cmp.save(out)
-    doc = {"schema_version": 1, "day": day, "title": DAYS[day].title if day in DAYS else day,
-           "a": cmp.a.name, "b": cmp.b.name, "provisional": cmp.provisional,
-           "conclusion": conclusion(cmp),
-           "verdicts": cmp.verdict_table().to_dict(orient="records"),
-           "means": {f"{load}|{arm}": row.dropna().to_dict()
-                     for (load, arm), row in cmp.means().iterrows()},
-           **(extra or {})}
+    verdicts: list[dict[str, Any]] = []
+    means: dict[str, Any] = {}
+    for i, session in enumerate(sessions):
+        folder = out if i == 0 else out / session.settings.workload
+        session.save(folder)
+        workload = session.settings.workload
+        verdicts += [{"workload": workload, **row}
+                     for row in session.verdict_table().to_dict(orient="records")]
+        means.update({f"{workload}|{load}|{arm}": row.dropna().to_dict()
+                      for (load, arm), row in session.means().iterrows()})
+    first = sessions[0]
+    doc = {"schema_version": 2, "day": day, "title": DAYS[day].title if day in DAYS else day,
+           "a": first.a.name, "b": first.b.name,
+           "provisional": any(s.provisional for s in sessions),
+           "conclusion": "\n".join(conclusion(s) for s in sessions),
+           "sessions": [{"workload": s.settings.workload, "loads": list(s.settings.loads),
+                         "path": str(out if i == 0 else out / s.settings.workload),
+                         "elapsed_s": s.elapsed_s} for i, s in enumerate(sessions)],
+           "verdicts": verdicts, "means": means, **(extra or {})}
     path = out / "results.json"
     path.write_text(json.dumps(doc, indent=2, default=str))
     return path
@@ -266,9 +218,16 @@ def record_day(cmp: Comparison, *, day: str, out_dir: str | Path,
 def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
              out: str | Path | None = None, repository: str | Path = "build/models",
              root: str | Path | None = None, progress: bool = True,
-             parameters: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Execute the day notebooks with papermill; export each to HTML; return the summary."""
+             parameters: dict[str, Any] | None = None, reports: bool | None = None) -> pd.DataFrame:
+    """Execute the day notebooks with papermill; export each to HTML; return the summary.
+
+    Then, when Friday ran (or ``reports=True``), the three final reports are generated from
+    the run folder, and ``index.html`` links everything. Progress: one line per day here,
+    and one per trial from inside each notebook (written to this terminal, not the report).
+    """
     import papermill as pm
+
+    from ._report import run_reports, write_index
 
     base = project_root(root)
     chosen = list(days or DAYS)
@@ -279,13 +238,17 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
     run_dir = run_dir if run_dir.is_absolute() else base / run_dir
     repo = ensure_repository(repository, base)
     rows = []
-    for key in _bar(chosen, progress):
+    week_started = time.perf_counter()
+    for number, key in enumerate(chosen, 1):
         day = DAYS[key]
         day_dir = run_dir / key
         day_dir.mkdir(parents=True, exist_ok=True)
         executed = day_dir / day.notebook
         params = {"quick": quick, "out_dir": str(day_dir), "repository": str(repo),
                   **(parameters or {})}
+        if progress:
+            print(f"[{time.perf_counter() - week_started:6.0f} s] day {number} of {len(chosen)}: "
+                  f"{key} — {day.title} ({day.b} vs {day.a})", flush=True)
         started = time.perf_counter()
         error = ""
         try:
@@ -296,8 +259,19 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
         _export_html(executed)
         rows.append(_summary_row(key, day, day_dir, time.perf_counter() - started, error))
+        if progress:
+            print(f"[{time.perf_counter() - week_started:6.0f} s] {key}: {rows[-1]['status']} "
+                  f"in {rows[-1]['seconds']:.0f} s", flush=True)
     summary = pd.DataFrame(rows)
     summary.to_csv(run_dir / "summary.csv", index=False)
+    if reports if reports is not None else "fri" in chosen:
+        if progress:
+            print(f"[{time.perf_counter() - week_started:6.0f} s] final reports", flush=True)
+        for name, status in run_reports(run_dir, root=base).items():
+            if status != "ok":
+                summary.loc[len(summary)] = {"day": f"report:{name}", "status": "failed",
+                                             "error": status}
+    write_index(run_dir, summary)
     return summary
 
 

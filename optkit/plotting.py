@@ -24,7 +24,9 @@ __all__ = [
     "effect_forest",
     "latency_percentiles",
     "latency_vs_load",
+    "load_timeline",
     "paired_trials",
+    "waterfall",
 ]
 
 #: Percentiles marked on the x axis of ``latency_percentiles``.
@@ -39,6 +41,36 @@ VERDICT_COLORS: Mapping[str, tuple[float, float, float]] = {
     "no change detected": _PALETTE[7],
 }
 _ARM_COLORS = {"A": _PALETTE[0], "B": _PALETTE[1]}
+
+
+def _show_inline() -> None:
+    """Teach a running IPython kernel to draw a ``Figure`` as a PNG.
+
+    pyplot registers that formatter when it is imported under the inline backend;
+    these figures are built without pyplot, so a notebook (papermill, nbmake,
+    JupyterLab alike) would print ``<Figure size ...>`` instead of the picture.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # no IPython: nothing displays figures anyway
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    def png(fig: Figure) -> bytes:
+        import io
+
+        FigureCanvasAgg(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
+
+
+_show_inline()
 
 
 def paired_trials(trials: pd.DataFrame, metric: str) -> Figure:
@@ -210,4 +242,91 @@ def batch_sizes(hist: pd.DataFrame) -> Figure:
         ax.set_title(tier.replace("_", " "))
         if arms:
             ax.legend(fontsize="small")
+    return fig
+
+
+def waterfall(steps: pd.DataFrame, *, metric: str = "throughput") -> Figure:
+    """The week as a waterfall: each day's gain on top of the day before, then Friday measured.
+
+    Args:
+        steps: ``report.waterfall_steps`` output (day, measured, change_pct, ci_low_pct,
+            ci_high_pct, verdict, cumulative_pct).
+        metric: the metric's name for the axis label.
+    Returns:
+        a figure: Mon..Thu bars float from the previous cumulative level to the next
+        (coloured by verdict, the day's own CI as a whisker at its end); Friday's bar is
+        the integrated configuration measured against the baseline directly, with its CI.
+        A day that did not measure this metric is labelled so and drawn flat.
+    """
+    fig = Figure(figsize=(7.5, 4), layout="constrained")
+    ax = fig.subplots()
+    level = 0.0
+    for i, row in enumerate(steps.itertuples()):
+        color = VERDICT_COLORS.get(row.verdict, "0.8")
+        if row.day == "fri":
+            if row.measured:
+                ax.bar(i, row.change_pct, color=color, edgecolor="0.2", hatch="//")
+                ax.errorbar(i, row.change_pct, yerr=[[row.change_pct - row.ci_low_pct],
+                                                     [row.ci_high_pct - row.change_pct]],
+                            color="0.1", capsize=4)
+            continue
+        if not row.measured:
+            ax.annotate("not measured", (i, level), ha="center", va="bottom", fontsize="small")
+            continue
+        top = row.cumulative_pct
+        ax.bar(i, top - level, bottom=level, color=color, edgecolor="0.2")
+        # the day's own CI, scaled onto the chained level it starts from
+        base = 1 + level / 100
+        lo, hi = 100 * (base * (1 + row.ci_low_pct / 100) - 1), \
+            100 * (base * (1 + row.ci_high_pct / 100) - 1)
+        ax.errorbar(i, top, yerr=[[max(0.0, top - lo)], [max(0.0, hi - top)]], color="0.1",
+                    capsize=4)
+        ax.annotate(f"{row.change_pct:+.1f} %", (i, max(top, level)), ha="center",
+                    va="bottom", fontsize="small", xytext=(0, 6), textcoords="offset points")
+        level = top
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(range(len(steps)), [d.capitalize() if d != "fri" else "Fri (integrated\nvs baseline)"
+                                      for d in steps["day"]])
+    ax.set_ylabel(f"{metric} change vs baseline (%)")
+    ax.set_title(f"{metric}: day by day (chained) and integrated (measured)")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items() if v in set(steps["verdict"])]
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="upper left")
+    return fig
+
+
+def load_timeline(requests: pd.DataFrame, events: pd.DataFrame, *,
+                  slo_ms: float | None = None) -> Figure:
+    """Request latency against time, one panel per arm, with model-load events shaded.
+
+    Args:
+        requests: columns arm, t_s (when the request was sent, from the run's start),
+            latency_ms.
+        events: columns arm, start_s, end_s, model, action (``week.load_timeline``).
+        slo_ms: optional latency SLO line.
+    Returns:
+        a figure with one panel per arm sharing both axes; latency on a log scale.
+    """
+    need = {"arm", "t_s", "latency_ms"}
+    if missing := need - set(requests.columns):
+        raise ValueError(f"load_timeline needs columns {sorted(missing)}")
+    arms = list(dict.fromkeys(requests["arm"])) or ["(none)"]
+    fig = Figure(figsize=(9, 2.6 * len(arms)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(arms), 1, sharex=True, sharey=True))
+    for ax, arm in zip(axes, arms):
+        data = requests[requests["arm"] == arm]
+        ax.scatter(data["t_s"], data["latency_ms"], s=2, alpha=0.4, color=_PALETTE[0],
+                   rasterized=True, label="requests")
+        for k, ev in enumerate(events[events["arm"] == arm].itertuples()):
+            ax.axvspan(ev.start_s, ev.end_s, color=_PALETTE[3], alpha=0.18,
+                       label="model load" if k == 0 else None)
+        if slo_ms is not None:
+            ax.axhline(slo_ms, color="0.3", ls=":", lw=1, label=f"SLO {slo_ms:g} ms")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(str(arm), fontsize="medium")
+        ax.legend(fontsize="small", loc="upper right")
+    axes[-1].set_xlabel("time since the run started (s)")
     return fig

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_PAIRS",
     "DEFAULT_QUANTILES",
     "METRICS",
+    "EXTRA_METRICS",
     "MetricVerdict",
     "TukeyFences",
     "Verdict",
@@ -68,6 +69,12 @@ METRICS: Mapping[str, bool] = {
     "mem_per_request_kb": False,
 }
 
+#: Further columns a session may ask to analyse (``CompareSettings.metrics``), all lower-is-better:
+#: time to first byte, the worst latency, each tier's peak resident memory in the window.
+EXTRA_METRICS: Mapping[str, bool] = {
+    "ttfb_p99_ms": False, "max_ms": False, "gateway_peak_mb": False, "model_server_peak_mb": False,
+}
+
 #: Default noise thresholds on the log scale (0.02 ~ 2 %). Throughput averages thousands of
 #: requests per trial, so trial-to-trial noise is a few % and a 2 % band is the smallest change
 #: worth a name. p50/p99 are order statistics (p99 rests on ~1 % of the window's requests) and
@@ -78,6 +85,10 @@ DEFAULT_DELTAS: Mapping[str, float] = {
     "p50_ms": 0.05,
     "p99_ms": 0.05,
     "mem_per_request_kb": 0.05,
+    "ttfb_p99_ms": 0.05,
+    "max_ms": 0.10,  # one request's worst case: the noisiest order statistic of all
+    "gateway_peak_mb": 0.05,
+    "model_server_peak_mb": 0.05,
 }
 
 #: Pairs per comparison, fixed in advance. ``min_pairs_for(0.05, 4)`` = 8 is the least with which

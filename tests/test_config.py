@@ -42,7 +42,11 @@ def test_yaml_maps_onto_sections(tmp_path: Path) -> None:
     ({"streaming": {"sub_batch_rows": 2.0}}, "streaming.sub_batch_rows"),
     ({"streaming": {"max_stream_rows": 0}}, "streaming.max_stream_rows"),
     ({"streaming": {"sub_batch_rows": 64, "max_stream_rows": 8}}, "streaming.max_stream_rows"),
-    ({"loading": {"mode": "background"}}, "not implemented yet"),
+    ({"loading": {"mode": "background", "workers": 0}}, "loading.workers"),
+    ({"loading": {"mode": "background", "executor": "gpu"}}, "loading.executor"),
+    ({"loading": {"memory_budget_bytes": -1}}, "loading.memory_budget_bytes"),
+    ({"loading": {"lazy": True}}, "loading.lazy"),
+    ({"loading": {"mode": "background", "lazy": True, "lazy_wait_s": -1}}, "loading.lazy_wait_s"),
 ])
 def test_bad_values_name_the_parameter(data: dict, key: str) -> None:
     """Unknown keys, wrong types, out-of-range values and layers not built yet raise ConfigError."""

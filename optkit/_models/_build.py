@@ -10,6 +10,8 @@
     digits-mlp-xl    65,536 random relu features + ridge (~19 MB)
     synthetic        CPU cost a + b*batch, known ground truth
     synthetic-wide   same, with a 65,536-wide output per row (large responses)
+    synthetic-slow   same cost per call; a load burns 1 s of CPU in Python holding the
+                     GIL (as unpickling does) and holds 16 MiB of weights (the loading day)
 
 Every digits model records its held-out accuracy in its config; a build that
 misses ``MIN_ACCURACY`` fails loudly instead of writing a bad model.
@@ -138,13 +140,13 @@ def _random_features(width: int, seed: int) -> list[tuple[np.ndarray, np.ndarray
     return [(w1, b1), (w2, np.zeros(10, np.float32))]
 
 
-def _build_synthetic(root: Path, name: str, width: int) -> None:
+def _build_synthetic(root: Path, name: str, width: int, **load: float) -> None:
     config = ModelConfig(
         name=name, version="1", backend="synthetic",
         inputs=(TensorSpec("x", "FP32", (-1, SYNTH_WIDTH)),),
         outputs=(TensorSpec("y", "FP32", (-1, width)),), max_batch_size=256,
         parameters={"cost_a_us": 100.0, "cost_b_us": 20.0, "output_width": width,
-                    "load_delay_s": 0.0},
+                    "load_cost_s": 0.0, **load},
         metrics={"cost_model": "cost_a_us + cost_b_us * batch_size (CPU spin)"})
     config.write(root / name / "1")
 
@@ -157,6 +159,8 @@ _BUILDERS: dict[str, Callable[[Path, int], None]] = {
     "digits-mlp-xl": lambda r, s: _build_variant(r, "digits-mlp-xl", s),
     "synthetic": lambda r, s: _build_synthetic(r, "synthetic", 1),
     "synthetic-wide": lambda r, s: _build_synthetic(r, "synthetic-wide", 65536),
+    "synthetic-slow": lambda r, s: _build_synthetic(r, "synthetic-slow", 1, load_cost_s=1.0,
+                                                    weights_bytes=16 * 1024 * 1024),
 }
 MODEL_NAMES = ("digits-mlp", "digits-sklearn", *list(_BUILDERS)[1:])
 

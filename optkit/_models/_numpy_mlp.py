@@ -30,7 +30,8 @@ class NumpyMLP:
 
     def __init__(self, config: ModelConfig, version_dir: Path) -> None:
         self.config = config
-        with np.load(version_dir / "model.npz") as data:
+        # our own file object: np.load leaves its file open when the archive is corrupt
+        with open(version_dir / "model.npz", "rb") as file, np.load(file) as data:
             self._scale = np.float32(data["input_scale"])
             n = sum(1 for k in data.files if k.startswith("W"))
             self._layers = [(data[f"W{i}"], data[f"b{i}"]) for i in range(n)]

@@ -31,6 +31,7 @@ trial table the statistics read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import threading
@@ -42,6 +43,7 @@ from typing import Any, Callable, ContextManager, Mapping
 import orjson
 
 from .._exceptions import BenchError
+from ._churn import Churn, ChurnPlan
 from ._engine import prepare, run_bench
 from ._load import LoadSpec
 from ._manifest import environment_manifest
@@ -54,8 +56,8 @@ __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_
            "ProcessSampler", "flatten_stats"]
 
 ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
-               "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "errors", "valid",
-               "invalid_reasons")
+               "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "ttfb_p50_ms", "ttfb_p99_ms",
+               "gateway_peak_mb", "model_server_peak_mb", "errors", "valid", "invalid_reasons")
 
 
 def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
@@ -205,6 +207,8 @@ class TrialResult:
     pair: int | None = None
     position: int | None = None
     arm: str | None = None
+    #: model lifecycle events during the run (a ChurnPlan's; see ``_churn``), plain rows
+    events: tuple[dict[str, Any], ...] = ()
 
     def __repr__(self) -> str:
         s = self.bench.summary
@@ -219,6 +223,11 @@ class TrialResult:
                "throughput_rps": s.get("throughput_rps"), "p50_ms": s.get("p50_ms"),
                "p90_ms": s.get("p90_ms"), "p99_ms": s.get("p99_ms"), "p999_ms": s.get("p999_ms"),
                "max_ms": s.get("max_ms"), "mem_per_request_kb": self.mem_per_request_kb,
+               # time to first byte (built-in generator only; wrk cannot see it) and each
+               # tier's peak resident memory in the window: what streaming should change
+               "ttfb_p50_ms": s.get("ttfb_p50_ms"), "ttfb_p99_ms": s.get("ttfb_p99_ms"),
+               "gateway_peak_mb": self.services.get("gateway", {}).get("rss_peak_mb"),
+               "model_server_peak_mb": self.services.get("model-server", {}).get("rss_peak_mb"),
                "errors": int(s.get("errors_total") or 0), "valid": self.valid,
                "invalid_reasons": "; ".join(self.invalid_reasons)}
         unknown = set(overrides) - set(ROW_COLUMNS)
@@ -241,7 +250,7 @@ class TrialResult:
                 "stats_after": self.stats_after, "mem_per_request_kb": self.mem_per_request_kb,
                 "manifest": self.manifest, "valid": self.valid,
                 "invalid_reasons": list(self.invalid_reasons), "pair": self.pair,
-                "position": self.position, "arm": self.arm}
+                "position": self.position, "arm": self.arm, "events": list(self.events)}
 
 
 def load_trial(path: str | Path) -> TrialResult:
@@ -253,6 +262,7 @@ def load_trial(path: str | Path) -> TrialResult:
         raise BenchError(f"{folder} is not a trial folder: {exc}") from None
     doc.pop("schema_version", None)
     doc["invalid_reasons"] = tuple(doc.get("invalid_reasons") or ())
+    doc["events"] = tuple(doc.get("events") or ())
     return TrialResult(bench=load_run(folder / "bench"), path=folder, **doc)
 
 
@@ -270,7 +280,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
               out_dir: str | Path | None = None, cpus: Mapping[str, set[int]] | None = None,
               gateway: bool = True, gates: ValidityGates | None = None,
               label: str | None = None, launcher: Callable[..., ContextManager[Any]] | None = None,
-              sample_interval_s: float = 0.1, ready_timeout_s: float = 30.0) -> TrialResult:
+              sample_interval_s: float = 0.1, ready_timeout_s: float = 30.0,
+              churn: ChurnPlan | None = None) -> TrialResult:
     """Run one trial of ``config`` under ``load`` on a fresh stack.
 
     Args:
@@ -278,6 +289,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         repository: the model repository the model server serves.
         cpus: pinning for ``model-server``, ``gateway`` and ``bench`` (the generator).
         launcher: a ``launch_stack``-compatible function (tests pass a stub).
+        churn: model loads/reloads to run against the model server while the load
+            generator runs (warm-up and window); their events land in ``events``.
 
     Returns:
         the :class:`TrialResult`, written to ``out_dir`` when given.
@@ -301,7 +314,9 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
             sampler.sample()
         idle = {name: float(statistics.median(s[3] for s in sampler.samples if s[1] == name))
                 for name in stack.pids if name not in sampler.lost}
-        with sampler:
+        churner = Churn(churn, stack.model_server_url) if churn and stack.model_server_url \
+            else contextlib.nullcontext()
+        with sampler, churner:
             # one generator run: the warm-up flows straight into the window (no idle gap,
             # no second probe); five windows so the stability gate (>= 3) always applies
             bench = run_bench(stack.url, load, warmup_s=warmup_s, duration_s=duration_s,
@@ -311,6 +326,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         ws, we = bench.summary["window_start_ns"], bench.summary["window_end_ns"]
         services = sampler.usage(ws, we)
         lost = set(sampler.lost)
+        events = tuple(churner.records()) if isinstance(churner, Churn) else ()
     for name, use in services.items():
         use["rss_idle_mb"] = idle[name] / 2**20 if name in idle else None
     load_rss = {n: u["rss_load_mb"] * 2**20 for n, u in services.items() if u["rss_load_mb"]}
@@ -323,7 +339,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         cpus={k: sorted(v) for k, v in (cpus or {}).items()})
     result = TrialResult(label=label, load=load.label, bench=bench, services=services,
                          stats_before=before, stats_after=after, mem_per_request_kb=mem,
-                         manifest=manifest, valid=not reasons, invalid_reasons=tuple(reasons))
+                         manifest=manifest, valid=not reasons, invalid_reasons=tuple(reasons),
+                         events=events)
     if out_dir is not None:
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)

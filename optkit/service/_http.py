@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from .._exceptions import OptkitError, PayloadTooLarge, ProtocolError, QueueFull
+from .._exceptions import ModelNotReady, OptkitError, PayloadTooLarge, ProtocolError, \
+    QueueFull
 from .._metrics import counter, gauge, iter_families, to_plain
 from .._models import validate_model_name
 from .._protocol import BINARY_HEADER, InferRequest, encode_infer_response, error_body, json_dumps
@@ -90,10 +91,12 @@ def infer_response(model: str, version: str, outputs: Mapping[str, Any],
 
 
 def error_response(exc: OptkitError) -> web.Response:
-    """The JSON answer for an optkit error; a full queue also says when to come back."""
+    """The JSON answer for an optkit error; a full queue or a model still loading also
+    says when to come back."""
     headers = None
-    if isinstance(exc, QueueFull):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    retry_after = getattr(exc, "retry_after_s", None)
+    if isinstance(exc, (QueueFull, ModelNotReady)) and retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return web.Response(body=error_body(str(exc)), status=exc.status,
                         content_type="application/json", headers=headers)
 

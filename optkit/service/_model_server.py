@@ -15,7 +15,11 @@ Endpoints: health (``/v2/health/live|ready``), server metadata (``/v2``), model
 metadata and readiness, inference, and the repository extension
 (``/v2/repository/index``, ``/v2/repository/models/{m}/load|unload``), plus
 ``/stats`` (JSON) and ``/metrics`` (Prometheus). In the baseline, models are
-loaded synchronously on the serving loop, at start-up and on ``load``.
+loaded synchronously on the serving loop, at start-up and on ``load``; with
+``loading.mode: background`` the loading layer (``layers/loading.py``) loads them
+in workers while the loop serves. Every inference holds its model from
+``loader.acquire`` to ``loader.release`` (an in-flight count per model: such a
+model is never evicted, and an unload lets it finish).
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ from aiohttp import web
 
 from .. import __version__
 from .._config import ServiceConfig
-from .._exceptions import InferenceError, OptkitError, ProtocolError
+from .._exceptions import InferenceError, ProtocolError
 from .._models import Model
 from .._protocol import json_loads, parse_generate_request, parse_infer_request, \
     request_deadline, split_rows, validate_inputs
-from .._repository import READY, ModelRepository, RepositoryStatistics
+from .._repository import ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
+from ..layers.loading import LoadingStatistics, ModelLoader
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._streams import stream_generate, stream_infer
 from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
@@ -61,6 +66,7 @@ class ModelServerStatistics:
     repository: RepositoryStatistics
     batching: dict[str, BatchStatistics] = field(default_factory=dict)
     streaming: StreamingStatistics = field(default_factory=StreamingStatistics)
+    loading: LoadingStatistics | None = None
 
 
 class ModelServer:
@@ -73,12 +79,15 @@ class ModelServer:
 
     Nothing is loaded by the constructor: :meth:`start` (run by the app's
     start-up) loads the configured models, synchronously, before the server
-    accepts a connection — the baseline's start-up.
+    accepts a connection — the baseline's start-up; with ``loading.mode:
+    background`` it only schedules their loads (:class:`ModelLoader`), so the
+    server is live at once and ready when ``loading.models`` are loaded.
     """
 
     def __init__(self, repository: str | Path, config: ServiceConfig | None = None) -> None:
         self.config = config or ServiceConfig()
         self.repository = ModelRepository(repository, overrides=self.config.loading.parameters)
+        self.loader = ModelLoader(self.repository, self.config.loading)
         self.counters = ServerCounters()
         self._limit = self.config.server.max_body_bytes
         self._batching = self.config.batching
@@ -103,15 +112,13 @@ class ModelServer:
         return app
 
     async def start(self) -> None:
-        """Load the configured models; a broken one is logged and the others still load."""
-        for name in (self.config.loading.models or tuple(self.repository.names())):
-            try:
-                self.repository.load(name)
-            except OptkitError as exc:
-                log.error("model %s failed to load: %s", name, exc)
+        """Load the configured models (sync), or schedule their loads (background);
+        a broken one is logged and the others still load."""
+        await self.loader.start(self.config.loading.models or tuple(self.repository.names()))
 
     async def aclose(self) -> None:
         """Let running batches finish, fail what still waits, stop the model threads."""
+        await self.loader.aclose()
         batchers, self._batchers = self._batchers, {}
         for name, (_, batcher) in batchers.items():
             await batcher.aclose()
@@ -123,7 +130,8 @@ class ModelServer:
         batching = dict(self._retired)
         batching.update((name, b.statistics()) for name, (_, b) in self._batchers.items())
         return ModelServerStatistics(self.counters.snapshot(), self.repository.statistics(),
-                                     batching, self._streamer.statistics())
+                                     batching, self._streamer.statistics(),
+                                     self.loader.statistics())
 
     def __repr__(self) -> str:
         c = self.counters
@@ -133,7 +141,13 @@ class ModelServer:
     # -- v2 endpoints -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = model_ref(request)
-        model = self.repository.get(name, version)
+        model = await self.loader.acquire(name, version)  # counted in flight: never evicted
+        try:
+            return await self._infer(request, name, model)
+        finally:
+            self.loader.release(name)
+
+    async def _infer(self, request: web.Request, name: str, model: Model) -> web.StreamResponse:
         body = await read_body(request, self._limit)
         req = parse_infer_request(body, binary_header_length(request))
         cfg = model.config
@@ -167,7 +181,14 @@ class ModelServer:
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         """``generate_stream``: rows scored in sub-batches, one Server-Sent Event each."""
         name, version = model_ref(request)
-        model = self.repository.get(name, version)
+        model = await self.loader.acquire(name, version)
+        try:
+            return await self._generate_stream(request, name, model)
+        finally:
+            self.loader.release(name)
+
+    async def _generate_stream(self, request: web.Request, name: str,
+                               model: Model) -> web.StreamResponse:
         body = await read_body(request, self._limit)
         cfg, streaming = model.config, self.config.streaming
         req = parse_generate_request(body, cfg.inputs, max_rows=streaming.max_stream_rows)
@@ -227,8 +248,11 @@ class ModelServer:
         return json_response({"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
-        repo = self.repository
-        ok = repo.statistics().ready > 0 or not repo.names()
+        """Ready when every model of ``loading.models`` is served (if that is empty:
+        when any model is, or the repository holds none)."""
+        repo, wanted = self.repository, self.config.loading.models
+        ok = self.loader.ready(wanted) if wanted else \
+            (repo.statistics().ready > 0 or not repo.names())
         return json_response({"ready": ok}, status=200 if ok else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -243,10 +267,9 @@ class ModelServer:
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = model_ref(request)
         repo = self.repository
-        state, _ = repo.state(name)
-        if version is not None:
-            repo.version_dir(name, version)
-        ok = state == READY and (version is None or repo.get(name).config.version == version)
+        repo.version_dir(name, version)  # 404 for an unknown model or version
+        model = repo.loaded(name)  # an old version serves while a new one loads: ready
+        ok = model is not None and version in (None, model.config.version)
         return json_response({"name": name, "ready": ok}, status=200 if ok else 503)
 
     async def repository_index(self, request: web.Request) -> web.Response:
@@ -264,14 +287,24 @@ class ModelServer:
         return json_response(self.repository.index(ready_only=ready_only))
 
     async def repository_load(self, request: web.Request) -> web.Response:
+        """Load (or reload: the newest version on disk) and answer when it is READY.
+
+        Sync: the load runs here, blocking the serving loop (the baseline).
+        Background: it runs in a worker; concurrent loads of one model share it; the
+        old version serves until the new one is installed; a failure is a 500 with
+        the reason (and the version FAILED in the index), a load still running after
+        ``loading.load_timeout_s`` a 503 with Retry-After.
+        """
         name, _ = model_ref(request)
         await read_body(request, _SMALL_BODY)  # parameters are not used: never a path
-        self.repository.load(name)  # baseline: blocks the serving loop while it reads weights
+        await self.loader.load(name)
         return json_response({})
 
     async def repository_unload(self, request: web.Request) -> web.Response:
+        """Stop serving now: requests in flight finish on the model (state UNLOADING
+        until they have), new ones get a 503."""
         name, _ = model_ref(request)
-        self.repository.unload(name)
+        self.loader.unload(name)
         return json_response({})
 
 

@@ -1,0 +1,259 @@
+"""What the day notebooks show about a session: each layer's counters, the batchers' work,
+model-load events and timelines, the verdicts in words. They read a :class:`Comparison` (and
+its saved trial folders) and compute nothing new: the notebooks call them so they hold no logic.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._compare import Comparison
+
+__all__ = ["pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
+           "load_timeline", "headline", "conclusion"]
+
+
+def pool_summary(cmp: Comparison) -> pd.DataFrame:
+    """Connection figures of the gateway per arm: reuse ratio, connections per 1,000 requests."""
+    stats = cmp.server_stats
+    cols = {"gateway.pool.requests": "upstream_requests",
+            "gateway.pool.connections_opened": "connections_opened",
+            "gateway.pool.connections_reused": "connections_reused",
+            "gateway.pool.retries": "retries",
+            "gateway.pool.non_idempotent_retries": "non_idempotent_retries",
+            "gateway.retried_answers": "answers_marked_retried",
+            "gateway.pool.errors": "errors"}
+    have = [c for c in cols if c in stats.columns]
+    if not have:
+        return pd.DataFrame()
+    table = stats.groupby("arm")[have].sum().rename(columns=cols)
+    total = table["connections_opened"] + table["connections_reused"]
+    table["reuse_ratio"] = (table["connections_reused"] / total.where(total > 0)).round(4)
+    table["opened_per_1000_requests"] = (
+        1000 * table["connections_opened"] / table["upstream_requests"].where(
+            table["upstream_requests"] > 0)).round(1)
+    table.index = [f"{arm}: {cmp.a.name if arm == 'A' else cmp.b.name}" for arm in table.index]
+    return table
+
+
+_TIERS = ("model-server", "gateway")
+
+
+def batch_summary(cmp: Comparison) -> pd.DataFrame:
+    """What the batchers did per load, arm and tier, summed over the arm's trials.
+
+    Columns: requests (items batched), batches, mean rows per batch, mean queue delay,
+    and the items that never ran (cancelled, expired, rejected) or failed; for the
+    gateway also its merged upstream calls and the answers that needed a fallback.
+    An arm without batching has no rows here.
+    """
+    stats = cmp.server_stats
+    rows = []
+    for (load, arm), group in stats.groupby(["load", "arm"]):
+        label = cmp.a.name if arm == "A" else cmp.b.name
+        for tier in _TIERS:
+            prefix = f"{tier}.batching."
+            models = sorted({c[len(prefix):].split(".")[0] for c in group.columns
+                             if c.startswith(prefix) and group[c].notna().any()})
+            for model in models:
+                col = f"{prefix}{model}."
+
+                def total(name: str) -> float:
+                    column = col + name
+                    return float(group[column].sum()) if column in group else 0.0
+
+                batches = total("batches")
+                delay_n = total("queue_delay_s.count")
+                row = {"load": load, "arm": f"{arm}: {label}", "tier": tier, "model": model,
+                       "requests": int(total("items")), "batches": int(batches),
+                       "rows_per_batch": round(total("rows") / batches, 2) if batches else None,
+                       "queue_delay_ms": round(1000 * total("queue_delay_s.sum") / delay_n, 3)
+                       if delay_n else None,
+                       "cancelled": int(total("cancelled")), "expired": int(total("expired")),
+                       "rejected": int(total("rejected")), "failed": int(total("failed"))}
+                if tier == "gateway":
+                    for name in ("merged_calls", "fallback_answers", "unmergeable"):
+                        column = f"gateway.{name}"
+                        row[name] = int(group[column].sum()) if column in group else 0
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def batch_histogram(cmp: Comparison, load: str | None = None) -> pd.DataFrame:
+    """Batches by size (rows per batch, bucketed) per arm and tier, summed over trials.
+
+    Returns a tidy frame: arm, tier, rows_le (the bucket's upper bound), batches.
+    """
+    stats = cmp.server_stats
+    if load is not None:
+        stats = stats[stats["load"] == load]
+    rows = []
+    for arm, group in stats.groupby("arm"):
+        label = cmp.a.name if arm == "A" else cmp.b.name
+        for tier in _TIERS:
+            marker = ".batch_rows.le_"
+            for column in group.columns:
+                if column.startswith(f"{tier}.batching.") and marker in column \
+                        and group[column].notna().any():
+                    bound = column.split(marker, 1)[1]
+                    rows.append({"arm": f"{arm}: {label}", "tier": tier,
+                                 "rows_le": float("inf") if bound == "inf" else float(bound),
+                                 "batches": int(group[column].sum())})
+    out = pd.DataFrame(rows, columns=["arm", "tier", "rows_le", "batches"])
+    return out.groupby(["arm", "tier", "rows_le"], as_index=False)["batches"].sum()
+
+
+def layer_summary(cmp: Comparison, layer: str, *, load: str | None = None) -> pd.DataFrame:
+    """A layer's counters per arm and tier, summed over the arm's trials (``/stats`` after each).
+
+    ``layer`` is the statistics section's name (``streaming``, ``loading``, ``pool``...);
+    histogram buckets are left out (their ``count`` and ``sum`` stay). An arm whose
+    tiers report no such section has no row.
+    """
+    stats = cmp.server_stats
+    if load is not None:
+        stats = stats[stats["load"] == load]
+    rows = []
+    for (load_text, arm), group in stats.groupby(["load", "arm"]):
+        label = cmp.a.name if arm == "A" else cmp.b.name
+        for tier in _TIERS:
+            prefix = f"{tier}.{layer}."
+            cols = [c for c in group.columns if c.startswith(prefix) and ".le_" not in c
+                    and group[c].notna().any()]
+            if not cols:
+                continue
+            row: dict[str, Any] = {"load": load_text, "arm": f"{arm}: {label}", "tier": tier}
+            for c in cols:
+                value = pd.to_numeric(group[c], errors="coerce")
+                if value.notna().any():
+                    row[c[len(prefix):]] = float(value.sum())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_events(cmp: Comparison) -> pd.DataFrame:
+    """Every model-load event of the session's trials (Thursday's churn), one row each.
+
+    Columns: load, arm, pair, model, action, seconds, status, state. Read from each
+    trial's ``trial.json`` in the session's folder.
+    """
+    rows = []
+    for folder in _trial_folders(cmp):
+        doc = json.loads((folder / "trial.json").read_text())
+        for ev in doc.get("events") or []:
+            rows.append({"load": doc.get("load"), "arm": doc.get("arm"), "pair": doc.get("pair"),
+                         "model": ev["model"], "action": ev["action"],
+                         "seconds": round(ev["seconds"], 4), "status": ev["status"],
+                         "state": ev["state"]})
+    return pd.DataFrame(rows, columns=["load", "arm", "pair", "model", "action", "seconds",
+                                       "status", "state"])
+
+
+def load_timeline(cmp: Comparison, *, load: str | None = None,
+                  pair: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One pair's requests (send time, latency) and load events, both arms, for a timeline.
+
+    Needs the built-in generator's per-request records (wrk keeps none). Returns
+    ``(requests, events)``: requests has arm, t_s, latency_ms; events has arm, start_s,
+    end_s, model, action — times in seconds from that trial's first request.
+    """
+    from .bench._results import load_run
+
+    load = load or cmp.settings.loads[0]
+    reqs, evs = [], []
+    for folder in _trial_folders(cmp):
+        doc = json.loads((folder / "trial.json").read_text())
+        if doc.get("load") != load or doc.get("pair") != pair or not doc.get("valid", True):
+            continue
+        arm = f"{doc.get('arm')}: {cmp.a.name if doc.get('arm') == 'A' else cmp.b.name}"
+        rec = load_run(folder / "bench").records
+        if not rec:
+            continue
+        done = (rec["start_ns"] > 0) & (rec["end_ns"] > 0)
+        t0 = int(rec["start_ns"][done].min()) if done.any() else 0
+        reqs.append(pd.DataFrame({"arm": arm, "t_s": (rec["start_ns"][done] - t0) / 1e9,
+                                  "latency_ms": (rec["end_ns"][done] - rec["scheduled_ns"][done])
+                                  / 1e6}))
+        for ev in doc.get("events") or []:
+            evs.append({"arm": arm, "start_s": (ev["start_ns"] - t0) / 1e9,
+                        "end_s": (ev["end_ns"] - t0) / 1e9, "model": ev["model"],
+                        "action": ev["action"]})
+    requests = pd.concat(reqs, ignore_index=True) if reqs else pd.DataFrame(
+        columns=["arm", "t_s", "latency_ms"])
+    return requests.sort_values("arm", kind="stable"), pd.DataFrame(
+        evs, columns=["arm", "start_s", "end_s", "model", "action"])
+
+
+def _trial_folders(cmp: Comparison) -> list[Path]:
+    if cmp.path is None:
+        raise ValueError("the session was not saved (pass out_dir to compare): no trial folders")
+    return sorted(p.parent for p in (Path(cmp.path) / "trials").glob("*/trial.json"))
+
+
+def headline(cmp: Comparison) -> pd.DataFrame:
+    """The verdicts for a person: one row per (load, metric), change and CI as percent with
+    one decimal, the Holm p-value in scientific notation, the verdict in words; no index."""
+    names = {"throughput_rps": "throughput", "p50_ms": "p50 latency", "p99_ms": "p99 latency",
+             "mem_per_request_kb": "memory per request", "ttfb_p99_ms": "p99 time to first byte",
+             "max_ms": "worst latency", "gateway_peak_mb": "gateway peak memory",
+             "model_server_peak_mb": "model-server peak memory"}
+    rows = []
+    for load, verdicts in cmp.verdicts.items():
+        for v in verdicts:
+            rows.append({"workload": cmp.settings.workload, "load": load,
+                         "metric": names.get(v.metric, v.metric),
+                         "change": f"{v.change_pct:+.1f} %",
+                         "95 % CI": f"{v.ci_low_pct:+.1f} % to {v.ci_high_pct:+.1f} %",
+                         "verdict": v.verdict, "p (Holm)": f"{v.p_adjusted:.1e}",
+                         "pairs": v.n_pairs})
+    frame = pd.DataFrame(rows)
+    return frame.style.hide(axis="index") if not frame.empty else frame  # type: ignore[return-value]
+
+
+_WORDS = {"improved": "improved", "regressed": "regressed",
+          "within noise": "changed, but within the noise band",
+          "no change detected": "showed no change we can detect"}
+
+
+def conclusion(cmp: Comparison) -> str:
+    """The session's result in words, generated from the verdicts (never written by hand)."""
+    lines = []
+    head = f"{cmp.b.name} vs {cmp.a.name}"
+    for load, verdicts in cmp.verdicts.items():
+        if not verdicts:
+            lines.append(f"{head} at {load}: not enough valid pairs for a verdict.")
+            continue
+        n = verdicts[0].n_pairs
+        parts = []
+        for v in verdicts:
+            parts.append(f"{v.metric} {_WORDS[v.verdict]} ({v.change_pct:+.1f} %, 95 % CI "
+                         f"{v.ci_low_pct:+.1f} to {v.ci_high_pct:+.1f} %, Holm p = "
+                         f"{v.p_adjusted:.3g}, noise band ±{100 * v.delta:.0f} %)")
+        lines.append(f"{head} at {load}, {n} valid pairs: " + "; ".join(parts) + ".")
+    means = cmp.means()
+    if "throughput_rps" in means:
+        for load in cmp.verdicts:
+            try:
+                a, b = means.loc[(load, "A"), "throughput_rps"], means.loc[(load, "B"), "throughput_rps"]
+                lines.append(f"Mean throughput at {load}: {a:,.0f} req/s ({cmp.a.name}) -> "
+                             f"{b:,.0f} req/s ({cmp.b.name}).")
+            except KeyError:
+                pass
+    by_arm = cmp.invalid_by_arm()
+    invalid = sum(by_arm.values())
+    lines.append(f"{len(cmp.trials)} trials in {cmp.elapsed_s:.0f} s, {invalid} invalid "
+                 f"(A {by_arm['A']}, B {by_arm['B']}; kept on record, their pairs re-run); "
+                 f"noise thresholds from {cmp.deltas_source}.")
+    lost = {load: n for load, n in cmp.pairs_lost().items() if n}
+    if lost:
+        lines.append(f"WARNING: pairs never valid after re-runs, analysed without them: {lost}.")
+    if abs(by_arm["A"] - by_arm["B"]) >= 2:
+        lines.append("WARNING: invalid trials are lopsided between the arms; re-running them "
+                     "may favour the arm that failed - read the verdict with that in mind.")
+    if cmp.provisional:
+        lines.append("QUICK MODE: few, short trials - these verdicts are provisional.")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""The week's roll-up, Friday's target table, the index page and the three final reports,
+built from recorded results (sessions simulated with known effects, written as the days write
+them) — so every number a report shows can be checked against what was put in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from optkit import CompareSettings, ServiceConfig, plotting
+from optkit._compare import Comparison
+from optkit._report import (rollup, run_reports, target_table, waterfall_steps, write_index,
+                            next_steps, validity_table)
+from optkit._simulate import simulate_trials
+from optkit._week import DAYS, record_day
+from optkit.stats import DEFAULT_DELTAS, analyse
+
+#: (day, effect on log throughput) of a simulated week: Wednesday buys nothing.
+WEEK = (("mon", 0.25), ("tue", 0.60), ("wed", 0.0), ("thu", 0.10), ("fri", 0.90))
+
+
+def _session(day: str, effect: float, *, loads: tuple[str, ...] = ("closed:32",),
+             throughput: float = 1900.0, seed: int = 0) -> Comparison:
+    frames = []
+    for k, load in enumerate(loads):
+        frames.append(simulate_trials(12, effect=effect, load=load, throughput_rps=throughput,
+                                      mem_per_request_kb=75.0, mem_effect=-0.6 * (effect > 0.5),
+                                      p99_effect=-effect, seed=seed + k))
+    trials = pd.concat(frames, ignore_index=True)
+    verdicts = {load: analyse(trials[trials["load"] == load]) for load in loads}
+    a, b = DAYS[day].a, DAYS[day].b
+    return Comparison(ServiceConfig(name=a), ServiceConfig(name=b),
+                      CompareSettings(pairs=12, loads=loads), trials, verdicts,
+                      pd.DataFrame([{"pair": 0, "arm": "A", "load": loads[0]}]),
+                      dict(DEFAULT_DELTAS), "defaults", 30.0)
+
+
+@pytest.fixture(scope="module")
+def week_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with every day recorded the way the notebooks record them."""
+    run = tmp_path_factory.mktemp("week")
+    for i, (day, effect) in enumerate(WEEK):
+        loads = ("closed:32", "open:2500") if day == "fri" else ("closed:32",)
+        cmp = _session(day, effect, loads=loads, seed=10 * i)
+        extra = {}
+        if day == "fri":
+            extra["targets"] = target_table(cmp).to_dict(orient="records")
+        record_day(cmp, day=day, out_dir=run / day, extra=extra)
+    return run
+
+
+def test_rollup_reads_every_day_and_chains_the_gains(week_dir: Path) -> None:
+    """Each day's verdict comes back from results.json; the chain multiplies the day gains."""
+    table = rollup(week_dir)
+    assert list(dict.fromkeys(table["day"])) == [d for d, _ in WEEK]
+    thr = table[(table["metric"] == "throughput_rps") & (table["load"] == "closed:32")]
+    recorded = {r.day: r.change_pct for r in thr.itertuples()}
+    steps = waterfall_steps(table)
+    chained = 1.0
+    for day in ("mon", "tue", "wed", "thu"):
+        chained *= 1 + recorded[day] / 100
+        row = steps[steps["day"] == day].iloc[0]
+        assert row["cumulative_pct"] == pytest.approx(100 * (chained - 1))
+    fri = steps[steps["day"] == "fri"].iloc[0]
+    assert fri["cumulative_pct"] == pytest.approx(recorded["fri"])  # measured, not chained
+    assert steps.set_index("day").loc["tue", "verdict"] == "improved"
+    assert steps.set_index("day").loc["wed", "verdict"] != "improved"
+
+
+def test_waterfall_says_when_a_day_did_not_measure(week_dir: Path) -> None:
+    """A day without that load is kept as 'not measured' instead of silently vanishing."""
+    steps = waterfall_steps(rollup(week_dir), load="open:2500")
+    assert steps.set_index("day").loc["mon", "verdict"] == "not measured"
+    assert steps.set_index("day").loc["fri", "measured"]
+    fig = plotting.waterfall(steps)
+    assert len(fig.axes) == 1
+
+
+def test_target_table_judges_each_target_by_its_interval() -> None:
+    """Level targets need the whole CI on the right side; the gain target needs mean and floor."""
+    cmp = _session("fri", 0.9, loads=("closed:32", "open:2500"))
+    table = target_table(cmp).set_index("target")
+    gain = table.loc[table.index.str.startswith("throughput gain")].iloc[0]
+    v = cmp.verdict("throughput_rps", "closed:32")
+    assert gain["status"] == ("met" if v.change_pct >= 50 and v.ci_low_pct > 35 else "not met")
+    level = table.loc[table.index.str.startswith("throughput >=")].iloc[0]
+    b = cmp.trials[(cmp.trials["arm"] == "B") & (cmp.trials["load"] == "closed:32")]
+    assert float(level["measured"].split()[0].replace(",", "")) == pytest.approx(
+        b["throughput_rps"].mean(), rel=1e-3)
+    small = _session("fri", 0.02, throughput=1000.0, loads=("closed:32",))
+    small_table = target_table(small).set_index("target")
+    assert (small_table["status"] != "met").loc[small_table.index.str.startswith("throughput")].all()
+    assert "not measured" in set(small_table["status"])  # no open:2500 in that session
+
+
+def test_next_steps_and_validity_come_from_the_record(week_dir: Path) -> None:
+    """Wednesday's missing gain is named; validity rows point at the trial folders."""
+    steps = next_steps(week_dir)
+    assert any(line.startswith("wed: no throughput gain") for line in steps)
+    validity = validity_table(week_dir)
+    assert set(validity["day"]) == {d for d, _ in WEEK}
+    assert all(Path(f).is_dir() for f in validity["folder"])
+
+
+def test_index_links_every_report(week_dir: Path) -> None:
+    """index.html links each day's report that exists and carries the summary table."""
+    for day, cls in DAYS.items():
+        (week_dir / day / Path(cls.notebook).with_suffix(".html").name).write_text("<html></html>")
+    summary = pd.DataFrame([{"day": d, "status": "ok"} for d in DAYS])
+    page = write_index(week_dir, summary).read_text()
+    for day, cls in DAYS.items():
+        assert f'href="{day}/{Path(cls.notebook).with_suffix(".html").name}"' in page
+    assert "<table" in page and "Daily reports" in page
+
+
+@pytest.mark.slow
+def test_final_reports_are_generated_with_figures(week_dir: Path) -> None:
+    """The three report notebooks run over the recorded week; HTML (figures inline, no code)
+    and Markdown twins are written, and the numbers in them are the recorded ones."""
+    status = run_reports(week_dir)
+    assert status == {name: "ok" for name in status}, status
+    out = week_dir / "reports"
+    summary = (out / "sprint-summary.html").read_text()
+    assert "data:image/png;base64" in summary  # the waterfall, drawn inline
+    assert "&lt;Figure size" not in summary and "<Figure size" not in summary
+    assert "def " not in summary and "import " not in summary  # code hidden
+    fri = json.loads((week_dir / "fri" / "results.json").read_text())
+    for target in fri["targets"]:
+        assert target["target"].split(" (")[0].replace(">", "&gt;").replace("<", "&lt;") in summary
+    performance = (out / "performance-report.md").read_text()
+    mon = rollup(week_dir).query("day == 'mon' and metric == 'throughput_rps'").iloc[0]
+    assert f"{mon.change_pct:+.1f} %" in performance
+    guide = (out / "deployment-guide.md").read_text()
+    assert "optkit serve gateway" in guide and "loading.mode: sync" in guide
