@@ -109,7 +109,8 @@ def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
 
 
 def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
-                 loads: Sequence[str], seed: int, **extra: Any) -> CompareSettings:
+                 loads: Sequence[str], seed: int, quick_pairs: int = 3,
+                 **extra: Any) -> CompareSettings:
     """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
     notebook's parameters. ``extra`` sets further fields either way (``workload``,
     ``metrics``, ``engine``, ``churn``, ``gates``).
@@ -118,10 +119,10 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
     runs the notebooks under nbmake, which cannot pass papermill parameters.
     """
     if quick or os.environ.get("OPTKIT_QUICK") == "1":  # CI: does the day run end to end?
-        # 4 pairs: enough for every analysis step to run (a verdict, a CI, Holm), not for a
-        # claim (the smallest exact p is 1/8): quick verdicts are marked provisional anyway
-        return dataclasses.replace(QUICK, pairs=min(pairs, 4), loads=tuple(loads)[:1], seed=seed,
-                                   **extra)
+        # a few pairs (3; a day's secondary session 2): enough for every analysis step to run
+        # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
+        return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
+                                   loads=tuple(loads)[:1], seed=seed, **extra)
     return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
                                loads=tuple(loads), seed=seed, **extra)
 
