@@ -6,6 +6,7 @@ its saved trial folders) and compute nothing new: the notebooks call them so the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def load_events(cmp: Comparison) -> pd.DataFrame:
     """
     rows = []
     for folder in _trial_folders(cmp):
-        doc = json.loads((folder / "trial.json").read_text())
+        doc = _trial_doc(folder)
         for ev in doc.get("events") or []:
             rows.append({"load": doc.get("load"), "arm": doc.get("arm"), "pair": doc.get("pair"),
                          "model": ev["model"], "action": ev["action"],
@@ -166,7 +167,7 @@ def load_timeline(cmp: Comparison, *, load: str | None = None,
     load = load or cmp.settings.loads[0]
     reqs, evs = [], []
     for folder in _trial_folders(cmp):
-        doc = json.loads((folder / "trial.json").read_text())
+        doc = _trial_doc(folder)
         if doc.get("load") != load or doc.get("pair") != pair or not doc.get("valid", True):
             continue
         arm = f"{doc.get('arm')}: {cmp.a.name if doc.get('arm') == 'A' else cmp.b.name}"
@@ -186,6 +187,19 @@ def load_timeline(cmp: Comparison, *, load: str | None = None,
         columns=["arm", "t_s", "latency_ms"])
     return requests.sort_values("arm", kind="stable"), pd.DataFrame(
         evs, columns=["arm", "start_s", "end_s", "model", "action"])
+
+
+_SLUG = re.compile(r"-p(\d+)-([AB])-(\d+)$")
+
+
+def _trial_doc(folder: Path) -> dict[str, Any]:
+    """A trial's ``trial.json``, with pair, arm and attempt read from its folder name
+    (``<load>-pNN-<arm>-<attempt>``, as the session names it: the trial itself does not know)."""
+    doc = json.loads((folder / "trial.json").read_text())
+    found = _SLUG.search(folder.name)
+    if found:
+        doc["pair"], doc["arm"], doc["attempt"] = int(found[1]), found[2], int(found[3])
+    return doc
 
 
 def _trial_folders(cmp: Comparison) -> list[Path]:

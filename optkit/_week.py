@@ -302,7 +302,9 @@ def _summary_row(key: str, day: Day, day_dir: Path, seconds: float, error: str) 
         doc = json.loads(results.read_text())
         for v in doc.get("verdicts", []):
             if v.get("metric") in ("throughput_rps", "p99_ms"):
-                row[f"{v['metric']} @ {v['load']}"] = (
+                workload = v.get("workload", "digits")
+                where = v["load"] if workload == "digits" else f"{workload} {v['load']}"
+                row[f"{v['metric']} @ {where}"] = (
                     f"{v['change_pct']:+.1f} % [{v['ci_low_pct']:+.1f}, {v['ci_high_pct']:+.1f}] "
                     f"{v['verdict']}")
     elif not error:

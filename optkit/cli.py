@@ -144,7 +144,11 @@ def _week(args: argparse.Namespace) -> int:
     days = args.days.split(",") if args.days else None
     summary = run_week(days, quick=args.quick, out=args.out, repository=args.repository)
     print(week_summary(summary))
-    return 0 if (summary["status"] == "ok").all() else 1
+    failed = summary[summary["status"] != "ok"]
+    for row in failed.itertuples():
+        print(f"optkit week: {row.day} {row.status}: {getattr(row, 'error', '') or ''}",
+              file=sys.stderr)
+    return 0 if failed.empty else 1
 
 
 def _add_session_options(p: argparse.ArgumentParser) -> None:

@@ -135,3 +135,16 @@ def test_final_reports_are_generated_with_figures(week_dir: Path) -> None:
     assert f"{mon.change_pct:+.1f} %" in performance
     guide = (out / "deployment-guide.md").read_text()
     assert "optkit serve gateway" in guide and "loading.mode: sync" in guide
+
+
+def test_trial_folders_name_their_pair_and_arm(tmp_path: Path) -> None:
+    """A trial does not know its pair or arm; the session's folder name does, and the
+    session readers take them from there (load events and timelines of one pair)."""
+    from optkit._sessions import _trial_doc
+
+    folder = tmp_path / "closed-8-p03-B-1"
+    folder.mkdir()
+    (folder / "trial.json").write_text(json.dumps({"load": "closed:8", "pair": None,
+                                                   "arm": None, "events": []}))
+    doc = _trial_doc(folder)
+    assert (doc["pair"], doc["arm"], doc["attempt"], doc["load"]) == (3, "B", 1, "closed:8")
