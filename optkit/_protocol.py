@@ -307,6 +307,16 @@ def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batc
 
 
 
+def _response_head(model_name: str, model_version: str, outputs: list[dict[str, Any]],
+                   request_id: str | None) -> bytes:
+    """The JSON document of a v2 answer (its ``data`` given or to be filled in)."""
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
+                           "outputs": outputs}
+    if request_id is not None:
+        doc["id"] = request_id
+    return json_dumps(doc)
+
+
 def encode_infer_response(
     model_name: str,
     model_version: str,
@@ -331,11 +341,7 @@ def encode_infer_response(
         else:
             entry["data"] = arr.reshape(-1)
         doc_outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
-                           "outputs": doc_outputs}
-    if request_id is not None:
-        doc["id"] = request_id
-    head = json_dumps(doc)
+    head = _response_head(model_name, model_version, doc_outputs, request_id)
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
@@ -483,11 +489,7 @@ def encode_infer_response_frames(
         else:
             entry["data"] = _DATA_SLOT
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
-                           "outputs": entries}
-    if request_id is not None:
-        doc["id"] = request_id
-    head = json_dumps(doc)
+    head = _response_head(model_name, model_version, entries, request_id)
     if binary:
         return [head], len(head)
     return head.split(json_dumps(_DATA_SLOT)), None

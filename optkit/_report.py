@@ -273,7 +273,7 @@ def recorded(run_dir: str | Path, day: str) -> dict[str, Any]:
 
 _HEADLINE = {"throughput_rps": "throughput", "p99_ms": "p99", "mem_per_request_kb": "memory/req",
              "ttfb_p99_ms": "p99 TTFB", "gateway_peak_mb": "gateway peak memory",
-             "max_ms": "worst latency"}
+             "max_ms": "worst latency", "gateway_grown_mb": "gateway memory held"}
 
 
 def day_overview(table: pd.DataFrame) -> pd.DataFrame:

@@ -214,7 +214,9 @@ def headline(cmp: Comparison) -> pd.DataFrame:
     names = {"throughput_rps": "throughput", "p50_ms": "p50 latency", "p99_ms": "p99 latency",
              "mem_per_request_kb": "memory per request", "ttfb_p99_ms": "p99 time to first byte",
              "max_ms": "worst latency", "gateway_peak_mb": "gateway peak memory",
-             "model_server_peak_mb": "model-server peak memory"}
+             "model_server_peak_mb": "model-server peak memory",
+             "gateway_grown_mb": "gateway memory held under load (peak - idle)",
+             "model_server_grown_mb": "model-server memory held under load (peak - idle)"}
     rows = []
     for load, verdicts in cmp.verdicts.items():
         for v in verdicts:

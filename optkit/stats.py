@@ -70,9 +70,11 @@ METRICS: Mapping[str, bool] = {
 }
 
 #: Further columns a session may ask to analyse (``CompareSettings.metrics``), all lower-is-better:
-#: time to first byte, the worst latency, each tier's peak resident memory in the window.
+#: time to first byte, the worst latency, each tier's peak resident memory in the window, and
+#: that peak above the tier's idle RSS (what the load made it hold, without the process itself).
 EXTRA_METRICS: Mapping[str, bool] = {
     "ttfb_p99_ms": False, "max_ms": False, "gateway_peak_mb": False, "model_server_peak_mb": False,
+    "gateway_grown_mb": False, "model_server_grown_mb": False,
 }
 
 #: Default noise thresholds on the log scale (0.02 ~ 2 %). Throughput averages thousands of
@@ -89,6 +91,8 @@ DEFAULT_DELTAS: Mapping[str, float] = {
     "max_ms": 0.10,  # one request's worst case: the noisiest order statistic of all
     "gateway_peak_mb": 0.05,
     "model_server_peak_mb": 0.05,
+    "gateway_grown_mb": 0.10,  # a difference of two RSS readings: noisier than either
+    "model_server_grown_mb": 0.10,
 }
 
 #: Pairs per comparison, fixed in advance. ``min_pairs_for(0.05, 4)`` = 8 is the least with which

@@ -138,3 +138,17 @@ def test_trial_against_the_real_stack(repository: Path, tmp_path: Path) -> None:
     assert result.stats_row()["gateway.server.accepted"] > 200  # /stats flattened, by tier
     assert "error" not in result.stats_after["gateway"]
     assert result.row()["label"] == "baseline" and result.row()["load"] == "open:200"
+
+
+def test_memory_held_under_load_is_the_peak_above_idle() -> None:
+    """gateway_grown_mb / model_server_grown_mb: the window's peak minus the idle RSS of that
+    tier; unknown when a tier was not sampled."""
+    from optkit.bench._results import BenchResult
+    from optkit.bench._trial import TrialResult
+
+    services = {"gateway": {"rss_peak_mb": 193.5, "rss_idle_mb": 66.0},
+                "model-server": {"rss_peak_mb": None, "rss_idle_mb": 70.0}}
+    row = TrialResult(label="x", load="closed:32", bench=BenchResult({}), services=services).row()
+    assert row["gateway_grown_mb"] == pytest.approx(127.5)
+    assert row["gateway_peak_mb"] == 193.5
+    assert row["model_server_grown_mb"] is None

@@ -57,7 +57,8 @@ __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_
 
 ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
                "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "ttfb_p50_ms", "ttfb_p99_ms",
-               "gateway_peak_mb", "model_server_peak_mb", "errors", "valid", "invalid_reasons")
+               "gateway_peak_mb", "model_server_peak_mb", "gateway_grown_mb",
+               "model_server_grown_mb", "errors", "valid", "invalid_reasons")
 
 
 def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
@@ -228,6 +229,9 @@ class TrialResult:
                "ttfb_p50_ms": s.get("ttfb_p50_ms"), "ttfb_p99_ms": s.get("ttfb_p99_ms"),
                "gateway_peak_mb": self.services.get("gateway", {}).get("rss_peak_mb"),
                "model_server_peak_mb": self.services.get("model-server", {}).get("rss_peak_mb"),
+               # the peak above the idle process: what the load itself made the tier hold
+               "gateway_grown_mb": _grown(self.services.get("gateway")),
+               "model_server_grown_mb": _grown(self.services.get("model-server")),
                "errors": int(s.get("errors_total") or 0), "valid": self.valid,
                "invalid_reasons": "; ".join(self.invalid_reasons)}
         unknown = set(overrides) - set(ROW_COLUMNS)
@@ -251,6 +255,13 @@ class TrialResult:
                 "manifest": self.manifest, "valid": self.valid,
                 "invalid_reasons": list(self.invalid_reasons), "pair": self.pair,
                 "position": self.position, "arm": self.arm, "events": list(self.events)}
+
+
+def _grown(use: Mapping[str, Any] | None) -> float | None:
+    """Peak RSS in the window minus idle RSS (MB), floored at a page: None if not sampled."""
+    if not use or use.get("rss_peak_mb") is None or use.get("rss_idle_mb") is None:
+        return None
+    return max(4096 / 2**20, float(use["rss_peak_mb"]) - float(use["rss_idle_mb"]))
 
 
 def load_trial(path: str | Path) -> TrialResult:

@@ -49,9 +49,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .._checks import check_int
+from ._base import Layer
 from .._config import BatchingConfig
 from .._exceptions import DeadlineExceeded, InferenceError, ModelNotReady, QueueFull
 from .._metrics import Histogram, HistogramSnapshot, counter, gauge, histogram_field
@@ -109,7 +110,7 @@ class _Item:
         self.deadline, self.alive, self.queued = deadline, alive, True
 
 
-class DynamicBatcher(Generic[T, R]):
+class DynamicBatcher(Layer, Generic[T, R]):
     """Coalesce concurrent ``submit`` calls into calls of ``run`` (see the module docstring).
 
     Args:
@@ -432,11 +433,6 @@ class DynamicBatcher(Generic[T, R]):
         if running:
             await asyncio.wait(running)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         s = self.statistics()

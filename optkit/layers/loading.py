@@ -61,10 +61,11 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Self
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from ._base import Layer
 from .._config import LoadingConfig
 from .._exceptions import ModelLoadError, ModelNotReady, OptkitError
 from .._metrics import Histogram, HistogramSnapshot, counter, gauge, histogram_field
@@ -125,7 +126,7 @@ def warm_up(model: Model) -> None:
                              "an output does not have one row for one input row")
 
 
-class ModelLoader:
+class ModelLoader(Layer):
     """Load, swap, evict and unload the models of a :class:`ModelRepository`.
 
     Args:
@@ -157,11 +158,6 @@ class ModelLoader:
         self._load_s = Histogram(_LOAD_BOUNDS)
         self._closed = False
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         s = self.statistics()

@@ -62,11 +62,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import AsyncContextManager, Protocol, Self
+from typing import AsyncContextManager, Protocol
 
 import aiohttp
 from aiohttp import ClientTimeout
 
+from ._base import Layer
 from .._config import PoolingConfig, ServerConfig
 from .._metrics import counter, gauge
 from .._exceptions import (
@@ -217,7 +218,7 @@ class _Probe:
         self.waited = False  # it queued for a free slot
 
 
-class _Client:
+class _Client(Layer):
     """The machinery both clients share; each subclass only chooses its connector."""
 
     def __init__(self, server: ServerConfig, *, acquire_s: float, retry_stale: bool) -> None:
@@ -434,11 +435,6 @@ class _Client:
             session, self._session = self._session, None
             await session.close()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         s = self.statistics()

@@ -42,10 +42,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
+from ._base import Layer
 from .._config import StreamingConfig
 from .._exceptions import OptkitError
 from .._metrics import counter, gauge
@@ -153,7 +154,7 @@ class ChunkWriter:
         self._streamer._error_events += 1
 
 
-class ResponseStreamer:
+class ResponseStreamer(Layer):
     """Writes answers to clients in chunks, under backpressure and a write timeout.
 
     Args:
@@ -258,11 +259,6 @@ class ResponseStreamer:
     async def aclose(self) -> None:
         """Nothing to release (streams end with their requests); here for the layer shape."""
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         s = self.statistics()

@@ -208,7 +208,8 @@ class Gateway:
         return await self._client.request(method, (base or next(self._rotation)) + path,
                                           body=body, headers=headers, idempotent=idempotent)
 
-    def _passthrough(self, resp: UpstreamResponse) -> web.Response:
+    def _answer_headers(self, resp: UpstreamResponse | UpstreamStream) -> dict[str, str]:
+        """The headers an upstream answer passes on to the client (counting resends)."""
         headers = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
         if resp.retried:
             headers[RETRIED_HEADER] = "1"
@@ -216,7 +217,11 @@ class Gateway:
             self._retried_answers += 1
         # the raw header: aiohttp's content_type= refuses parameters such as "; charset=utf-8"
         headers["Content-Type"] = resp.content_type or "application/json"
-        return web.Response(status=resp.status, body=resp.body, headers=headers)
+        return headers
+
+    def _passthrough(self, resp: UpstreamResponse) -> web.Response:
+        return web.Response(status=resp.status, body=resp.body,
+                            headers=self._answer_headers(resp))
 
     async def _fetch_meta(self, name: str, version: str | None) -> ModelMeta:
         resp = await self._upstream("GET", _model_path(name, version), idempotent=True)
@@ -311,13 +316,7 @@ class Gateway:
 
     async def _relay(self, request: web.Request, up: UpstreamStream, *,
                      sse: bool) -> web.StreamResponse:
-        headers = {k: up.headers[k] for k in _PASS_HEADERS if k in up.headers}
-        if up.retried:
-            headers[RETRIED_HEADER] = "1"
-        if RETRIED_HEADER in headers:
-            self._retried_answers += 1
-        headers["Content-Type"] = up.content_type or "application/json"
-        response = web.StreamResponse(status=up.status, headers=headers)
+        response = web.StreamResponse(status=up.status, headers=self._answer_headers(up))
         async with self._streamer.open(request, response) as out:
             tail = b""
             try:
