@@ -175,6 +175,17 @@ def _decode_json_data(data: Any, dtype: np.dtype, where: str) -> np.ndarray:
     return arr.astype(dtype, copy=False).reshape(-1)
 
 
+def _json_object(data: bytes | memoryview, refusal: str) -> dict[str, Any]:
+    """``data`` parsed as a JSON object, or a ProtocolError (malformed, or ``refusal``)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(refusal)
+    return doc
+
+
 def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Decode a v2 infer body (JSON, or JSON header + binary tensors).
 
@@ -191,12 +202,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         head, blob = body[:header_length], memoryview(body)[header_length:]
     else:
         head, blob = body, memoryview(b"")
-    try:
-        doc = orjson.loads(head)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("request body must be a JSON object")
+    doc = _json_object(head, "request body must be a JSON object")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("request needs a non-empty 'inputs' list")
@@ -521,12 +527,7 @@ def parse_generate_request(body: bytes, specs: Sequence[TensorSpec], *,
         ProtocolError: malformed JSON, an unknown or missing input, a value that is
             not a regular list of rows of the model's shape and datatype, too many rows.
     """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("generate request must be a JSON object of input names to rows")
+    doc = _json_object(body, "generate request must be a JSON object of input names to rows")
     params = doc.pop("parameters", None) or {}
     if not isinstance(params, dict):
         raise ProtocolError("'parameters' must be an object")
