@@ -41,7 +41,6 @@ buffered when streaming is off). Requests riding the batcher are answered buffer
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -55,16 +54,17 @@ from .._config import ServiceConfig
 from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
 from .._metrics import counter
 from .._models import validate_model_name
-from .._protocol import BINARY_HEADER, DATATYPES, InferRequest, TensorSpec, decode_infer_result, \
-    encode_binary_infer_request, encode_infer_request, json_loads, parse_generate_request, \
-    parse_infer_request, request_deadline, split_rows, validate_inputs
+from .._protocol import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result, \
+    encode_binary_infer_request, encode_infer_request, json_loads, parse_infer_request, \
+    request_deadline, split_rows, validate_inputs
+from .._streamcodec import parse_generate_request
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse, UpstreamStream)
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
     infer_response, json_response, model_ref, read_body
-from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
+from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta, row_bytes
 
 __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
 
@@ -76,21 +76,6 @@ _SPLIT_STATUSES = frozenset({400, 422, 500})  # a refusal one item can cause
 GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("optkit_gateway", object)  # type: ignore[arg-type]
 _PASS_HEADERS = (BINARY_HEADER, RETRIED_HEADER)
 _JSON_PER_BINARY_BYTE = 2.5
-
-
-def _row_bytes(outputs: Sequence[Any]) -> int | None:
-    """Binary bytes of one row of all ``outputs`` (v2 metadata entries), or None if unknown."""
-    total = 0
-    for spec in outputs:
-        try:
-            dtype = DATATYPES.get(str(spec["datatype"]))
-            dims = [int(d) for d in spec["shape"]][1:]
-        except (KeyError, TypeError, ValueError):
-            return None
-        if dtype is None or any(d < 0 for d in dims):
-            return None
-        total += dtype.itemsize * math.prod(dims)
-    return total
 
 
 def parse_upstreams(spec: str | Sequence[str]) -> list[str]:
@@ -237,7 +222,7 @@ class Gateway:
             mbs = int((doc.get("parameters") or {}).get("max_batch_size", 0) or 0)
         except (ValueError, KeyError, TypeError) as exc:
             raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc!r}") from None
-        return ModelMeta(specs, outputs, mbs, _row_bytes(doc.get("outputs") or ()))
+        return ModelMeta(specs, outputs, mbs, row_bytes(doc.get("outputs") or ()))
 
     # -- v2 endpoints -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:

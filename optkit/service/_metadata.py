@@ -18,14 +18,15 @@ caller tries again. Time comes from ``clock`` so tests need no sleeps.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from .._metrics import counter, gauge
-from .._protocol import TensorSpec
+from .._protocol import DATATYPES, TensorSpec
 
-__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics"]
+__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics", "row_bytes"]
 
 Key = tuple[str, str | None]
 
@@ -40,6 +41,21 @@ class ModelMeta:
     #: bytes of one row of every output, binary-encoded (element size x the per-row
     #: dimensions); None when the metadata does not fix them (a -1 past the batch axis, BYTES)
     row_bytes: int | None = None
+
+
+def row_bytes(outputs: Sequence[Any]) -> int | None:
+    """Binary bytes of one row of all ``outputs`` (v2 metadata entries), or None if unknown."""
+    total = 0
+    for spec in outputs:
+        try:
+            dtype = DATATYPES.get(str(spec["datatype"]))
+            dims = [int(d) for d in spec["shape"]][1:]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if dtype is None or any(d < 0 for d in dims):
+            return None
+        total += dtype.itemsize * math.prod(dims)
+    return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,9 @@ from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, ProtocolError
 from .._models import Model
-from .._protocol import json_loads, parse_generate_request, parse_infer_request, \
+from .._protocol import json_loads, parse_infer_request, \
     request_deadline, split_rows, validate_inputs
+from .._streamcodec import parse_generate_request
 from .._repository import ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.loading import LoadingStatistics, ModelLoader
