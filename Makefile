@@ -49,7 +49,7 @@ week: models wrk runs/calibration.json
 
 # Notebooks run under nbmake in quick mode (OPTKIT_QUICK=1): real servers, fewer/shorter trials.
 test: $(STAMP) wrk
-	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q --nbmake tests notebooks
+	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -m "not heavy" --nbmake tests notebooks
 
 clean:
 	rm -rf build runs $(VENV)
