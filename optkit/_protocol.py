@@ -232,6 +232,8 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
                     f"{where}: {size} binary bytes do not match shape {list(shape)} of {datatype}")
             flat = np.frombuffer(blob[offset:offset + size], dtype=dtype)
             offset += size
+            if dtype.kind == "f" and not np.isfinite(flat).all():
+                raise ProtocolError(f"{where}: data holds NaN or infinity")
         else:
             if "data" not in raw:
                 raise ProtocolError(f"{where}: needs 'data' (or binary_data_size)")

@@ -83,6 +83,18 @@ def test_malformed_requests_raise_protocol_error(body: bytes, message: str) -> N
         parse_infer_request(body)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_binary_nan_or_infinity_is_refused_like_json(bad: float) -> None:
+    """Binary tensors are held to the JSON path's rule: no NaN or infinity reaches a model
+    (a model may then skip its own scan for them, as the scikit-learn adapter does)."""
+    x = np.zeros((1, 64), dtype=np.float32)
+    x[0, 5] = bad
+    head = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}]})
+    with pytest.raises(ProtocolError, match="NaN or infinity"):
+        parse_infer_request(head + x.tobytes(), len(head))
+
+
 def test_binary_header_outside_body_is_rejected() -> None:
     """A header length beyond the body is the client's error, not an index error."""
     with pytest.raises(ProtocolError, match="outside the body"):
