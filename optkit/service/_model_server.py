@@ -171,10 +171,13 @@ class ModelServer:
                        inputs: Mapping[str, np.ndarray], req: Any) -> dict[str, np.ndarray]:
         """Run ``inputs`` through the model: directly, or riding its batcher."""
         if self._batching.enabled:
+            entry = self._batchers.get(name)
+            batcher = entry[1] if entry is not None and entry[0] is model \
+                else self._batcher(name, model)
             transport = request.transport
-            return await self._batcher(name, model).submit(
+            return await batcher.submit(
                 inputs, rows=len(next(iter(inputs.values()))),
-                deadline=request_deadline(req, time.monotonic()),
+                deadline=None if req.timeout_us is None else request_deadline(req, time.monotonic()),
                 alive=None if transport is None else (lambda: not transport.is_closing()))
         self.counters.model_calls += 1
         return _predict(model, inputs)
