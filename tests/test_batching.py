@@ -12,7 +12,7 @@ from optkit._config import BatchingConfig
 from optkit._exceptions import (ConfigError, DeadlineExceeded, InferenceError, ModelNotReady,
                                 QueueFull)
 from optkit._metrics import iter_families, to_plain
-from optkit.layers.batching import BatchStatistics, DynamicBatcher
+from optkit.layers.batching import LONE_GAP_S, BatchStatistics, DynamicBatcher
 
 pytestmark = pytest.mark.timeout(5)  # a regression that hangs fails fast
 
@@ -134,6 +134,24 @@ async def test_a_lone_item_runs_in_its_callers_task() -> None:
         assert answer == "a!" and seen == [task]
         s = b.statistics()
         assert s.batches == 1 and s.queue_delay_s.count == 1 and s.running == 0
+
+
+@pytest.mark.parametrize("gap_s, expected", [
+    (0.0, [["a"], ["b", "c"]]),          # right after a batch: b leads, c rides with it
+    (LONE_GAP_S, [["a"], ["b"], ["c"]]),  # a lone client's next request: b runs at once
+])
+async def test_a_lone_client_skips_the_yield(gap_s: float, expected: list[list[str]]) -> None:
+    """After a lone batch and an idle gap of at least LONE_GAP_S, an arrival runs before
+    the loop turns (so a same-tick neighbour rides the next bus); sooner, it leads as usual."""
+    clock = FakeClock()
+    model = Model()
+    async with batcher(model, clock) as b:
+        assert await b.submit("a") == "a!"
+        clock.now += gap_s
+        assert await asyncio.gather(b.submit("b"), b.submit("c")) == ["b!", "c!"]
+        assert model.calls == expected
+        s = b.statistics()
+        assert s.batches == len(expected) and s.queue_delay_s.count == 3 and s.running == 0
 
 
 async def test_items_accumulate_while_busy_then_leave_together() -> None:
