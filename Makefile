@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := build/models
 WEEK_ARGS ?=
 
-.PHONY: week test install models wrk smoke calibrate clean
+.PHONY: week test install models wrk smoke calibrate clean faults soak
 
 calibrate: models
 	rm -f runs/calibration.json
@@ -50,6 +50,15 @@ week: models wrk runs/calibration.json
 # Notebooks run under nbmake in quick mode (OPTKIT_QUICK=1): real servers, fewer/shorter trials.
 test: $(STAMP) wrk
 	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -m "not heavy" --nbmake tests notebooks
+
+# The fault-injection suite in full, heavy scenarios included (docs/reliability.md).
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q tests/faults
+
+# SOAK_MINUTES of mixed checked load with reloads; report in runs/soak (not part of make test).
+SOAK_MINUTES ?= 10
+soak: models
+	$(BIN)/optkit soak --minutes $(SOAK_MINUTES) --repository $(MODELS) --out runs/soak
 
 clean:
 	rm -rf build runs $(VENV)

@@ -77,6 +77,16 @@ def _smoke(args: argparse.Namespace) -> int:
     return run_smoke(args.repository, duration_s=args.duration, config=args.config)
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from ._soak import SoakSettings, run_soak
+
+    settings = SoakSettings(minutes=args.minutes, rate=args.rate, concurrency=args.concurrency,
+                            reload_every_s=args.reload_every, sample_every_s=args.sample_every)
+    report = run_soak(args.repository, args.out, config=args.config, settings=settings)
+    print(Path(args.out, "soak.md").read_text())
+    return 0 if report["ok"] else 1
+
+
 def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import dataclasses
 
@@ -196,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--duration", type=float, default=5.0)
     smoke.add_argument("--config", default=None)
     smoke.set_defaults(func=_smoke)
+
+    soak = sub.add_parser("soak", help="minutes of mixed checked load with reloads; is memory flat?")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--repository", default="build/models")
+    soak.add_argument("--config", default="experiments/integrated.yaml")
+    soak.add_argument("--out", default="runs/soak")
+    soak.add_argument("--rate", type=float, default=150.0, help="requests per second offered")
+    soak.add_argument("--concurrency", type=int, default=16, help="most requests under way")
+    soak.add_argument("--reload-every", type=float, default=30.0, help="seconds between swaps")
+    soak.add_argument("--sample-every", type=float, default=3.0, help="seconds between samples")
+    soak.set_defaults(func=_soak)
 
     cmp = sub.add_parser("compare", help="paired randomized A/B trials and a verdict")
     cmp.add_argument("a", help="config A (YAML), e.g. experiments/baseline.yaml")

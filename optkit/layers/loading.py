@@ -58,6 +58,8 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,6 +105,21 @@ def _read(root: str, name: str, version: str,
           overrides: Mapping[str, Mapping[str, Any]]) -> Model:
     """Build a model in a worker process (its result is pickled back)."""
     return ModelRepository(root, overrides=overrides).read(name, version)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave when the server that started this worker is gone.
+
+    A worker blocks on its call queue, whose pipe it holds both ends of, so it never
+    sees the server die: a SIGKILLed (or OOM-killed) server would leave its workers,
+    each holding its imports and models, orphaned for good, one more set per restart.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="optkit-parent-watch", daemon=True).start()
 
 
 def warm_up(model: Model) -> None:
@@ -280,7 +297,8 @@ class ModelLoader(Layer):
             return await loop.run_in_executor(self._threads, self._build, name, version)
         if self._processes is None:  # spawn: no fork of a process running a loop and threads
             self._processes = ProcessPoolExecutor(
-                self.config.workers, mp_context=multiprocessing.get_context("spawn"))
+                self.config.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent, initargs=(os.getpid(),))
         repo = self.repository
         model = await loop.run_in_executor(self._processes, _read, str(repo.root), name, version,
                                            repo.overrides)
