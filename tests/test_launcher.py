@@ -6,6 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -99,3 +100,28 @@ def test_cli_help_and_models_build(tmp_path: Path) -> None:
     bad = subprocess.run(run + ["serve", "gateway", "--upstream", "ftp://nowhere", "--port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not an http(s) URL" in bad.stderr
+
+
+def test_a_port_taken_before_the_model_server_binds_is_retried(
+        repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two tiers start at once on a port picked beforehand; if someone takes it first,
+    the model server cannot bind and the pair starts again on a fresh port."""
+    import socket
+
+    from optkit.service import _launcher
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = iter([taken])
+    real = _launcher._free_port
+    monkeypatch.setattr(_launcher, "_free_port", lambda: next(picks, None) or real())
+    try:
+        with launch_stack(None, repository=repository) as stack:
+            assert stack.model_server_url != f"http://127.0.0.1:{taken}"
+            assert stack.gateway_url is not None
+            with urllib.request.urlopen(stack.gateway_url + "/v2/health/ready", timeout=5) as resp:
+                assert resp.status == 200
+    finally:
+        squatter.close()

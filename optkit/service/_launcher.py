@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -139,25 +140,48 @@ def _wait_ready(svc: ServiceProcess, port_file: Path, deadline: float) -> str:
 
 def launch_service(kind: str, args: list[str], *, workdir: Path, config_path: Path,
                    ready_timeout_s: float = 30.0, cpus: set[int] | None = None,
-                   env: Mapping[str, str] | None = None) -> ServiceProcess:
-    """Start ``optkit serve KIND ...`` and wait until it answers ready."""
+                   env: Mapping[str, str] | None = None, port: int = 0) -> ServiceProcess:
+    """Start ``optkit serve KIND ...`` and wait until it answers ready.
+
+    ``port`` 0 lets the server pick a free one; a fixed ``port`` is for restarting a
+    killed server where its clients (a gateway) still point.
+    """
+    svc = start_service(kind, args, workdir=workdir, config_path=config_path, cpus=cpus,
+                        env=env, port=port)
+    try:
+        svc.url = _wait_ready(svc, workdir / f"{kind}.port", time.monotonic() + ready_timeout_s)
+    except BaseException:  # never leave a half-launched process behind
+        svc.stop(2)
+        raise
+    return svc
+
+
+def start_service(kind: str, args: list[str], *, workdir: Path, config_path: Path,
+                  cpus: set[int] | None = None, env: Mapping[str, str] | None = None,
+                  port: int = 0) -> ServiceProcess:
+    """Start ``optkit serve KIND ...`` without waiting (see :func:`launch_service`)."""
     port_file = workdir / f"{kind}.port"
     log_path = workdir / f"{kind}.log"
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "optkit", "serve", kind, *args, "--port", "0",
+    cmd = [sys.executable, "-m", "optkit", "serve", kind, *args, "--port", str(port),
            "--port-file", str(port_file), "--config", str(config_path)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})})
     svc = ServiceProcess(kind, proc, "", log_path)
-    try:
-        if cpus:
+    if cpus:
+        try:
             os.sched_setaffinity(proc.pid, cpus)
-        svc.url = _wait_ready(svc, port_file, time.monotonic() + ready_timeout_s)
-    except BaseException:  # never leave a half-launched process behind
-        svc.stop(2)
-        raise
+        except BaseException:
+            svc.stop(2)
+            raise
     return svc
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def launch_stack(config: ServiceConfig | str | Path | Mapping[str, Any] | None = None, *,
@@ -189,14 +213,41 @@ def launch_stack(config: ServiceConfig | str | Path | Mapping[str, Any] | None =
     stack = Stack(cfg, workdir=wd, remove_workdir=workdir is None)
     pin = cpus or {}
     try:
-        stack.services["model-server"] = launch_service(
-            "model-server", ["--repository", str(repo)], workdir=wd, config_path=config_path,
-            ready_timeout_s=ready_timeout_s, cpus=pin.get("model-server"))
-        if gateway:
-            stack.services["gateway"] = launch_service(
-                "gateway", ["--upstream", stack.model_server_url], workdir=wd,
-                config_path=config_path, ready_timeout_s=ready_timeout_s, cpus=pin.get("gateway"))
+        if not gateway:
+            stack.services["model-server"] = launch_service(
+                "model-server", ["--repository", str(repo)], workdir=wd, config_path=config_path,
+                ready_timeout_s=ready_timeout_s, cpus=pin.get("model-server"))
+            return stack
+        _launch_pair(stack, repo, wd, config_path, ready_timeout_s, pin)
     except BaseException:
         stack.stop(5)
         raise
     return stack
+
+
+def _launch_pair(stack: Stack, repo: Path, wd: Path, config_path: Path, ready_timeout_s: float,
+                 pin: Mapping[str, set[int]]) -> None:
+    """Both tiers started at once (each spends ~0.5 s importing; a trial starts a stack).
+
+    The model server gets a port picked beforehand so the gateway can be told it; if
+    another process takes that port in between, the model server cannot bind, and the
+    pair is started again on a new one (at most three times).
+    """
+    for attempt in range(3):
+        port = _free_port()
+        server = stack.services["model-server"] = start_service(
+            "model-server", ["--repository", str(repo)], workdir=wd, config_path=config_path,
+            cpus=pin.get("model-server"), port=port)
+        gw = stack.services["gateway"] = start_service(
+            "gateway", ["--upstream", f"http://127.0.0.1:{port}"], workdir=wd,
+            config_path=config_path, cpus=pin.get("gateway"))
+        deadline = time.monotonic() + ready_timeout_s
+        try:
+            server.url = _wait_ready(server, wd / "model-server.port", deadline)
+        except LaunchError as exc:
+            gw.stop(2)
+            if attempt < 2 and "address already in use" in str(exc).lower():
+                continue
+            raise
+        gw.url = _wait_ready(gw, wd / "gateway.port", deadline)
+        return
