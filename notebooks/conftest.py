@@ -15,4 +15,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # The final reports read a finished week's run folder: they are executed by `optkit week` (and
 # by tests/test_report.py over a recorded run), not on their own by nbmake.
-collect_ignore = ["reports"]
+# Monday's notebook is executed end to end by tests/test_compare.py::test_week_runs_the_monday_notebook
+# (through `optkit week`, with its HTML export): running it here again would only cost time.
+collect_ignore = ["reports", "01-connection-pooling.ipynb"]
