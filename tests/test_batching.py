@@ -12,7 +12,7 @@ from optkit._config import BatchingConfig
 from optkit._exceptions import (ConfigError, DeadlineExceeded, InferenceError, ModelNotReady,
                                 QueueFull)
 from optkit._metrics import iter_families, to_plain
-from optkit.layers.batching import LONE_GAP_S, BatchStatistics, DynamicBatcher
+from optkit.layers.batching import BatchStatistics, DynamicBatcher
 
 pytestmark = pytest.mark.timeout(5)  # a regression that hangs fails fast
 
@@ -136,22 +136,27 @@ async def test_a_lone_item_runs_in_its_callers_task() -> None:
         assert s.batches == 1 and s.queue_delay_s.count == 1 and s.running == 0
 
 
-@pytest.mark.parametrize("gap_s, expected", [
-    (0.0, [["a"], ["b", "c"]]),          # right after a batch: b leads, c rides with it
-    (LONE_GAP_S, [["a"], ["b"], ["c"]]),  # a lone client's next request: b runs at once
-])
-async def test_a_lone_client_skips_the_yield(gap_s: float, expected: list[list[str]]) -> None:
-    """After a lone batch and an idle gap of at least LONE_GAP_S, an arrival runs before
-    the loop turns (so a same-tick neighbour rides the next bus); sooner, it leads as usual."""
-    clock = FakeClock()
+async def test_a_lone_item_skips_the_wait_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only callbacks already ready on the loop could join a leader during its one-iteration
+    wait: with none ready, a lone item runs at once (no wait); with a neighbour submitted in
+    the same tick, the first waits once and the neighbour rides with it."""
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *args: Any) -> Any:
+        waits.append(delay)
+        return await real_sleep(delay, *args)
+
     model = Model()
-    async with batcher(model, clock) as b:
+    async with batcher(model) as b:
+        monkeypatch.setattr(asyncio, "sleep", counting_sleep)
         assert await b.submit("a") == "a!"
-        clock.now += gap_s
+        assert waits == [] and model.calls == [["a"]]
         assert await asyncio.gather(b.submit("b"), b.submit("c")) == ["b!", "c!"]
-        assert model.calls == expected
+        assert waits == [0] and model.calls == [["a"], ["b", "c"]]
+        monkeypatch.undo()
         s = b.statistics()
-        assert s.batches == len(expected) and s.queue_delay_s.count == 3 and s.running == 0
+        assert s.batches == 2 and s.queue_delay_s.count == 3 and s.running == 0
 
 
 async def test_items_accumulate_while_busy_then_leave_together() -> None:

@@ -21,12 +21,17 @@ that finds the model idle and nobody waiting leads: it yields one loop iteration
 so the items submitted in the same tick ride with it, then runs in its caller's
 own task, with no queue or task in between (measured: that hop cost a lone client
 about 5 % of its latency through both tiers). A *lone client* skips even the
-yield: when the last batch rode alone and the model has been idle for at least
-``LONE_GAP_S`` since, an item runs at once with no queue entry, future or loop
-iteration (measured with callgrind on the model server at one connection: the
-batched path cost 9.9 % more instructions per request than no batcher, 3.4 %
-with this path). Under load the next arrival comes within microseconds of a
-batch's end, so the rule keeps batching where it pays. Otherwise the check runs
+yield: the items that one iteration's wait can gather are those of callbacks already
+scheduled on the loop (a request whose bytes arrive meanwhile is parsed an iteration
+later, after the leader has gone); so when the loop has no other callback ready, the
+item runs at once, with no queue entry, future or loop iteration (measured with
+callgrind on the model server at one connection: the batched path cost 9.9 % more
+instructions per request than no batcher, about 5 % with this path). That reads the
+loop's ready queue (``_ready``, CPython's asyncio; another loop without it always
+waits). Timing cannot stand in for it: tried, "the last batch rode alone and the
+model has been idle 100 µs" let singletons chain under load (1-2.6 rows per batch
+instead of 9), and so did "the server has one request in flight" (a handler only
+counts itself once it runs). Otherwise the check runs
 one loop iteration after a submit (``call_soon``, so items submitted in the same
 tick share a bus),
 at once when a batch finishes, and from one timer (the loop's) armed for rule 3.
@@ -64,14 +69,11 @@ from .._config import BatchingConfig
 from .._exceptions import DeadlineExceeded, InferenceError, ModelNotReady, QueueFull
 from .._metrics import Histogram, HistogramSnapshot, counter, gauge, histogram_field
 
-__all__ = ["BatchStatistics", "DynamicBatcher", "LONE_GAP_S"]
+__all__ = ["BatchStatistics", "DynamicBatcher"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: idle time after a lone batch beyond which an arrival is taken for a lone client's
-#: next request (well above the ~30-60 µs a server spends parsing the next of a burst)
-LONE_GAP_S = 100e-6
 _ROW_BOUNDS = tuple(2.0 ** k for k in range(13))  # 1 .. 4096 rows
 _DELAY_BOUNDS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
                  100e-3, 250e-3, 1.0)
@@ -150,6 +152,7 @@ class DynamicBatcher(Layer, Generic[T, R]):
         self._max_queue = config.max_queue
         self._slots = config.max_concurrent_batches
         self._loop: asyncio.AbstractEventLoop | None = None  # bound at the first submit
+        self._loop_ready: deque[Any] | None = None  # its ready callbacks, where readable
         # Mutable state: the queue and its rows change in submit, _take and aclose only.
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
@@ -160,8 +163,6 @@ class DynamicBatcher(Layer, Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None  # rule 3
         self._closed = False
         self._mean_duration = 0.0  # moving average of batch_duration_s, for Retry-After
-        self._last_lone = False  # the last batch carried one item ...
-        self._last_end = 0.0  # ... and ended at this clock() (the lone-client rule)
         self._submitted = self._batches = self._rows = self._items = 0
         self._cancelled = self._expired = self._rejected = self._failed = 0
         self._isolated = self._split_retries = 0
@@ -198,11 +199,12 @@ class DynamicBatcher(Layer, Generic[T, R]):
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+            ready = getattr(loop, "_ready", None)
+            self._loop_ready = ready if isinstance(ready, deque) else None
         now = self._clock()
         self._submitted += 1
-        if (self._last_lone and not self._running and not self._scheduled and not queue
-                and now - self._last_end >= LONE_GAP_S
-                and (deadline is None or now < deadline)):
+        if (not queue and not self._running and not self._scheduled and not self._loop_ready
+                and self._loop_ready is not None and (deadline is None or now < deadline)):
             return await self._run_alone(item, rows, now, now)  # a lone client: no yield
         entry = _Item(item, rows, loop.create_future(), now, deadline, alive)
         queue.append(entry)
@@ -308,7 +310,6 @@ class DynamicBatcher(Layer, Generic[T, R]):
         """Count a batch leaving: it holds a slot until ``_run_batch`` ends."""
         self._running += 1
         self._batches += 1
-        self._last_lone = items == 1
         self._items += items
         self._rows += rows
         self._batch_rows.observe(rows)
@@ -360,9 +361,7 @@ class DynamicBatcher(Layer, Generic[T, R]):
 
     def _finish(self, start: float) -> None:
         """A batch gave its slot back: record how long it held it; the next bus leaves now."""
-        end = self._clock()
-        took = end - start
-        self._last_end = end
+        took = self._clock() - start
         self._duration.observe(took)
         self._mean_duration += 0.2 * (took - self._mean_duration)
         self._running -= 1
