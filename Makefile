@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := build/models
 WEEK_ARGS ?=
 
-.PHONY: week test install models wrk smoke calibrate clean faults soak
+.PHONY: week test install models wrk smoke calibrate clean faults soak ray-check
 
 calibrate: models
 	rm -f runs/calibration.json
@@ -59,6 +59,12 @@ faults: $(STAMP)
 SOAK_MINUTES ?= 10
 soak: models
 	$(BIN)/optkit soak --minutes $(SOAK_MINUTES) --repository $(MODELS) --out runs/soak
+
+# The Ray load-generator engine (optional extra optkit[ray], ~250 MB): its heavy test on a local
+# Ray instance (about 30 s here, most of it Ray's start-up).
+ray-check: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[ray]'
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bench_ray.py
 
 clean:
 	rm -rf build runs $(VENV)

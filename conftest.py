@@ -20,6 +20,7 @@ KINDS = ("unit", "integration", "load", "comprehensive")
 #: test modules whose tests start real servers on loopback
 INTEGRATION_MODULES = frozenset({
     "test_batching_service", "test_bench_client", "test_bench_lifecycle", "test_bench_live", "test_bench_target",
+    "test_bench_shards", "test_bench_ray", "test_deploy_kubernetes",
     "test_gateway", "test_interop", "test_launcher", "test_loading", "test_model_server",
     "test_pool", "test_streaming", "test_fault_kill", "test_fault_stall", "test_fault_loading",
     "test_fault_soak",

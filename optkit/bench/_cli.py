@@ -44,7 +44,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=64, help="open loop: connections")
     p.add_argument("--max-in-flight", type=int, default=1024,
                    help="open loop: outstanding cap; beyond it requests are dropped")
-    p.add_argument("--engine", choices=("builtin", "wrk"), default="builtin")
+    p.add_argument("--engine", choices=("builtin", "wrk", "ray"), default="builtin",
+                   help="ray: the built-in generator split over Ray actors "
+                        "(pip install 'optkit[ray]')")
+    p.add_argument("--ray-actors", type=int, default=2,
+                   help="engine ray: generator processes (each a Ray actor)")
+    p.add_argument("--ray-address",
+                   help="engine ray: an existing Ray cluster this machine is a node of "
+                        "(default: a local instance on 127.0.0.1 for this run)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds, discarded")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     p.add_argument("--batch-size", type=int, help="rows per request (overrides the workload)")
@@ -72,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, warmup_s=args.warmup,
                            duration_s=args.duration, seed=args.seed, out_dir=args.out,
                            timeout_s=args.timeout, late_threshold_ms=args.late_threshold_ms,
-                           max_requests=args.max_requests)
+                           max_requests=args.max_requests, ray_actors=args.ray_actors,
+                           ray_address=args.ray_address)
     except ConfigError as exc:
         print(f"optkit bench: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@
       ├─ parse_target / probe / check_infer    fail fast with a clear BenchError
       ├─ Workload.build                        bodies encoded before the run
       ├─ engine builtin: python -m optkit.bench._worker  (its own process and CPU)
+      │  engine ray:     the same generator split over N Ray actors, merged (``_ray``)
       │  engine wrk:     wrk -s v2.lua (closed loop; builtin if wrk is absent)
       └─ summarize -> BenchResult  (written to out_dir when given)
 
@@ -98,7 +99,8 @@ def run_bench(target: str, load: LoadSpec,
               late_threshold_ms: float = 1.0, max_requests: int = 5_000_000,
               window_s: float = 1.0, gates: ValidityGates | None = None,
               cpus: set[int] | None = None, wrk_threads: int = 1,
-              probe_timeout_s: float = 2.0) -> BenchResult:
+              probe_timeout_s: float = 2.0, ray_actors: int = 2,
+              ray_address: str | None = None) -> BenchResult:
     """Offer ``load`` to a loopback v2 ``target`` and measure it.
 
     Args:
@@ -114,6 +116,8 @@ def run_bench(target: str, load: LoadSpec,
         max_requests: hard cap on requests (rows) in one run.
         window_s: width of the throughput windows used for the stability gate.
         cpus: CPUs to pin the generator process to.
+        ray_actors, ray_address: engine ``ray``: generator processes, and an existing Ray
+            cluster to run them on (None: a local instance for this run).
 
     Returns:
         the :class:`BenchResult` (with ``path`` when written).
@@ -124,6 +128,10 @@ def run_bench(target: str, load: LoadSpec,
     """
     if not duration_s > 0 or warmup_s < 0 or not timeout_s > 0:
         raise ConfigError("need duration_s > 0, warmup_s >= 0 and timeout_s > 0")
+    if load.engine == "ray":
+        from ._ray import require_ray
+
+        require_ray()  # before probing anything: say at once what to install
     tgt, wl, pool = prepare(target, workload, model=model, batch_size=batch_size, seed=seed,
                             probe_timeout_s=probe_timeout_s)
     engine = load.engine
@@ -136,6 +144,8 @@ def run_bench(target: str, load: LoadSpec,
         "warmup_s": warmup_s, "duration_s": duration_s, "timeout_s": timeout_s,
         "rate": load.rate if load.mode == "open" else None, "pool_size": len(pool),
     }
+    if engine == "ray":
+        meta["ray"] = {"actors": ray_actors, "address": ray_address or "local"}
     if engine == "wrk":
         meta["duration_s"] = float(max(1, round(duration_s)))
         summary = run_wrk(tgt, pool, load, meta=meta, warmup_s=warmup_s,
@@ -151,7 +161,14 @@ def run_bench(target: str, load: LoadSpec,
             models=pool.models, load=load, warmup_s=warmup_s, duration_s=duration_s,
             seed=seed, timeout_s=timeout_s, max_requests=max_requests,
             connect_timeout_s=probe_timeout_s, cpus=tuple(sorted(cpus or ())))
-        arrays, gen = _spawn(job)
+        if engine == "ray":
+            from ._ray import run_on_ray
+
+            arrays, gen = run_on_ray(job, actors=ray_actors, address=ray_address,
+                                     budget_s=_STARTUP_S + warmup_s + duration_s + timeout_s
+                                     + probe_timeout_s)
+        else:
+            arrays, gen = _spawn(job)
         summary = summarize(arrays, gen, meta=meta, late_threshold_ms=late_threshold_ms,
                             window_s=window_s, gates=gates)
         result = BenchResult(summary, arrays)

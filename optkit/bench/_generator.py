@@ -55,6 +55,13 @@ class GeneratorJob:
     max_requests: int = 5_000_000
     connect_timeout_s: float = 2.0
     cpus: tuple[int, ...] = ()
+    #: a split run (``_shards``): this generator sends the open-loop timetable's requests
+    #: ``shard``, ``shard + shards``, ... and nothing else; ``shards`` 1 is the whole run
+    shard: int = 0
+    shards: int = 1
+    #: wall-clock instant (``time.time_ns``) the shards of a split run agree to start at;
+    #: 0 starts as soon as the connections are open
+    start_unix_ns: int = 0
 
 
 def _quantiles_ms(values: list[int]) -> dict[str, float]:
@@ -95,6 +102,7 @@ class Generator:
         self.precise_timer = False
         self.capped = asyncio.Event()  # set when max_requests rows are used up
         self.cpu = [0.0, 0.0]
+        self.start_late_ms = 0.0
 
     def __repr__(self) -> str:
         return (f"<Generator {self.job.load.label} [Requests: {self.outstanding} outstanding, "
@@ -245,6 +253,10 @@ class Generator:
                              f"{exc or 'timed out'}") from None
         self.idle = list(self.conns)
         t0 = monotonic_ns() + 2_000_000
+        if job.start_unix_ns:  # the agreed start, on this process's monotonic clock
+            until = job.start_unix_ns - time.time_ns()
+            self.start_late_ms = max(0.0, -until / 1e6)
+            t0 = max(t0, monotonic_ns() + until)
         ws = t0 + int(job.warmup_s * 1e9)
         we = ws + int(job.duration_s * 1e9)
         self.window = (ws, we)
@@ -255,7 +267,7 @@ class Generator:
         self.running = True
         if self.open_loop:
             offsets = schedule_offsets_ns(job.load.rate, job.warmup_s + job.duration_s,
-                                          job.load.arrival, job.seed)
+                                          job.load.arrival, job.seed)[job.shard::job.shards]
             self.sched = (offsets + t0).tolist()
             self.alarm = Alarm(self.loop, self._tick)
             self.alarm.at(t0)
@@ -313,4 +325,5 @@ class Generator:
             "error_samples": self.error_samples,
             "event_loop": type(self.loop).__module__.split(".")[0],
             "precise_timer": self.open_loop and self.precise_timer,
+            "start_late_ms": self.start_late_ms,
         }

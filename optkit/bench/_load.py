@@ -27,7 +27,7 @@ __all__ = ["LoadSpec", "schedule_offsets_ns"]
 
 Mode = Literal["closed", "open"]
 Arrival = Literal["constant", "poisson"]
-Engine = Literal["builtin", "wrk"]
+Engine = Literal["builtin", "wrk", "ray"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +41,8 @@ class LoadSpec:
         arrival: open loop: ``constant`` gaps or ``poisson`` (exponential, seeded).
         connections: open loop: keep-alive connections the requests ride on.
         max_in_flight: open loop: cap on outstanding requests; beyond it, dropped.
-        engine: ``builtin`` (asyncio, both modes) or ``wrk`` (closed loop only).
+        engine: ``builtin`` (asyncio, both modes), ``wrk`` (closed loop only) or ``ray``
+            (the built-in generator split over Ray actors, both modes; ``optkit[ray]``).
     """
 
     mode: Mode
@@ -57,8 +58,9 @@ class LoadSpec:
             raise ConfigError(f"load.mode must be 'closed' or 'open', got {self.mode!r}")
         if self.arrival not in ("constant", "poisson"):
             raise ConfigError(f"load.arrival must be 'constant' or 'poisson', got {self.arrival!r}")
-        if self.engine not in ("builtin", "wrk"):
-            raise ConfigError(f"load.engine must be 'builtin' or 'wrk', got {self.engine!r}")
+        if self.engine not in ("builtin", "wrk", "ray"):
+            raise ConfigError(f"load.engine must be 'builtin', 'wrk' or 'ray', "
+                              f"got {self.engine!r}")
         for name in ("concurrency", "connections", "max_in_flight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -21,18 +21,19 @@ import orjson
 from .._exceptions import BenchError
 from ._generator import Generator, GeneratorJob
 
-__all__ = ["main"]
+__all__ = ["main", "run_job"]
 
 
 async def _run(job: GeneratorJob) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     return await Generator(job).run()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one job; exit 0 with results, 2 with ``error.json``."""
-    job_file, out_dir = (argv if argv is not None else sys.argv[1:])[:2]
-    out = Path(out_dir)
-    job: GeneratorJob = pickle.loads(Path(job_file).read_bytes())
+def run_job(job: GeneratorJob) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Run one job in this process on a fresh (uv)loop: this process or a Ray actor's.
+
+    Raises:
+        BenchError: the generator could not run (no connections).
+    """
     if job.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(job.cpus))
     try:
@@ -41,8 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run  # type: ignore[assignment]
+    return runner(_run(job))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one job; exit 0 with results, 2 with ``error.json``."""
+    job_file, out_dir = (argv if argv is not None else sys.argv[1:])[:2]
+    out = Path(out_dir)
+    job: GeneratorJob = pickle.loads(Path(job_file).read_bytes())
     try:
-        arrays, stats = runner(_run(job))
+        arrays, stats = run_job(job)
     except BenchError as exc:
         (out / "error.json").write_bytes(orjson.dumps({"error": str(exc)}))
         return 2
