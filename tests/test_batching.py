@@ -136,27 +136,36 @@ async def test_a_lone_item_runs_in_its_callers_task() -> None:
         assert s.batches == 1 and s.queue_delay_s.count == 1 and s.running == 0
 
 
-async def test_a_lone_item_skips_the_wait_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only callbacks already ready on the loop could join a leader during its one-iteration
-    wait: with none ready, a lone item runs at once (no wait); with a neighbour submitted in
-    the same tick, the first waits once and the neighbour rides with it."""
-    waits = []
-    real_sleep = asyncio.sleep
+async def test_a_leader_counts_as_queued_while_it_waits_for_company() -> None:
+    """During its one-iteration wait the leader holds no queue entry, yet it counts as queued,
+    in the statistics and against max_queue."""
+    model = Model()
+    async with batcher(model, max_queue=1) as b:
+        first = asyncio.create_task(b.submit("a"))
+        second = asyncio.create_task(b.submit("b"))  # runs while the leader waits
+        await asyncio.sleep(0)
+        assert b.statistics().queued == 1
+        with pytest.raises(QueueFull):
+            await second
+        assert await first == "a!" and model.calls == [["a"]]
+        s = b.statistics()
+        assert (s.submitted, s.items, s.rejected, s.queued) == (1, 1, 1, 0)
 
-    async def counting_sleep(delay: float, *args: Any) -> Any:
-        waits.append(delay)
-        return await real_sleep(delay, *args)
 
+async def test_a_leader_cancelled_while_waiting_leaves_its_company_to_ride_on() -> None:
+    """Cancelled during its wait, the leader is counted cancelled and never runs; the item
+    that joined it still leaves."""
     model = Model()
     async with batcher(model) as b:
-        monkeypatch.setattr(asyncio, "sleep", counting_sleep)
-        assert await b.submit("a") == "a!"
-        assert waits == [] and model.calls == [["a"]]
-        assert await asyncio.gather(b.submit("b"), b.submit("c")) == ["b!", "c!"]
-        assert waits == [0] and model.calls == [["a"], ["b", "c"]]
-        monkeypatch.undo()
+        leader = asyncio.create_task(b.submit("a"))
+        joiner = asyncio.create_task(b.submit("b"))
+        await asyncio.sleep(0)  # the leader waits, the joiner queued behind it
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        assert await joiner == "b!" and model.calls == [["b"]]
         s = b.statistics()
-        assert s.batches == 2 and s.queue_delay_s.count == 3 and s.running == 0
+        assert (s.submitted, s.items, s.cancelled, s.queued) == (2, 1, 1, 0)
 
 
 async def test_items_accumulate_while_busy_then_leave_together() -> None:

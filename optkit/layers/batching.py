@@ -20,18 +20,13 @@ takes everything that arrived while the previous one ran (up to ``cap``). An ite
 that finds the model idle and nobody waiting leads: it yields one loop iteration,
 so the items submitted in the same tick ride with it, then runs in its caller's
 own task, with no queue or task in between (measured: that hop cost a lone client
-about 5 % of its latency through both tiers). A *lone client* skips even the
-yield: the items that one iteration's wait can gather are those of callbacks already
-scheduled on the loop (a request whose bytes arrive meanwhile is parsed an iteration
-later, after the leader has gone); so when the loop has no other callback ready, the
-item runs at once, with no queue entry, future or loop iteration (measured with
-callgrind on the model server at one connection: the batched path cost 9.9 % more
-instructions per request than no batcher, about 5 % with this path). That reads the
-loop's ready queue (``_ready``, CPython's asyncio; another loop without it always
-waits). Timing cannot stand in for it: tried, "the last batch rode alone and the
-model has been idle 100 µs" let singletons chain under load (1-2.6 rows per batch
-instead of 9), and so did "the server has one request in flight" (a handler only
-counts itself once it runs). Otherwise the check runs
+about 5 % of its latency through both tiers). The leader joins the queue only if
+company came; alone, it holds no queue entry or future at all. (Skipping the
+yield for a lone client cannot be decided safely: tried, "the last batch rode
+alone and the model has been idle 100 µs" let singletons chain under load, 1-2.6
+rows per batch instead of ~9, and so did "the server holds one request in flight";
+the loop's ready queue would tell, but uvloop does not expose it.) Otherwise the
+check runs
 one loop iteration after a submit (``call_soon``, so items submitted in the same
 tick share a bus),
 at once when a batch finishes, and from one timer (the loop's) armed for rule 3.
@@ -152,7 +147,7 @@ class DynamicBatcher(Layer, Generic[T, R]):
         self._max_queue = config.max_queue
         self._slots = config.max_concurrent_batches
         self._loop: asyncio.AbstractEventLoop | None = None  # bound at the first submit
-        self._loop_ready: deque[Any] | None = None  # its ready callbacks, where readable
+        self._leading = 0  # a leader waiting one iteration for company (not in the queue)
         # Mutable state: the queue and its rows change in submit, _take and aclose only.
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
@@ -192,27 +187,22 @@ class DynamicBatcher(Layer, Generic[T, R]):
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows!r}")
         queue = self._queue
-        if len(queue) >= self._max_queue:
+        if len(queue) + self._leading >= self._max_queue:
             self._rejected += 1
             raise QueueFull(f"{self._label()}: {len(queue)} items waiting",
                             retry_after_s=self._retry_after())
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            ready = getattr(loop, "_ready", None)
-            self._loop_ready = ready if isinstance(ready, deque) else None
         now = self._clock()
         self._submitted += 1
-        if (not queue and not self._running and not self._scheduled and not self._loop_ready
-                and self._loop_ready is not None and (deadline is None or now < deadline)):
-            return await self._run_alone(item, rows, now, now)  # a lone client: no yield
+        if not queue and not self._running and not self._scheduled:
+            # The model is idle: this submitter leads. It yields once, so the requests
+            # parsed in the same loop iteration join it, then sends the bus itself.
+            return await self._lead(item, rows, now, deadline)
         entry = _Item(item, rows, loop.create_future(), now, deadline, alive)
         queue.append(entry)
         self._queued_rows += rows
-        if not self._running and not self._scheduled:
-            # The model is idle: this submitter leads. It yields once, so the requests
-            # parsed in the same loop iteration join it, then sends the bus itself.
-            return await self._lead(entry)
         if self._running < self._slots and not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._pump_soon)
@@ -230,33 +220,44 @@ class DynamicBatcher(Layer, Generic[T, R]):
             self._queued_rows -= entry.rows
             self._cancelled += 1
 
-    async def _lead(self, entry: _Item) -> Any:
+    async def _lead(self, item: Any, rows: int, t: float, deadline: float | None) -> Any:
         """Send the bus from the leader's own task once this loop iteration's items joined.
 
         Alone (the common case for a lone client), the leader runs its item right
-        here: no task, no future to wait on, one loop iteration in all (measured:
+        here: no queue entry, task or future, one loop iteration in all (measured:
         the two-iteration hop through ``call_soon`` and a new task cost a lone client
-        about 5 % of its latency through both tiers). With company, the bus leaves
-        as a task, as from :meth:`_pump`, so no submitter's cancellation can cancel
-        a run that carries others.
+        about 5 % of its latency through both tiers). With company, it takes the
+        front of the queue and the bus leaves as a task, as from :meth:`_pump`, so no
+        submitter's cancellation can cancel a run that carries others. While it
+        waits, it counts as queued (``max_queue``, ``statistics``).
         """
         self._scheduled = True  # others queue behind the leader instead of pumping
+        self._leading += 1
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
             self._scheduled = False
-            self._withdraw(entry)
+            self._leading -= 1
+            self._cancelled += 1
             if self._queue:
-                self._pump()
+                self._pump()  # the leader left: the company it gathered goes on
             raise
         self._scheduled = False
+        self._leading -= 1
+        if self._closed:
+            self._cancelled += 1
+            raise ModelNotReady(f"{self._label()} is closed")
+        now = self._clock()
+        if deadline is not None and now >= deadline:
+            self._expired += 1
+            raise self._late(now, deadline)
         queue = self._queue
-        if (len(queue) == 1 and queue[0] is entry and not self._running and not self._closed
-                and (entry.deadline is None or self._clock() < entry.deadline)):
-            queue.popleft()
-            entry.queued = False
-            self._queued_rows -= entry.rows
-            return await self._run_alone(entry.value, entry.rows, entry.t, self._clock())
+        if not queue and not self._running:
+            return await self._run_alone(item, rows, t, now)
+        entry = _Item(item, rows, self._loop.create_future(),  # type: ignore[union-attr]
+                      t, deadline, None)
+        queue.appendleft(entry)  # it came first
+        self._queued_rows += rows
         self._pump()
         try:
             return await entry.future
@@ -335,9 +336,7 @@ class DynamicBatcher(Layer, Generic[T, R]):
                 entry.future.cancel()  # submitter gone (cancelled, or its client left)
                 self._cancelled += 1
             elif entry.deadline is not None and now >= entry.deadline:
-                late_ms = (now - entry.deadline) * 1e3
-                entry.future.set_exception(DeadlineExceeded(
-                    f"{self._label()}: deadline passed {late_ms:.1f} ms before dispatch"))
+                entry.future.set_exception(self._late(now, entry.deadline))
                 self._expired += 1
             else:
                 observe(now - entry.t)
@@ -407,6 +406,10 @@ class DynamicBatcher(Layer, Generic[T, R]):
                 self._failed += 1
                 self._isolated += int(isolated)
 
+    def _late(self, now: float, deadline: float) -> DeadlineExceeded:
+        late_ms = (now - deadline) * 1e3
+        return DeadlineExceeded(f"{self._label()}: deadline passed {late_ms:.1f} ms before dispatch")
+
     def _retry_after(self) -> float:
         batches_ahead = math.ceil(self._queued_rows / self._cap) / self._slots
         return float(max(1, math.ceil(batches_ahead * self._mean_duration)))
@@ -418,7 +421,8 @@ class DynamicBatcher(Layer, Generic[T, R]):
         """The counters and histograms now."""
         return BatchStatistics(
             submitted=self._submitted, batches=self._batches, rows=self._rows,
-            items=self._items, queued=len(self._queue), queued_rows=self._queued_rows,
+            items=self._items, queued=len(self._queue) + self._leading,
+            queued_rows=self._queued_rows,
             running=self._running, cancelled=self._cancelled, expired=self._expired,
             rejected=self._rejected, failed=self._failed, isolated_failures=self._isolated,
             split_retries=self._split_retries, batch_rows=self._batch_rows.snapshot(),
