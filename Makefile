@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := build/models
 WEEK_ARGS ?=
 
-.PHONY: week test install models wrk smoke calibrate clean faults soak ray-check
+.PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz external external-example
 
 calibrate: models
 	rm -f runs/calibration.json
@@ -32,6 +32,15 @@ wrk:
 	      || echo "optkit: could not install wrk; benchmarks fall back to the built-in generator"; \
 	  else echo "optkit: wrk not installed (needs root + apt-get); using the built-in generator"; fi; }
 
+# Chromium for the reports' browser check (optkit check-reports, tests/test_browser_check.py),
+# driven by Playwright (dev extra); Playwright's own browser download is not used.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	      || echo "optkit: could not install chromium; the browser checks of the reports will skip"; \
+	  else echo "optkit: chromium not installed (needs root + apt-get); the browser checks will skip"; fi; }
+
 models: $(STAMP)
 	$(BIN)/optkit models build --repository $(MODELS)
 
@@ -48,12 +57,18 @@ week: models wrk runs/calibration.json
 	$(BIN)/optkit week --repository $(MODELS) $(WEEK_ARGS)
 
 # Notebooks run under nbmake in quick mode (OPTKIT_QUICK=1): real servers, fewer/shorter trials.
-test: $(STAMP) wrk
+test: $(STAMP) wrk chromium
 	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -m "not heavy" --nbmake tests notebooks
 
-# The fault-injection suite in full, heavy scenarios included (docs/reliability.md).
+# The fault-injection suite in full, heavy scenarios included (docs/reliability.md), and
+# the no-cross-talk check at full size (20,000 requests).
 faults: $(STAMP)
-	$(BIN)/python -m pytest -q tests/faults
+	$(BIN)/python -m pytest -q tests/faults tests/test_crosstalk.py
+
+# Schema-driven fuzzing of both tiers from the OpenAPI document (schemathesis, 150 examples
+# per operation per tier; the default run does 3) plus the two-tier bad-request corpus.
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_openapi.py tests/test_tier_agreement.py
 
 # SOAK_MINUTES of mixed checked load with reloads; report in runs/soak (not part of make test).
 SOAK_MINUTES ?= 10
@@ -65,6 +80,18 @@ soak: models
 ray-check: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[ray]'
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bench_ray.py
+
+# External arms (command / url) through a whole compare session, optkit bench against MLServer
+# and a failing week day, heavy tests included (~70 s),
+# and the worked example optkit model server vs MLServer (needs .venv-mlserver; ~2 min).
+external: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_external_arms.py \
+	    tests/test_bench_any_target.py
+
+external-example: models
+	$(BIN)/optkit compare experiments/external/optkit.yaml experiments/external/mlserver.yaml \
+	    --workload experiments/external/workload.yaml --pairs 4 --warmup 1 --duration 2 \
+	    --load closed:8 --calibration none --out runs/external-vs-mlserver
 
 clean:
 	rm -rf build runs $(VENV)

@@ -23,7 +23,10 @@ INTEGRATION_MODULES = frozenset({
     "test_bench_shards", "test_bench_ray", "test_deploy_kubernetes",
     "test_gateway", "test_interop", "test_launcher", "test_loading", "test_model_server",
     "test_pool", "test_streaming", "test_fault_kill", "test_fault_stall", "test_fault_loading",
-    "test_fault_soak",
+    "test_fault_soak", "test_tier_agreement", "test_openapi",
+    "test_crosstalk", "test_fault_disconnect", "test_fault_overflow",
+    "test_fault_balancing", "test_model_server_workers", "test_external_arms",
+    "test_bench_any_target",
 })
 
 _counts: collections.Counter[str] = collections.Counter()

@@ -2,7 +2,7 @@
 
 ::
 
-    optkit serve model-server --repository DIR [--host H] [--port P] [--config FILE]
+    optkit serve model-server --repository DIR [--host H] [--port P] [--config FILE] [--workers N]
     optkit serve gateway --upstream URL[,URL...] [--host H] [--port P] [--config FILE]
     optkit models build --repository DIR [--models a,b] [--seed S] [--force]
     optkit smoke --repository DIR [--duration S]
@@ -10,6 +10,7 @@
     optkit compare A.yaml B.yaml [--pairs N] [--load closed:32] [--load open:2000] [--quick] [--out DIR]
     optkit calibrate CONFIG.yaml [--pairs N] [--load ...] [--out FILE]
     optkit week [--days mon,tue] [--quick] [--out DIR]
+    optkit check-reports RUN_FOLDER [--screenshots DIR]   (the HTML reports, in headless Chromium)
 
 Imports are lazy so a server process starts without loading pandas and friends.
 """
@@ -24,6 +25,8 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
+MAX_WORKERS = 64  # --workers: processes, each holding every model
+
 
 def _serve(args: argparse.Namespace) -> int:
     from ._config import load_config
@@ -33,12 +36,24 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     if not _is_loopback(host):
         print(f"optkit: warning: binding {host}, which is not loopback", file=sys.stderr)
+    if args.kind == "model-server" and not 1 <= args.workers <= MAX_WORKERS:
+        print(f"optkit: --workers must be 1..{MAX_WORKERS}, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.kind == "model-server" and args.workers > 1 and args.worker_id is None:
+        from .service._workers import run_workers
+
+        child = ["--repository", args.repository]
+        child += ["--config", args.config] if args.config else []
+        return run_workers(args.workers, child, host=host, port=args.port,
+                           port_file=args.port_file,
+                           shutdown_timeout_s=config.server.shutdown_timeout_s)
     if args.kind == "model-server":
         app = create_model_server(args.repository, config)
     else:
         app = create_gateway(args.upstream, config)
     serve(app, host=host, port=args.port, port_file=args.port_file,
-          shutdown_timeout=config.server.shutdown_timeout_s, access_log=config.server.access_log)
+          shutdown_timeout=config.server.shutdown_timeout_s, access_log=config.server.access_log,
+          worker=getattr(args, "worker_id", None))
     return 0
 
 
@@ -95,7 +110,8 @@ def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     base = QUICK if args.quick else STANDARD
     changes = {k: v for k, v in {"pairs": args.pairs, "warmup_s": args.warmup,
                                  "duration_s": args.duration, "seed": args.seed,
-                                 "workload": args.workload, "engine": args.engine}.items()
+                                 "workload": args.workload, "engine": args.engine,
+                                 "max_reruns": args.max_reruns}.items()
                if v is not None}
     if args.load:
         changes["loads"] = tuple(args.load)
@@ -114,6 +130,15 @@ def _compare(args: argparse.Namespace) -> int:
             "verdict"]
     print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(conclusion(cmp))
+    for arm, independent in cmp.independent_trials().items():
+        if not independent:
+            print(f"note: arm {arm} is a fixed URL: its trials share one service process and "
+                  f"are not independent")
+    lost = [load for load, n in cmp.pairs_lost().items() if cmp.settings.pairs - n < 2]
+    if lost:  # all (or all but one) pairs lost: no verdict could be reached
+        print(f"optkit compare: error: fewer than 2 valid pairs at {', '.join(lost)} (pairs "
+              f"lost to invalid trials): no verdict; see {out}/trials.csv", file=sys.stderr)
+        return 1
     if args.slo:
         from ._slo import compare_at_slo
 
@@ -161,6 +186,12 @@ def _week(args: argparse.Namespace) -> int:
     return 0 if failed.empty else 1
 
 
+def _check_reports(args: argparse.Namespace) -> int:
+    from ._browser_check import main as check_main
+
+    return check_main(args.folder, screenshots=args.screenshots)
+
+
 def _add_session_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", default="build/models")
     p.add_argument("--pairs", type=int, default=None)
@@ -171,6 +202,8 @@ def _add_session_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workload", default=None, help="built-in workload name or YAML file")
     p.add_argument("--engine", default=None, choices=["auto", "builtin", "wrk"])
+    p.add_argument("--max-reruns", type=int, default=None,
+                   help="times an invalid pair is run again (default 3)")
     p.add_argument("--quick", action="store_true", help="few short trials; provisional verdicts")
 
 
@@ -184,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = serve_sub.add_parser(kind)
         if kind == "model-server":
             p.add_argument("--repository", required=True, help="model repository folder")
+            p.add_argument("--workers", type=int, default=1,
+                           help="processes sharing the port (SO_REUSEPORT), each with its own "
+                                "loop and models (default 1)")
+            p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
         else:
             p.add_argument("--upstream", required=True, help="URL[,URL...] of v2 server(s)")
         p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
@@ -241,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--out", default=None)
     wk.add_argument("--repository", default="build/models")
     wk.set_defaults(func=_week)
+
+    chk = sub.add_parser("check-reports", help="render a run folder's HTML reports in headless "
+                         "Chromium: images loaded, no stderr, headline present")
+    chk.add_argument("folder", help="a week's run folder (or one .html report)")
+    chk.add_argument("--screenshots", default=None, metavar="DIR",
+                     help="save a full-page PNG of each report here")
+    chk.set_defaults(func=_check_reports)
 
     from .bench._cli import add_parser as add_bench_parser
 
