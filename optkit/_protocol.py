@@ -68,6 +68,13 @@ DATATYPES: dict[str, np.dtype] = {
 }
 _NAME_OF = {dt: name for name, dt in DATATYPES.items()}
 _MAX_DIMS = 8
+#: the most bytes a declared shape may span (its non-zero dimensions): far above any body
+#: the servers accept, and far below what numpy refuses to shape
+_MAX_TENSOR_BYTES = 1 << 40
+#: per float datatype, the magnitude from which a float64 rounds to infinity in a cast
+#: (half an ulp above the largest finite value; float64 itself: none)
+_FLOAT_LIMIT = {dt: float(np.finfo(dt).max) + 2.0 ** (np.finfo(dt).maxexp - 2 - np.finfo(dt).nmant)
+                for dt in DATATYPES.values() if dt.kind == "f"}
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -161,13 +168,38 @@ def _decode_json_data(data: Any, dtype: np.dtype, where: str) -> np.ndarray:
         raise ProtocolError(f"{where}: data must be numbers for datatype {_NAME_OF[dtype]}")
     if dtype.kind in "iu":
         if kind == "f":
+            # numpy infers float64 for integers no single int type holds ([0, 2**64 - 1]):
+            # whole numbers still get their exact value (rare; element by element)
+            arr = _whole_numbers(data, arr.shape)
+        if arr is None:
             raise ProtocolError(f"{where}: integer datatype {_NAME_OF[dtype]} got non-integer data")
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
             raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
-    elif kind == "f" and not np.isfinite(arr).all():
-        raise ProtocolError(f"{where}: data holds NaN or infinity")
+    elif kind == "f":
+        # one pass for NaN, infinity and range: a finite number too large for the datatype
+        # (1e10 as FP16) would turn into inf in the cast, so it is refused like an integer
+        # out of range (an errstate context around the cast cost more, on every request)
+        peak = float(np.abs(arr).max())
+        if not math.isfinite(peak):
+            raise ProtocolError(f"{where}: data holds NaN or infinity")
+        if peak >= _FLOAT_LIMIT[dtype]:
+            raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
+    elif dtype.kind == "f":  # integers or booleans for a float datatype
+        limit = _FLOAT_LIMIT[dtype]
+        if arr.max() >= limit or arr.min() <= -limit:
+            raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
     return arr.astype(dtype, copy=False).reshape(-1)
+
+
+def _whole_numbers(data: list[Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    """``data`` as an object array of Python ints, or None if any value is not one."""
+    arr = np.empty(shape, dtype=object)
+    arr[...] = data
+    flat = arr.reshape(-1)
+    if not all(type(v) is int or type(v) is bool for v in flat):
+        return None
+    return flat
 
 
 def _json_object(data: bytes | memoryview, refusal: str) -> dict[str, Any]:
@@ -220,8 +252,13 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             raise ProtocolError(f"{where}: unsupported datatype {datatype!r}")
         shape = _check_shape(raw.get("shape"), where)
         count = math.prod(shape)
+        if (count or math.prod(d for d in shape if d)) * dtype.itemsize > _MAX_TENSOR_BYTES:
+            # an empty tensor of shape [0, 2**62] holds nothing, yet numpy cannot shape it
+            raise ProtocolError(f"{where}: shape {list(shape)} is too large")
         params = raw.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if not isinstance(params, dict):
+            raise ProtocolError(f"{where}: 'parameters' must be an object")
+        size = params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ProtocolError(f"{where}: bad binary_data_size {size!r}")
@@ -234,6 +271,8 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             offset += size
             if dtype.kind == "f" and not np.isfinite(flat).all():
                 raise ProtocolError(f"{where}: data holds NaN or infinity")
+            if dtype.kind == "b" and flat.view(np.uint8).max(initial=0) > 1:
+                raise ProtocolError(f"{where}: BOOL bytes must be 0 or 1")
         else:
             if "data" not in raw:
                 raise ProtocolError(f"{where}: needs 'data' (or binary_data_size)")
@@ -255,8 +294,12 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise ProtocolError(f"outputs[{j}] must be an object with a 'name'")
         oparams = raw.get("parameters") or {}
-        outputs[raw["name"]] = bool(isinstance(oparams, dict) and oparams.get("binary_data"))
+        if not isinstance(oparams, dict):
+            raise ProtocolError(f"outputs[{j}]: 'parameters' must be an object")
+        outputs[raw["name"]] = bool(oparams.get("binary_data"))
     rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):  # the v2 protocol: "id": $string
+        raise ProtocolError(f"'id' must be a string, got {type(rid).__name__}")
     timeout = params.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
                                 or timeout < 0):
@@ -264,7 +307,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
                             f"microseconds, got {timeout!r}")
     return InferRequest(
         inputs=inputs,
-        id=None if rid is None else str(rid),
+        id=rid,
         parameters=params,
         outputs=outputs,
         binary_default=bool(params.get("binary_data_output")),

@@ -248,14 +248,15 @@ async def test_live_at_once_ready_when_configured_models_are(serve: Any) -> None
 async def test_corrupt_or_missing_weights_fail_with_reason(serve: Any, mode: str) -> None:
     """A corrupt or missing weights file: FAILED with the reason, a JSON 500, others serve."""
     client = await serve(ServiceConfig(loading=LoadingConfig(mode=mode, models=("digits-mlp",))))
+    # a body valid for the model (a bad one is a 400 first, loaded or not)
+    body = encode_infer_request({"pixels": np.zeros((2, 64), np.float32)})
     for name, words in (("corrupt", "zip"), ("missing", "FileNotFoundError")):
         resp = await client.post(f"/v2/repository/models/{name}/load")
         assert resp.status == 500 and words in (await _json(resp))["error"]
         state, reason = (await _index(client))[(name, "1")]
         assert state == FAILED and words in reason
-        resp = await client.post(f"/v2/models/{name}/infer", data=ZERO)
+        resp = await client.post(f"/v2/models/{name}/infer", data=body)
         assert resp.status == 503 and "FAILED" in (await _json(resp))["error"]
-    body = encode_infer_request({"pixels": np.zeros((2, 64), np.float32)})
     assert (await client.post("/v2/models/digits-mlp/infer", data=body)).status == 200
 
 
@@ -294,7 +295,9 @@ async def test_version_swap_keeps_old_serving_and_fails_over(serve: Any, repo: P
 
 async def test_unload_lets_requests_in_flight_finish(serve: Any, repo: Path) -> None:
     """Unload: the request in flight completes; new ones get a JSON 503; UNLOADING then UNAVAILABLE."""
-    _synthetic(repo, "busy", cost_a_us=400_000.0)  # 0.4 s a call, in a model thread
+    # 1 s a call, in a model thread: long enough that the unload and the next request land
+    # while it runs, even on a loaded machine (0.4 s was not, once)
+    _synthetic(repo, "busy", cost_a_us=1_000_000.0)
     config = ServiceConfig(loading=LoadingConfig(mode="background", models=("busy",)),
                            batching=ServiceConfig().batching.__class__(enabled=True,
                                                                        executor="thread"))

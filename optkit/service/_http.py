@@ -25,6 +25,7 @@ from .._exceptions import ModelNotReady, OptkitError, PayloadTooLarge, ProtocolE
 from .._metrics import counter, gauge, iter_families, to_plain
 from .._models import validate_model_name
 from .._protocol import BINARY_HEADER, InferRequest, encode_infer_response, error_body, json_dumps
+from ._openapi import OPENAPI_PATH, openapi_json
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
            "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
@@ -49,19 +50,24 @@ class ServerStatistics:
     infer_rows: int = counter("rows in those requests")
     model_calls: int = counter("calls into a model (or upstream inference calls)")
     uptime_s: float = gauge("seconds since the server started")
+    open_connections: int = gauge("client connections open now (a leak shows as growth)")
+    tasks: int = gauge("asyncio tasks alive on the serving loop now")
 
 
 class ServerCounters:
     """Plain counters updated on the hot path; a typed record only when scraped."""
 
     __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
-                 "server_errors", "infer_requests", "infer_rows", "model_calls", "started_at")
+                 "server_errors", "infer_requests", "infer_rows", "model_calls", "started_at",
+                 "connections")
 
     def __init__(self) -> None:
         self.accepted = self.completed = self.in_flight = self.cancelled = 0
         self.client_errors = self.server_errors = 0
         self.infer_requests = self.infer_rows = self.model_calls = 0
         self.started_at = time.time()
+        #: counts the open client connections; set by the runner once its server exists
+        self.connections: Callable[[], int] = lambda: 0
 
     def snapshot(self) -> ServerStatistics:
         return ServerStatistics(
@@ -69,7 +75,16 @@ class ServerCounters:
             cancelled=self.cancelled, client_errors=self.client_errors,
             server_errors=self.server_errors, infer_requests=self.infer_requests,
             infer_rows=self.infer_rows, model_calls=self.model_calls,
-            uptime_s=time.time() - self.started_at)
+            uptime_s=time.time() - self.started_at, open_connections=self.connections(),
+            tasks=_task_count())
+
+
+def _task_count() -> int:
+    """Tasks alive on the running loop (0 when scraped off it, as a unit test may)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:
@@ -135,6 +150,13 @@ def guard(handler: Handler, counters: ServerCounters) -> Handler:
             counters.cancelled += 1
             raise
         except Exception as exc:  # a bug must answer 500, not kill the server
+            if isinstance(exc, ConnectionError) and _client_gone(request):
+                # the client left while its body was read or its answer written: not a
+                # server error, and nobody to answer (aiohttp's write of this answer to the
+                # closed connection fails quietly; raised, it would be logged as a 500)
+                counters.in_flight -= 1
+                counters.cancelled += 1
+                return _error(400, "the client closed the connection")
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = _error(500, f"internal error: {type(exc).__name__}")
         # counted only once a response exists, so the drain receipt can show a loss
@@ -149,6 +171,12 @@ def guard(handler: Handler, counters: ServerCounters) -> Handler:
         return response
 
     return guarded
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The request's own client connection is closed (or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
@@ -179,6 +207,7 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
     add("POST", "/v2/repository/models/{model}/load", component.repository_load)
     add("POST", "/v2/repository/models/{model}/unload", component.repository_unload)
     add("GET", "/stats", _stats_handler(statistics))
+    add("GET", OPENAPI_PATH, _openapi_handler)
     add("GET", "/metrics", _metrics_handler(statistics, prefix))
     known = list(router.resources())
 
@@ -252,6 +281,11 @@ def _metrics_handler(statistics: Callable[[], Any], prefix: str) -> Handler:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     return metrics
+
+
+async def _openapi_handler(request: web.Request) -> web.Response:
+    """``GET /v2/openapi.json``: the REST surface of both tiers (``openapi.yaml``)."""
+    return web.Response(body=openapi_json(), content_type="application/json")
 
 
 def _stats_handler(statistics: Callable[[], Any]) -> Handler:

@@ -39,8 +39,8 @@ from aiohttp import web
 from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, ProtocolError
-from .._models import Model
-from .._protocol import json_loads, parse_infer_request, \
+from .._models import Model, ModelConfig
+from .._protocol import InferRequest, json_loads, parse_infer_request, \
     request_deadline, split_rows, validate_inputs
 from .._streamcodec import parse_generate_request
 from .._repository import ModelRepository, RepositoryStatistics
@@ -141,22 +141,24 @@ class ModelServer:
 
     # -- v2 endpoints -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
+        # in the gateway's order: the model's metadata (404), the body checked against it
+        # (400, even for a model not loaded), and only then the model itself (503)
         name, version = model_ref(request)
+        cfg = self.repository.config(name, version)
+        body = await read_body(request, self._limit)
+        req = parse_infer_request(body, binary_header_length(request))
+        _check_infer(req, cfg)
         model = await self.loader.acquire(name, version)  # counted in flight: never evicted
         try:
-            return await self._infer(request, name, model)
+            if model.config is not cfg:  # another version was installed meanwhile
+                _check_infer(req, model.config)
+            return await self._infer(request, name, model, req)
         finally:
             self.loader.release(name)
 
-    async def _infer(self, request: web.Request, name: str, model: Model) -> web.StreamResponse:
-        body = await read_body(request, self._limit)
-        req = parse_infer_request(body, binary_header_length(request))
+    async def _infer(self, request: web.Request, name: str, model: Model,
+                     req: InferRequest) -> web.StreamResponse:
         cfg = model.config
-        validate_inputs(req, cfg.inputs, cfg.max_batch_size)
-        if req.outputs:  # refused before the model runs, not after
-            unknown = set(req.outputs) - {t.name for t in cfg.outputs}
-            if unknown:
-                raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
         counters = self.counters
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
@@ -185,17 +187,21 @@ class ModelServer:
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         """``generate_stream``: rows scored in sub-batches, one Server-Sent Event each."""
         name, version = model_ref(request)
+        cfg = self.repository.config(name, version)  # checked in infer's order
+        body = await read_body(request, self._limit)
+        max_rows = self.config.streaming.max_stream_rows
+        req = parse_generate_request(body, cfg.inputs, max_rows=max_rows)
         model = await self.loader.acquire(name, version)
         try:
-            return await self._generate_stream(request, name, model)
+            if model.config is not cfg:
+                req = parse_generate_request(body, model.config.inputs, max_rows=max_rows)
+            return await self._generate_stream(request, name, model, req)
         finally:
             self.loader.release(name)
 
-    async def _generate_stream(self, request: web.Request, name: str,
-                               model: Model) -> web.StreamResponse:
-        body = await read_body(request, self._limit)
+    async def _generate_stream(self, request: web.Request, name: str, model: Model,
+                               req: InferRequest) -> web.StreamResponse:
         cfg, streaming = model.config, self.config.streaming
-        req = parse_generate_request(body, cfg.inputs, max_rows=streaming.max_stream_rows)
         counters = self.counters
         counters.infer_requests += 1
         counters.infer_rows += req.batch_size
@@ -310,6 +316,15 @@ class ModelServer:
         name, _ = model_ref(request)
         self.loader.unload(name)
         return json_response({})
+
+
+def _check_infer(req: InferRequest, cfg: ModelConfig) -> None:
+    """A request's inputs and requested outputs against the model's metadata (400s)."""
+    validate_inputs(req, cfg.inputs, cfg.max_batch_size)
+    if req.outputs:  # refused before the model runs, not after
+        unknown = set(req.outputs) - {t.name for t in cfg.outputs}
+        if unknown:
+            raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
 
 
 def _predict(model: Model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

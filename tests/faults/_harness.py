@@ -10,6 +10,11 @@
         tally.reconcile()                         sent == answered + transport failures, exactly
         tally.failed_outside([(t0, t1)])          failures outside the fault's window: none
 
+    storm = burst(fs.gateway_url, [Shot(path, body, cancel_after_s=0.01), ...])
+    storm.reconcile()                             sent == answered + cancelled + transport
+    c = server_counts(url)                        a tier's counters, open connections, tasks,
+    wait_settled(url, connections=.., tasks=..)   batchers' cancelled/rejected, stream counts
+
 Times are ``time.monotonic_ns()`` (CLOCK_MONOTONIC), shared by every process on the
 machine, so the generator's per-request start/end line up with when a fault was injected.
 Everything is bounded: the load has a fixed window, each wait here has a deadline.
@@ -39,7 +44,8 @@ from optkit.service import Stack, launch_stack
 from optkit.service._launcher import launch_service
 
 __all__ = ["INTEGRATED", "integrated_config", "FaultStack", "SteadyLoad", "Tally", "get_json",
-           "post_json", "wait_until"]
+           "post_json", "wait_until", "Shot", "BurstTally", "burst", "server_counts",
+           "wait_settled"]
 
 INTEGRATED = Path(__file__).resolve().parents[2] / "experiments" / "integrated.yaml"
 
@@ -326,3 +332,136 @@ class Tally:
         return {"sent": self.sent, "answered": self.answered, "ok": self.ok,
                 "failed": self.failed, "by_status": self.by_status,
                 "transport": self.by_transport}
+
+
+# -- bursts of raw clients: storms of cancellations, floods beyond a queue ----------------
+
+@dataclass
+class Shot:
+    """One request of a :func:`burst`: where, what, and when its client gives up.
+
+    ``cancel_after_s`` None: wait for the whole answer. ``read_first`` with a cancel time:
+    cancel only once the answer's first bytes arrived (a client leaving mid-stream).
+    """
+
+    path: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    cancel_after_s: float | None = None
+    read_first: bool = False
+
+
+@dataclass
+class BurstTally:
+    """What the clients of a burst saw, each request counted exactly once."""
+
+    sent: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    cancelled: int = 0  # the client gave up before the answer was whole
+    transport: int = 0  # reset, refused, timed out
+    retry_after: int = 0  # answers carrying Retry-After
+    json_errors: int = 0  # error answers whose body is a JSON {"error": str}
+
+    @property
+    def answered(self) -> int:
+        return sum(self.by_status.values())
+
+    def reconcile(self) -> None:
+        """sent == answered + cancelled + transport failures, exactly."""
+        assert self.sent == self.answered + self.cancelled + self.transport, self
+
+
+def burst(base_url: str, shots: list[Shot], *, in_flight: int = 256,
+          timeout_s: float = 30.0) -> BurstTally:
+    """Fire ``shots`` at ``base_url`` (at most ``in_flight`` at once); bounded by ``timeout_s``.
+
+    A shot's ``cancel_after_s`` counts from when its whole request was on the wire (so
+    the server has it, however slow the connecting was), or, with ``read_first``, from
+    the first bytes of its answer. A request that outlives ``timeout_s`` is a transport
+    failure, never counted as cancelled.
+    """
+    import asyncio
+
+    import aiohttp
+
+    tally = BurstTally()
+
+    async def on_sent(_: Any, ctx: Any, __: Any) -> None:
+        ctx.trace_request_ctx["sent"].set()
+
+    async def exchange(session: aiohttp.ClientSession, shot: Shot, sent: asyncio.Event) -> None:
+        async with session.post(base_url + shot.path, data=shot.body, headers=dict(shot.headers),
+                                trace_request_ctx={"sent": sent}) as resp:
+            if shot.read_first and resp.status == 200:  # an error answer is read whole
+                await resp.content.readany()
+                if shot.cancel_after_s is not None:
+                    await asyncio.sleep(shot.cancel_after_s)
+                    raise asyncio.CancelledError  # leave mid-body: the connection is dropped
+            body = await resp.read()
+            if resp.status >= 400 and _is_json_error(body):
+                tally.json_errors += 1
+            if "Retry-After" in resp.headers:
+                tally.retry_after += 1
+            tally.by_status[resp.status] = tally.by_status.get(resp.status, 0) + 1
+
+    async def one(session: aiohttp.ClientSession, sem: asyncio.Semaphore, shot: Shot) -> None:
+        async with sem:
+            tally.sent += 1
+            sent = asyncio.Event()
+            task = asyncio.create_task(exchange(session, shot, sent))
+            if shot.cancel_after_s is not None and not shot.read_first:
+                waiter = asyncio.create_task(sent.wait())
+                await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                await asyncio.wait([task], timeout=shot.cancel_after_s)
+                task.cancel()  # a no-op if it was answered in time
+            try:
+                await task
+            except asyncio.CancelledError:
+                tally.cancelled += 1
+            except (aiohttp.ClientError, TimeoutError):
+                tally.transport += 1
+
+    async def run() -> None:
+        sem = asyncio.Semaphore(in_flight)
+        connector = aiohttp.TCPConnector(limit=in_flight, force_close=True)
+        trace = aiohttp.TraceConfig()
+        trace.on_request_chunk_sent.append(on_sent)
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[trace],
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+            await asyncio.gather(*(one(s, sem, shot) for shot in shots))
+
+    asyncio.run(run())
+    tally.by_status = dict(sorted(tally.by_status.items()))
+    return tally
+
+
+def _is_json_error(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body).get("error"), str)
+    except (ValueError, AttributeError):
+        return False
+
+
+def server_counts(url: str) -> dict[str, int]:
+    """A tier's request counters, open connections and tasks, and its batchers' totals."""
+    stats = get_json(url + "/stats")
+    server = stats["server"]
+    out = {k: int(server[k]) for k in ("accepted", "completed", "in_flight", "cancelled",
+                                       "open_connections", "tasks", "server_errors")}
+    for key in ("cancelled", "rejected", "queued", "expired"):
+        out["batch_" + key] = sum(int(b[key]) for b in stats.get("batching", {}).values())
+    streaming = stats.get("streaming") or {}
+    for key in ("streamed", "disconnects", "active"):
+        out["stream_" + key] = int(streaming.get(key, 0))
+    return out
+
+
+def wait_settled(url: str, *, connections: int, tasks: int, timeout_s: float = 10.0) -> dict[str, int]:
+    """Wait until a tier has nothing in flight and at most this many connections and tasks
+    (the counts before a fault, plus the probe's own); return its counts then."""
+    wait_until(lambda: (lambda c: c["in_flight"] <= 1 and c["open_connections"] <= connections
+                        and c["tasks"] <= tasks)(server_counts(url)),
+               f"{url} back to <= {connections} connections, {tasks} tasks, nothing in flight",
+               timeout_s)
+    return server_counts(url)

@@ -20,6 +20,9 @@ from _harness import FaultStack, get_json, integrated_config, wait_until  # noqa
 
 #: the gateway's upstream timeout in the fault stack: short, so a stall outlasts it quickly
 UPSTREAM_TIMEOUT_S = 1.0
+#: requests that may wait per model and tier: far above the steady load's concurrency,
+#: small enough that a flood of a few hundred clients overflows it (test_fault_overflow)
+MAX_QUEUE = 128
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,8 @@ def fault_repository(repository: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def _fault_stack(fault_repository: Path) -> Iterator[FaultStack]:
     config = integrated_config(server={"upstream_timeout_s": UPSTREAM_TIMEOUT_S},
-                               loading={"models": ["digits-mlp", "synthetic"]})
+                               loading={"models": ["digits-mlp", "synthetic"]},
+                               batching={"max_queue": MAX_QUEUE})
     with FaultStack(fault_repository, config) as fs:
         yield fs
 
