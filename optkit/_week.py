@@ -31,12 +31,13 @@ if TYPE_CHECKING:
     from ._config import ServiceConfig
 
 from ._compare import QUICK, STANDARD, CompareSettings, Comparison
-from ._sessions import (batch_histogram, batch_summary, conclusion, headline, layer_summary,
-                        load_events, load_timeline, pool_summary)
+from ._exceptions import ConfigError
+from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
+                        layer_summary, load_events, load_timeline, pool_summary)
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository", "day_settings",
            "pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
-           "load_timeline", "headline", "startup_times", "bulk_scoring", "latency_curve", "conclusion",
+           "load_timeline", "headline", "key_figure", "startup_times", "bulk_scoring", "latency_curve", "conclusion",
            "record_day", "run_week", "week_summary"]
 
 
@@ -234,7 +235,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
     chosen = list(days or DAYS)
     unknown = [d for d in chosen if d not in DAYS]
     if unknown:
-        raise ValueError(f"unknown day(s) {unknown}; known: {list(DAYS)}")
+        raise ConfigError(f"unknown day(s) {unknown}; known: {list(DAYS)}")  # exit 2, no traceback
     run_dir = Path(out) if out else base / "runs" / time.strftime("week-%Y%m%d-%H%M%S")
     run_dir = run_dir if run_dir.is_absolute() else base / run_dir
     repo = ensure_repository(repository, base)
@@ -257,7 +258,10 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
                                 parameters=params, cwd=str(base / "notebooks"),
                                 progress_bar=False, kernel_name="python3")
         except Exception as exc:  # record the failure, go on with the other days
-            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            # a failed cell: its exception, not papermill's banner, says what went wrong
+            cause = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")  # type: ignore
+                     else str(exc))
+            error = f"{type(exc).__name__}: {cause[:300]}"
         _export_html(executed)
         rows.append(_summary_row(key, day, day_dir, time.perf_counter() - started, error))
         if progress:

@@ -5,6 +5,8 @@
     optkit bench --target http://127.0.0.1:8000 --model digits-mlp --mode closed --concurrency 32
     optkit bench --target http://127.0.0.1:8000 --workload catalog-zipf --mode open --rate 2000 \\
                  --arrival poisson --duration 10 --out runs/zipf-2000
+    optkit bench --target http://127.0.0.1:8080 --model digits-sklearn --input pixels:FP32:64
+                 (a server whose metadata lists no inputs, e.g. MLServer; or --body FILE)
 
 Prints the summary; ``--out`` keeps ``summary.json`` and ``records.npz``.
 Exit status: 0 run done (valid or not; ``--strict`` makes an invalid run 3),
@@ -23,7 +25,7 @@ from .._exceptions import BenchError, ConfigError
 from ._engine import run_bench
 from ._load import LoadSpec
 from ._results import format_summary
-from ._workload import builtin_workloads
+from ._workload import InputSpec, builtin_workloads
 
 __all__ = ["add_parser", "run"]
 
@@ -55,6 +57,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds, discarded")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     p.add_argument("--batch-size", type=int, help="rows per request (overrides the workload)")
+    p.add_argument("--input", action="append", metavar="NAME:DATATYPE:WIDTH",
+                   help="a model input to send, e.g. predict:FP32:64 (repeatable); replaces the "
+                        "model's v2 metadata, for servers whose metadata lists no inputs")
+    p.add_argument("--body", metavar="FILE",
+                   help="a JSON request body sent as-is on every request to --model (a "
+                        "service with its own tensor names or fields); metadata is not read")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, seconds")
     p.add_argument("--late-threshold-ms", type=float, default=1.0)
@@ -80,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
                            duration_s=args.duration, seed=args.seed, out_dir=args.out,
                            timeout_s=args.timeout, late_threshold_ms=args.late_threshold_ms,
                            max_requests=args.max_requests, ray_actors=args.ray_actors,
-                           ray_address=args.ray_address)
+                           ray_address=args.ray_address,
+                           inputs=[InputSpec.parse(t) for t in args.input or ()],
+                           body=args.body)
     except ConfigError as exc:
         print(f"optkit bench: error: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
@@ -35,7 +35,7 @@ from ._load import LoadSpec
 from ._results import SCHEMA_VERSION, BenchResult, summarize, write_run
 from ._target import Target, check_infer, parse_target, probe
 from ._validity import ValidityGates
-from ._workload import BodyPool, Workload
+from ._workload import BodyPool, InputSpec, Workload
 from ._wrk import run_wrk, wrk_available
 
 __all__ = ["run_bench", "prepare"]
@@ -74,21 +74,49 @@ def _spawn(job: GeneratorJob) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 def prepare(target: str, workload: Workload | Mapping[str, Any] | str | Path | None, *,
             model: str | None = None, batch_size: int | None = None, seed: int = 0,
-            probe_timeout_s: float = 2.0) -> tuple[Target, Workload, BodyPool]:
-    """Check the target and the workload, and deal the body pool."""
+            probe_timeout_s: float = 2.0, inputs: Sequence[InputSpec] | None = None,
+            body: str | Path | None = None) -> tuple[Target, Workload, BodyPool]:
+    """Check the target and the workload, and deal the body pool.
+
+    ``inputs`` (or the workload's own ``inputs:``) replace each model's v2 metadata, so a
+    server whose metadata lists no inputs (MLServer's default) can still be measured.
+    ``body`` names a JSON file sent as-is on every request to the first model (a service
+    with its own tensor names, parameters or extra fields); metadata is then not read.
+    """
     tgt = parse_target(target)
     wl = Workload.resolve(workload)
-    if model or batch_size is not None:
+    if model or batch_size is not None or inputs:
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
-        wl = wl.replace(models=[model] if model else None, rows=batch_size)
-    signatures = probe(tgt, wl.models, timeout_s=probe_timeout_s)
-    pool = wl.build(signatures, seed=seed)
+        wl = wl.replace(models=[model] if model else None, rows=batch_size, inputs=inputs)
+    signatures = probe(tgt, wl.models, timeout_s=probe_timeout_s,
+                       need_inputs=not wl.inputs and body is None)
+    pool = _body_file_pool(body, wl.models[0]) if body is not None else wl.build(signatures,
+                                                                                  seed=seed)
     for index, name in enumerate(pool.model_names):
         first = next((b for b, m in zip(pool.bodies, pool.models) if m == index), None)
         if first is not None:
             check_infer(tgt, name, first, timeout_s=max(probe_timeout_s, 5.0))
     return tgt, wl, pool
+
+
+def _body_file_pool(path: str | Path, model: str, max_bytes: int = 16 * 2**20) -> BodyPool:
+    """A pool of one body read from ``path``: JSON, at most ``max_bytes``; rows from its shape."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise BenchError(f"cannot read body file {path}: {exc}") from None
+    if len(raw) > max_bytes:
+        raise BenchError(f"body file {path} is {len(raw)} bytes, more than {max_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BenchError(f"body file {path} is not JSON: {exc}") from None
+    try:
+        rows = int(doc["inputs"][0]["shape"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        rows = 1  # not a v2 tensor list: count each request as one row
+    return BodyPool((model,), (orjson.dumps(doc),), (0,), (max(rows, 1),))
 
 
 def run_bench(target: str, load: LoadSpec,
@@ -100,7 +128,8 @@ def run_bench(target: str, load: LoadSpec,
               window_s: float = 1.0, gates: ValidityGates | None = None,
               cpus: set[int] | None = None, wrk_threads: int = 1,
               probe_timeout_s: float = 2.0, ray_actors: int = 2,
-              ray_address: str | None = None) -> BenchResult:
+              ray_address: str | None = None, inputs: Sequence[InputSpec] | None = None,
+              body: str | Path | None = None) -> BenchResult:
     """Offer ``load`` to a loopback v2 ``target`` and measure it.
 
     Args:
@@ -118,6 +147,8 @@ def run_bench(target: str, load: LoadSpec,
         cpus: CPUs to pin the generator process to.
         ray_actors, ray_address: engine ``ray``: generator processes, and an existing Ray
             cluster to run them on (None: a local instance for this run).
+        inputs: input specs used instead of the models' v2 metadata (see :func:`prepare`).
+        body: a JSON file sent as-is on every request (see :func:`prepare`).
 
     Returns:
         the :class:`BenchResult` (with ``path`` when written).
@@ -133,7 +164,7 @@ def run_bench(target: str, load: LoadSpec,
 
         require_ray()  # before probing anything: say at once what to install
     tgt, wl, pool = prepare(target, workload, model=model, batch_size=batch_size, seed=seed,
-                            probe_timeout_s=probe_timeout_s)
+                            probe_timeout_s=probe_timeout_s, inputs=inputs, body=body)
     engine = load.engine
     if engine == "wrk" and wrk_available() is None:
         engine = "builtin"  # documented fallback; the summary says what happened

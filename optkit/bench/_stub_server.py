@@ -47,14 +47,16 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def make_app(*, service_ms: float = 0.0, v2: bool = True, stall_at_request: int = 0,
-             stall_ms: float = 0.0, retried_every: int = 0, hold_kb: int = 0) -> web.Application:
+             stall_ms: float = 0.0, retried_every: int = 0, hold_kb: int = 0,
+             metadata_inputs: bool = True) -> web.Application:
     """The stub's aiohttp app: v2 endpoints with an ``asyncio.sleep(service_ms)`` per infer.
 
     With ``stall_at_request`` n > 0, the n-th inference request blocks the loop for
     ``stall_ms`` (a stall that lands at a known point of a run). With ``retried_every`` n > 0,
     the n-th, 2n-th, ... inference answers carry ``optkit-retried: 1``, as the gateway marks
     an answer its pool had to resend. With ``hold_kb`` > 0, each inference request holds that
-    much written memory while it sleeps: a known memory cost per request in flight.
+    much written memory while it sleeps: a known memory cost per request in flight. With
+    ``metadata_inputs=False`` model metadata lists no inputs, as MLServer's does by default.
     """
     app = web.Application()
     state = app[STATE] = {"requests": 0, "retried": 0}
@@ -70,7 +72,8 @@ def make_app(*, service_ms: float = 0.0, v2: bool = True, stall_at_request: int 
         inputs, outputs = CATALOG[name]
         return web.Response(body=orjson.dumps({
             "name": name, "versions": ["1"], "platform": "stub",
-            "inputs": [{"name": n, "datatype": "FP32", "shape": [-1, w]} for n, w in inputs],
+            "inputs": [{"name": n, "datatype": "FP32", "shape": [-1, w]} for n, w in inputs]
+            if metadata_inputs else [],
             "outputs": [{"name": n, "datatype": d, "shape": [-1, w]} for n, d, w in outputs]}),
             content_type="application/json")
 
@@ -133,9 +136,10 @@ class StubServer:
 
     def __init__(self, *, service_ms: float = 0.0, v2: bool = True, port: int = 0,
                  stall_at_request: int = 0, stall_ms: float = 0.0, retried_every: int = 0,
-                 hold_kb: int = 0) -> None:
+                 hold_kb: int = 0, metadata_inputs: bool = True) -> None:
         self._app = make_app(service_ms=service_ms, v2=v2, stall_at_request=stall_at_request,
-                             stall_ms=stall_ms, retried_every=retried_every, hold_kb=hold_kb)
+                             stall_ms=stall_ms, retried_every=retried_every, hold_kb=hold_kb,
+                             metadata_inputs=metadata_inputs)
         self._port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

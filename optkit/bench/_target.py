@@ -110,9 +110,13 @@ def http_get_json(target: Target, path: str, timeout_s: float = 2.0) -> Any:
     return _decode(status, raw, f"GET {path}", target.url)
 
 
-def probe(target: Target, models: Sequence[str], *,
-          timeout_s: float = 2.0) -> dict[str, tuple[InputSpec, ...]]:
-    """Check readiness and read each model's inputs from its v2 metadata."""
+def probe(target: Target, models: Sequence[str], *, timeout_s: float = 2.0,
+          need_inputs: bool = True) -> dict[str, tuple[InputSpec, ...]]:
+    """Check readiness and read each model's inputs from its v2 metadata.
+
+    ``need_inputs=False`` (the workload names its ``inputs``) accepts metadata that lists
+    none or only some: servers such as MLServer leave them out unless a model declares them.
+    """
     status, raw = _request(target, "GET", "/v2/health/ready", None, timeout_s)
     if status == 404:
         raise BenchError(f"{target.url} does not look like an Open Inference Protocol v2 "
@@ -132,9 +136,13 @@ def probe(target: Target, models: Sequence[str], *,
         doc = _decode(status, raw, f"GET {path}", target.url)
         inputs = doc.get("inputs") if isinstance(doc, Mapping) else None
         if not isinstance(inputs, list) or not inputs:
-            raise BenchError(f"{target.url} does not look like an Open Inference Protocol v2 "
-                             f"server: metadata of {model!r} has no 'inputs'")
-        signatures[model] = tuple(InputSpec.from_metadata(e) for e in inputs)
+            if not need_inputs:
+                continue
+            raise BenchError(f"metadata of {model!r} on {target.url} lists no 'inputs': name "
+                             f"them in the workload (inputs: [{{name, datatype, shape}}]) or "
+                             f"with --input NAME:DATATYPE:WIDTH")
+        if need_inputs:
+            signatures[model] = tuple(InputSpec.from_metadata(e) for e in inputs)
     return signatures
 
 

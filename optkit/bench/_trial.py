@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import statistics
 import threading
 import time
@@ -296,7 +297,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
     """Run one trial of ``config`` under ``load`` on a fresh stack.
 
     Args:
-        config: a ServiceConfig, YAML path, mapping or None (the baseline).
+        config: a ServiceConfig, YAML path, mapping or None (the baseline), or an
+            external arm (``optkit._arms``: a command that starts a service, or a URL).
         repository: the model repository the model server serves.
         cpus: pinning for ``model-server``, ``gateway`` and ``bench`` (the generator).
         launcher: a ``launch_stack``-compatible function (tests pass a stub).
@@ -306,12 +308,14 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
     Returns:
         the :class:`TrialResult`, written to ``out_dir`` when given.
     """
-    from .._config import load_config
+    from .._arms import ExternalArm, load_arm
 
-    cfg = load_config(config)
+    cfg = load_arm(config)  # an optkit config, or an external arm (command / url)
     label = label or cfg.name
     pins = dict(cpus or {})
     bench_cpus = pins.pop("bench", None)
+    if isinstance(cfg, ExternalArm) and launcher is None:
+        launcher = functools.partial(cfg.launch, log_dir=out_dir)  # service.log in the trial
     launch = launcher or _default_launcher()
     with launch(cfg, repository=Path(repository), gateway=gateway, cpus=pins or None,
                 ready_timeout_s=ready_timeout_s) as stack:

@@ -57,6 +57,16 @@ class InputSpec:
     width: int
 
     @classmethod
+    def parse(cls, text: str) -> "InputSpec":
+        """``NAME:DATATYPE:WIDTH`` (the CLI's ``--input``), e.g. ``predict:FP32:64``."""
+        parts = str(text).rsplit(":", 2)
+        if len(parts) != 3 or not parts[0] or not parts[2].isdigit():
+            raise BenchError(f"--input must be NAME:DATATYPE:WIDTH (e.g. predict:FP32:64), "
+                             f"got {text!r}")
+        return cls.from_metadata({"name": parts[0], "datatype": parts[1].upper(),
+                                  "shape": [-1, int(parts[2])]})
+
+    @classmethod
     def from_metadata(cls, entry: Mapping[str, Any]) -> "InputSpec":
         """Read one ``inputs`` entry of v2 model metadata (``shape`` [-1, w, ...])."""
         try:
@@ -274,9 +284,10 @@ class Workload:
             raise BenchError(f"no workload file {source!r} (built-in: {', '.join(sorted(shipped))})")
         return cls.from_yaml(source)
 
-    def replace(self, *, models: Sequence[str] | None = None, rows: int | None = None) -> "Workload":
-        """A copy hitting only ``models`` (evenly) and/or with a fixed ``rows``."""
-        changes: dict[str, Any] = {}
+    def replace(self, *, models: Sequence[str] | None = None, rows: int | None = None,
+                inputs: Sequence[InputSpec] | None = None) -> "Workload":
+        """A copy hitting only ``models`` (evenly), with a fixed ``rows``, and/or ``inputs``."""
+        changes: dict[str, Any] = {"inputs": tuple(inputs)} if inputs else {}
         if models:
             changes.update(models=tuple(models), weights=())
         if rows is not None:

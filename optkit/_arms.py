@@ -1,0 +1,338 @@
+"""External arms for ``optkit compare``: a service started by a command, or a fixed URL.
+
+An arm is what one side of a paired session measures. Besides an optkit config (the
+reference stack, launched fresh per trial), an arm file may describe any v2 service::
+
+    kind: command                              kind: url
+    name: mlserver                             name: shared-server
+    command: [mlserver, start, .]              url: http://127.0.0.1:8080
+    cwd: mlserver-settings                     ready_url: ...      (default url + /v2/health/ready)
+    url: http://127.0.0.1:{port}
+    ready_url: http://127.0.0.1:{port}/v2/health/ready   (default url + /v2/health/ready)
+    env: {MLSERVER_HTTP_PORT: "{port}"}
+    startup_timeout_s: 60
+    stop_timeout_s: 10
+
+``command`` starts fresh for every trial, in its own process group, with its output in
+``service.log`` of the trial folder; it is ready when ``ready_url`` answers 200 (bounded by
+``startup_timeout_s``) and is stopped after the trial (SIGTERM to the group, SIGKILL after
+``stop_timeout_s``). ``{port}`` anywhere in ``command``, ``url``, ``ready_url`` or ``env``
+is a free loopback port picked per start, so two trials never race for one. A ``url`` arm is
+never restarted: its trials share one process and are *not independent* (state, caches and
+memory carry over), which the results say. Relative ``cwd`` is taken from the arm file's
+folder. Only loopback URLs are accepted, like ``optkit bench``. :func:`preflight` finds,
+before a session's first trial, what would make every trial fail (no model repository, a
+missing program, a URL that does not answer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+from ._checks import check_number
+from ._exceptions import ConfigError, LaunchError, OptkitError
+
+__all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
+
+_KEYS = {"kind", "name", "command", "url", "ready_url", "env", "cwd", "startup_timeout_s",
+         "stop_timeout_s", "description"}
+_KINDS = ("command", "url")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _text(where: str, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ExternalStack:
+    """What a trial measures on an external arm (the shape ``run_trial`` reads)."""
+
+    url: str
+    pids: dict[str, int] = field(default_factory=dict)
+    log_path: Path | None = None
+    model_server_url: str | None = None  # not optkit's: no /stats, no churn
+    gateway_url: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExternalArm:
+    """One external arm, checked when loaded (see the module docstring for the keys)."""
+
+    kind: str
+    name: str
+    url: str
+    command: tuple[str, ...] = ()
+    ready_url: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    startup_timeout_s: float = 60.0
+    stop_timeout_s: float = 10.0
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], *, base: Path | None = None,
+                  name: str = "external") -> "ExternalArm":
+        """Build from plain data; an unknown key or a bad value is named in a ConfigError."""
+        where = f"arm {doc.get('name', name)!r}"
+        unknown = set(doc) - _KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        kind = doc.get("kind")
+        if kind not in _KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+        kw: dict[str, Any] = {"kind": kind, "name": _text(where, "name", doc.get("name", name)),
+                              "url": _text(where, "url", doc.get("url"))}
+        if kind == "command":
+            command = doc.get("command")
+            if isinstance(command, str):
+                command = shlex.split(command)
+            if not isinstance(command, (list, tuple)) or not command \
+                    or not all(isinstance(c, str) and c for c in command):
+                raise ConfigError(f"{where}: command must be a non-empty list of strings "
+                                  f"(or one string), got {doc.get('command')!r}")
+            kw["command"] = tuple(command)
+            cwd = doc.get("cwd")
+            if cwd is not None:
+                path = Path(_text(where, "cwd", cwd))
+                kw["cwd"] = str(path if path.is_absolute() or base is None else base / path)
+            env = doc.get("env") or {}
+            if not isinstance(env, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
+                    for k, v in env.items()):
+                raise ConfigError(f"{where}: env must map names to strings, got {env!r}")
+            kw["env"] = {k: str(v) for k, v in env.items()}
+            for key in ("startup_timeout_s", "stop_timeout_s"):
+                if key in doc:
+                    kw[key] = check_number(f"{where}: {key}", doc[key])
+        else:
+            extra = {"command", "cwd", "env", "startup_timeout_s", "stop_timeout_s"} & set(doc)
+            if extra:
+                raise ConfigError(f"{where}: a url arm is never started; drop "
+                                  f"{', '.join(sorted(extra))}")
+            if "{port}" in kw["url"]:
+                raise ConfigError(f"{where}: a url arm needs a fixed port, not {{port}}")
+        kw["ready_url"] = _text(where, "ready_url", doc.get(
+            "ready_url", kw["url"].rstrip("/") + "/v2/health/ready"))
+        if doc.get("description") is not None:
+            kw["description"] = _text(where, "description", doc["description"])
+        arm = cls(**kw)
+        arm._check_urls(arm.url.replace("{port}", "1"), arm.ready_url.replace("{port}", "1"))
+        return arm
+
+    def _check_urls(self, *urls: str) -> None:
+        from ._exceptions import BenchError
+        from .bench._target import parse_target
+
+        for url in urls:
+            try:
+                parse_target(url)
+            except BenchError as exc:
+                raise ConfigError(f"arm {self.name!r}: {exc}") from None
+
+    def replace(self, **changes: Any) -> "ExternalArm":
+        """A copy with ``changes`` (``name=...`` when both arms share a name)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for result files."""
+        doc = dataclasses.asdict(self)
+        doc["command"], doc["env"] = list(self.command), dict(self.env)
+        return doc
+
+    @property
+    def independent(self) -> bool:
+        """False for a url arm: every trial hits the same long-running process."""
+        return self.kind == "command"
+
+    def preflight(self) -> None:
+        """Cheap checks before the first trial: the program exists, the URL answers."""
+        where = f"arm {self.name!r}"
+        if self.kind == "command":
+            if self.cwd is not None and not Path(self.cwd).is_dir():
+                raise ConfigError(f"{where}: cwd {self.cwd} is not a folder")
+            program = self.command[0]
+            found = shutil.which(program, path=self.env.get("PATH", os.environ.get("PATH")))
+            if found is None and not (Path(self.cwd or ".") / program).is_file():
+                raise ConfigError(f"{where}: command {program!r} is not found on PATH")
+            return
+        status = _get_status(self.ready_url, 2.0)
+        if status != 200:
+            raise LaunchError(f"{where}: {self.ready_url} is not ready "
+                              f"({'unreachable' if status is None else f'status {status}'})")
+
+    @contextlib.contextmanager
+    def launch(self, config: Any = None, *, log_dir: str | Path | None = None,
+               **_ignored: Any) -> Iterator[ExternalStack]:
+        """Start (command) or check (url) the service for one trial; stop it after.
+
+        The keyword arguments of ``launch_stack`` (repository, gateway, cpus) are accepted
+        and ignored: an external service brings its own models and processes.
+        """
+        if self.kind == "url":
+            self.preflight()
+            yield ExternalStack(self.url)
+            return
+        port = str(_free_port())
+        fill = lambda s: s.replace("{port}", port)  # noqa: E731 - one placeholder, one rule
+        url, ready = fill(self.url), fill(self.ready_url)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **{k: fill(v) for k, v in self.env.items()}}
+        folder = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="optkit-arm-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / "service.log"
+        with log_path.open("wb") as log:
+            try:
+                proc = subprocess.Popen([fill(c) for c in self.command], cwd=self.cwd, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as exc:
+                raise LaunchError(f"arm {self.name!r}: cannot start {self.command[0]!r}: "
+                                  f"{exc}") from None
+            try:
+                self._wait_ready(proc, ready, log_path)
+                yield ExternalStack(url, _process_tree(proc.pid), log_path)
+            finally:
+                _stop_group(proc, self.stop_timeout_s)
+        if not log_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], ready: str, log_path: Path) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LaunchError(f"arm {self.name!r}: {shlex.join(self.command)} exited with "
+                                  f"code {proc.returncode} before {ready} answered 200; "
+                                  f"log:\n{_tail(log_path)}")
+            if _get_status(ready, 1.0) == 200:
+                return
+            time.sleep(0.1)
+        raise LaunchError(f"arm {self.name!r}: {ready} did not answer 200 within "
+                          f"{self.startup_timeout_s:g} s; log:\n{_tail(log_path)}")
+
+
+def _get_status(url: str, timeout_s: float) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _process_tree(pid: int) -> dict[str, int]:
+    """The service and its children (e.g. MLServer's worker), for CPU and RSS sampling."""
+    import psutil
+
+    pids = {"service": pid}
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            pids[f"service-{child.pid}"] = child.pid
+    except psutil.Error:
+        pass
+    return pids
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``timeout_s``; never leave it running."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait_s)
+            # the leader is gone; make sure no member of its group outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def preflight(*arms: Any, repository: str | Path, workload: Any = "digits") -> None:
+    """Find, before the first trial, the errors that would make every trial fail.
+
+    An optkit config needs the model repository built, with every model the workload
+    hits; an external arm needs its program on PATH (command) or an answering URL (url).
+    A trial that still cannot run is caught by ``compare`` at each arm's first trial.
+    """
+    from .bench._workload import Workload
+
+    for arm in arms:
+        if isinstance(arm, ExternalArm):
+            arm.preflight()
+    if all(isinstance(arm, ExternalArm) for arm in arms):
+        return
+    repo = Path(repository)
+    hint = f"build it with `optkit models build --repository {repo}`"
+    if not repo.is_dir():
+        raise ConfigError(f"model repository {repo} does not exist: {hint}")
+    try:
+        models = Workload.resolve(workload).models
+    except OptkitError as exc:
+        raise ConfigError(f"workload {workload!r}: {exc}") from None
+    missing = [m for m in models if not (repo / m).is_dir()]
+    if missing:
+        raise ConfigError(f"model repository {repo} lacks {', '.join(missing)} (the workload's "
+                          f"models): {hint}")
+
+
+def is_arm(source: Any) -> bool:
+    """True when ``source`` is an external arm (object, mapping or YAML with ``kind``)."""
+    if isinstance(source, ExternalArm):
+        return True
+    if isinstance(source, Mapping):
+        return "kind" in source
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        try:
+            doc = yaml.safe_load(Path(source).read_text())
+        except (OSError, yaml.YAMLError):
+            return False
+        return isinstance(doc, Mapping) and "kind" in doc
+    return False
+
+
+def load_arm(source: Any) -> Any:
+    """An :class:`ExternalArm` for an arm file/mapping, else the optkit config (load_config)."""
+    from ._config import load_config
+
+    if isinstance(source, ExternalArm):
+        return source
+    if isinstance(source, Mapping) and "kind" in source:
+        return ExternalArm.from_dict(source)
+    if is_arm(source):
+        path = Path(source)
+        return ExternalArm.from_dict(yaml.safe_load(path.read_text()), base=path.parent,
+                                     name=path.stem)
+    return load_config(source)
