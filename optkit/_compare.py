@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ._config import ServiceConfig, load_config
-from ._exceptions import ConfigError, OptkitError
+from ._exceptions import ConfigError, LaunchError, OptkitError
 from .bench._churn import ChurnPlan
 from .bench._validity import ValidityGates
 from .stats import DEFAULT_DELTAS, DEFAULT_PAIRS, EXTRA_METRICS, METRICS, MetricVerdict, analyse, \
@@ -164,6 +165,11 @@ class Comparison:
         bad = self.trials[~self.trials["valid"].astype(bool)]
         return {arm: int((bad["arm"] == arm).sum()) for arm in ("A", "B")}
 
+    def independent_trials(self) -> dict[str, bool]:
+        """Per arm: False for a fixed-URL arm, whose trials all hit one long-lived process."""
+        return {arm: bool(getattr(cfg, "independent", True))
+                for arm, cfg in (("A", self.a), ("B", self.b))}
+
     def pairs_lost(self) -> dict[str, int]:
         """Per load, pairs planned but never valid within ``max_reruns`` (n shrank by these)."""
         ok = self.trials[self.trials["pair"] >= 0]
@@ -184,6 +190,7 @@ class Comparison:
             "provisional": self.provisional,
             "deltas": self.deltas, "deltas_source": self.deltas_source,
             "elapsed_s": self.elapsed_s,
+            "independent_trials": self.independent_trials(),
             "trials": {"total": int(len(self.trials)),
                        "invalid": int((~self.trials["valid"].astype(bool)).sum()),
                        "invalid_by_arm": self.invalid_by_arm(),
@@ -309,7 +316,8 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     """Run a paired randomized A/B session and analyse it.
 
     Args:
-        a, b: the two service configs (ServiceConfig, YAML path, mapping, or None = baseline).
+        a, b: the two arms: service configs (ServiceConfig, YAML path, mapping, or None =
+            baseline) or external arms (``optkit._arms``: ``kind: command`` or ``kind: url``).
         repository: the model repository both arms serve.
         settings: pairs, timing, loads...; ``QUICK`` or ``STANDARD`` or your own. Keyword
             ``overrides`` (``pairs=10``, ``loads=("open:2000",)``) replace single fields.
@@ -318,10 +326,14 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     """
     from .bench._trial import run_trial
 
-    cfg_a, cfg_b = load_config(a), load_config(b)
+    from ._arms import load_arm, preflight
+
+    cfg_a, cfg_b = load_arm(a), load_arm(b)  # optkit configs or external arms
     if cfg_a.name == cfg_b.name:  # the arms must be told apart in every table and figure
         cfg_b = cfg_b.replace(name=cfg_b.name + "-B")
     settings = dataclasses.replace(settings or STANDARD, **overrides)
+    preflight(cfg_a, cfg_b, repository=repository, workload=settings.workload)
+    started_arms: set[str] = set()  # arms that ran a trial at least once
     rng = np.random.default_rng(settings.seed)
     out = Path(out_dir) if out_dir else None
     rows: list[dict[str, Any]] = []
@@ -351,11 +363,16 @@ def compare(a: Any, b: Any, *, repository: str | Path,
                                        gates=settings.gates,
                                        out_dir=out / "trials" / slug if out else None)
                 except OptkitError as exc:  # a trial that could not run is an invalid trial
+                    if arm not in started_arms:  # ...unless the arm never ran: then none will
+                        raise LaunchError(f"arm {arm} ({cfg.name}) could not run its first trial, "
+                                        f"so no trial would; stopped before measuring: "
+                                        f"{exc}") from exc
                     row.update(valid=False, invalid_reasons=f"trial failed: {exc}"[:500])
                     pair_rows.append(row)
                     if bar is not None:
                         bar.update(1)
                     continue
+                started_arms.add(arm)
                 row = {**result.row(), **row}
                 pair_rows.append(row)
                 stats_rows.append({"pair": pair, "arm": arm, "load": load_text,
@@ -427,15 +444,21 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
     In a kernel (papermill under ``optkit week``, nbmake, JupyterLab) ``sys.stderr`` is the
     notebook's stream, so a bar there ends up in the report as pages of red text. The
-    kernel process's own stderr (``sys.__stderr__``) is the terminal that started it:
-    progress goes there, one line per trial, and the report stays clean.
+    kernel process's original stderr is the terminal that started it: progress goes there,
+    one line per trial, and the report stays clean. ipykernel >= 6 also captures file
+    descriptor 2 into the notebook (so ``sys.__stderr__`` lands in the report too) and keeps a
+    copy of the original, which its ``sys.stderr.fileno()`` returns: that copy is the terminal.
     """
     import sys
 
     if not enabled:
         return None
     if sys.stderr is not sys.__stderr__:
-        return _KernelProgress(total, desc, sys.__stderr__)
+        try:
+            terminal = sys.stderr.fileno()  # ipykernel: the original stderr, not the capture
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+            terminal = sys.__stderr__.fileno() if sys.__stderr__ is not None else -1
+        return _KernelProgress(total, desc, terminal)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="trial", leave=False)
@@ -444,8 +467,8 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 class _KernelProgress:
     """``trial k of n``, the trial just run, elapsed and estimated remaining time."""
 
-    def __init__(self, total: int, desc: str, stream: Any) -> None:
-        self.total, self.desc, self.stream = total, desc, stream
+    def __init__(self, total: int, desc: str, fd: int) -> None:
+        self.total, self.desc, self.fd = total, desc, fd
         self.done, self.note = 0, ""
         self.started = time.perf_counter()
 
@@ -453,13 +476,13 @@ class _KernelProgress:
         self.done += n
         elapsed = time.perf_counter() - self.started
         left = elapsed / self.done * max(0, self.total - self.done) if self.done else 0.0
-        if self.stream is not None:
+        if self.fd >= 0:
+            line = (f"  {self.desc}: trial {self.done} of {self.total} {self.note}"
+                    f" | {elapsed:.0f} s elapsed, ~{left:.0f} s left\n")
             try:
-                self.stream.write(f"  {self.desc}: trial {self.done} of {self.total} {self.note}"
-                                  f" | {elapsed:.0f} s elapsed, ~{left:.0f} s left\n")
-                self.stream.flush()
-            except (OSError, ValueError):  # no terminal behind the kernel: stay silent
-                self.stream = None
+                os.write(self.fd, line.encode())
+            except OSError:  # no terminal behind the kernel: stay silent
+                self.fd = -1
 
     def set_postfix_str(self, note: str) -> None:
         self.note = note

@@ -15,7 +15,7 @@ import pandas as pd
 from ._compare import Comparison
 
 __all__ = ["pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
-           "load_timeline", "headline", "conclusion"]
+           "load_timeline", "headline", "key_figure", "conclusion"]
 
 
 def pool_summary(cmp: Comparison) -> pd.DataFrame:
@@ -219,6 +219,11 @@ def headline(cmp: Comparison) -> pd.DataFrame:
              "model_server_grown_mb": "model-server memory held under load (peak - idle)"}
     rows = []
     for load, verdicts in cmp.verdicts.items():
+        if not verdicts:  # say so in the table a reader looks at first, not by its absence
+            rows.append({"workload": cmp.settings.workload, "load": load, "metric": "(all)",
+                         "change": "", "95 % CI": "",
+                         "verdict": "no verdict: fewer than 2 valid pairs (see the log above)",
+                         "p (Holm)": "", "pairs": 0})
         for v in verdicts:
             rows.append({"workload": cmp.settings.workload, "load": load,
                          "metric": names.get(v.metric, v.metric),
@@ -228,6 +233,17 @@ def headline(cmp: Comparison) -> pd.DataFrame:
                          "pairs": v.n_pairs})
     frame = pd.DataFrame(rows)
     return frame.style.hide(axis="index") if not frame.empty else frame  # type: ignore[return-value]
+
+
+def key_figure(figures: dict[str, Any]) -> Any:
+    """The day's key figure: the first effects forest of ``Comparison.figures()``; where the
+    session reached no verdict there is none, and a line says so instead of the cell failing."""
+    for name, figure in figures.items():
+        if name.startswith("effects-"):
+            return figure
+    from IPython.display import Markdown
+
+    return Markdown("*No effects figure: the session reached no verdict (see the headline).*")
 
 
 _WORDS = {"improved": "improved", "regressed": "regressed",

@@ -315,6 +315,12 @@ def load_timeline(requests: pd.DataFrame, events: pd.DataFrame, *,
     arms = list(dict.fromkeys(requests["arm"])) or ["(none)"]
     fig = Figure(figsize=(9, 2.6 * len(arms)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(arms), 1, sharex=True, sharey=True))
+    positive = pd.to_numeric(requests["latency_ms"], errors="coerce")
+    positive = positive[positive > 0]
+    if positive.empty or positive.min() == positive.max():  # one value or none (a pair with no
+        middle = float(positive.iloc[0]) if not positive.empty else (slo_ms or 1.0)  # valid
+        axes[0].set_ylim(middle / 2, middle * 2)  # trial): a log axis needs a range, or
+        # matplotlib warns (into the report) about identical limits
     for ax, arm in zip(axes, arms):
         data = requests[requests["arm"] == arm]
         ax.scatter(data["t_s"], data["latency_ms"], s=2, alpha=0.4, color=_PALETTE[0],

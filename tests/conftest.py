@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -44,3 +44,20 @@ async def model_server(repository: Path) -> AsyncIterator[TestClient]:
     await client.start_server()
     yield client
     await client.close()
+
+
+@pytest.fixture(scope="session")
+def browser_check() -> Callable[..., list]:
+    """``optkit._browser_check.check_reports``, but the test skips (saying why) where Playwright
+    or Chromium is missing or Chromium does not start (`make chromium` installs it)."""
+    from optkit._browser_check import BrowserUnavailable, browser_problem, check_reports
+
+    def check(paths: Any, **kwargs: Any) -> list:
+        if browser_problem():
+            pytest.skip(f"browser check skipped: {browser_problem()}")
+        try:
+            return check_reports(paths, **kwargs)
+        except BrowserUnavailable as exc:
+            pytest.skip(f"browser check skipped: {exc}")
+
+    return check

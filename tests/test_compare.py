@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -124,20 +125,42 @@ def test_conclusion_and_pool_summary_are_generated() -> None:
     assert table.loc["B: pooling", "reuse_ratio"] == pytest.approx(0.996)
 
 
+@pytest.fixture(scope="module")
+def monday_run(repository: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[Path, pd.DataFrame]:
+    """Monday through `optkit week` with tiny parameters, once for the tests that read it."""
+    out = tmp_path_factory.mktemp("week")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("OPTKIT_QUICK", raising=False)  # let the tiny parameters below apply
+        summary = run_week(["mon"], out=out, repository=repository, progress=False,
+                           parameters={"pairs": 2, "warmup_s": 0.2, "duration_s": 0.5,
+                                       "calibration": str(out / "none.json")})
+    return out, summary
+
+
 @pytest.mark.slow
-def test_week_runs_the_monday_notebook(repository: Path, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_week_runs_the_monday_notebook(monday_run: tuple[Path, pd.DataFrame]) -> None:
     """`optkit week` executes the day notebook with papermill into a report with results."""
-    monkeypatch.delenv("OPTKIT_QUICK", raising=False)  # let the tiny parameters below apply
-    summary = run_week(["mon"], out=tmp_path, repository=repository, progress=False,
-                       parameters={"pairs": 2, "warmup_s": 0.2, "duration_s": 0.5,
-                                   "calibration": str(tmp_path / "none.json")})
+    out, summary = monday_run
     assert summary.loc[0, "status"] == "ok", summary.to_dict()
-    day = tmp_path / "mon"
+    day = out / "mon"
     assert (day / "01-connection-pooling.html").stat().st_size > 10_000
     doc = json.loads((day / "results.json").read_text())
     assert doc["day"] == "mon" and {v["metric"] for v in doc["verdicts"]} >= {"throughput_rps"}
     assert "pool" in doc
+
+
+@pytest.mark.slow
+def test_monday_report_reads_well_in_a_browser(monday_run: tuple[Path, pd.DataFrame],
+                                               browser_check: Any) -> None:
+    """The HTML report `optkit week` wrote, rendered in headless Chromium: every figure loaded,
+    no stderr block, the headline table shown (optkit/_browser_check.py)."""
+    from optkit._browser_check import failures
+
+    out, _ = monday_run
+    results = browser_check([out / "mon" / "01-connection-pooling.html"])
+    assert results[0].headline is True and results[0].images_total >= 2, results[0].line()
+    assert all(r.ok for r in results), failures(results)
 
 
 @pytest.mark.slow

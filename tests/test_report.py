@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -116,11 +117,18 @@ def test_index_links_every_report(week_dir: Path) -> None:
     assert "<table" in page and "Daily reports" in page
 
 
+@pytest.fixture(scope="module")
+def final_reports(week_dir: Path) -> dict[str, str]:
+    """The three report notebooks executed over the recorded week, once (name -> status)."""
+    return run_reports(week_dir)
+
+
 @pytest.mark.slow
-def test_final_reports_are_generated_with_figures(week_dir: Path) -> None:
+def test_final_reports_are_generated_with_figures(week_dir: Path,
+                                                  final_reports: dict[str, str]) -> None:
     """The three report notebooks run over the recorded week; HTML (figures inline, no code)
     and Markdown twins are written, and the numbers in them are the recorded ones."""
-    status = run_reports(week_dir)
+    status = final_reports
     assert status == {name: "ok" for name in status}, status
     out = week_dir / "reports"
     summary = (out / "sprint-summary.html").read_text()
@@ -135,6 +143,20 @@ def test_final_reports_are_generated_with_figures(week_dir: Path) -> None:
     assert f"{mon.change_pct:+.1f} %" in performance
     guide = (out / "deployment-guide.md").read_text()
     assert "optkit serve gateway" in guide and "loading.mode: sync" in guide
+
+
+@pytest.mark.slow
+def test_final_reports_read_well_in_a_browser(week_dir: Path, final_reports: dict[str, str],
+                                              browser_check: Any) -> None:
+    """The three final HTML reports rendered in headless Chromium: every image loaded (the
+    summary draws at least one) and no stderr block (optkit/_browser_check.py)."""
+    from optkit._browser_check import failures
+
+    pages = sorted((week_dir / "reports").glob("*.html"))
+    assert len(pages) == len(final_reports) == 3
+    results = browser_check(pages)
+    assert all(r.ok for r in results), failures(results)
+    assert next(r for r in results if r.path.name == "sprint-summary.html").images_total >= 1
 
 
 def test_trial_folders_name_their_pair_and_arm(tmp_path: Path) -> None:
