@@ -4,6 +4,7 @@
 
     .venv/bin/python benchmarks/vs_mlserver.py [--rounds 3] [--duration 10] [--warmup 2]
         [--mlserver-configs all|NAME,NAME] [--optkit-config [NAME=]CONFIG.yaml ...]
+        [--optkit-workers NAME=N ...]
 
 Both servers serve ``build/models/digits-sklearn/1/model.joblib`` (a scikit-learn
 pipeline) under the name ``digits-sklearn`` and get the same request: one real
@@ -247,7 +248,8 @@ def start_optkit(arm: Arm, repository: Path, workdir: Path, logpath: Path,
     logfile = logpath.open("wb")
     cmd = [str(REPO / ".venv" / "bin" / "optkit"), "serve", "model-server",
            "--repository", str(repository), "--host", "127.0.0.1", "--port", "0",
-           "--port-file", str(port_file), "--config", str(config)]
+           "--port-file", str(port_file), "--config", str(config),
+           "--workers", str(arm.spec.get("workers", 1))]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=_clean_env(), start_new_session=True)
     server = Server(proc, 0, workdir, logfile)
@@ -686,6 +688,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--optkit-config", action="append", default=[], metavar="[NAME=]PATH",
                    help="optkit config YAML, one arm each; repeatable (default: one arm that "
                         f"only sets loading.models: [{MODEL}])")
+    p.add_argument("--optkit-workers", action="append", default=[], metavar="NAME=N",
+                   help="run that optkit arm as `optkit serve model-server --workers N` "
+                        "(N processes on one port); repeatable")
     p.add_argument("--outputs", choices=sorted(OUTPUTS), default="label",
                    help="label: optkit 'label' vs MLServer 'predict'; proba: 'probabilities' vs "
                         "'predict_proba'")
@@ -736,6 +741,12 @@ def build_arms(args: argparse.Namespace) -> list[Arm]:
         if models and MODEL not in models:
             log(f"warning: {path} loads {models}, not {MODEL}: its runs will fail verification")
         arms.append(Arm(f"optkit:{name}", "optkit", {"config": config, "path": str(cfg_path)}))
+    for item in args.optkit_workers:
+        name, _, count = item.partition("=")
+        match = [a for a in arms if a.name == f"optkit:{name}"]
+        if not match or not count.isdigit() or int(count) < 1:
+            raise BenchFailure(f"--optkit-workers {item!r}: wants NAME=N for an optkit arm NAME")
+        match[0].spec["workers"] = int(count)
     seen = set()
     for a in arms:
         if a.name in seen:

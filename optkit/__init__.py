@@ -5,7 +5,7 @@ The package face: every public name is re-exported here from a private module.
 
 __version__ = "0.1.0"
 
-from ._config import (BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig, ServiceConfig,
+from ._config import (BalancingConfig, BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig, ServiceConfig,
                       StreamingConfig, load_config)
 from ._exceptions import (BenchError, ConfigError, InferenceError, LaunchError, ModelLoadError,
                           ModelNotFound, ModelNotReady, OptkitError, PayloadTooLarge, PoolTimeout,
@@ -15,15 +15,15 @@ from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_s
 from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
                         encode_infer_response, parse_infer_request, validate_inputs)
 from ._repository import ModelRepository, RepositoryStatistics
-from .layers import (BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
+from .layers import (BalancingStatistics, BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
                      PoolStatistics, ResponseStreamer, StreamingStatistics, UpstreamClient,
-                     UpstreamResponse, UpstreamStream)
+                     UpstreamBalancer, UpstreamResponse, UpstreamStream)
 
 __all__ = [
     "__version__",
     # configuration
     "ServiceConfig", "ServerConfig", "PoolingConfig", "BatchingConfig", "StreamingConfig",
-    "LoadingConfig", "load_config",
+    "LoadingConfig", "BalancingConfig", "load_config",
     # errors
     "OptkitError", "ConfigError", "ProtocolError", "PayloadTooLarge", "ModelNotFound",
     "ModelNotReady", "ModelLoadError", "InferenceError", "UpstreamError", "UpstreamUnavailable",
@@ -37,7 +37,7 @@ __all__ = [
     # layers
     "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient", "UpstreamResponse",
     "UpstreamStream", "DynamicBatcher", "BatchStatistics", "ResponseStreamer",
-    "StreamingStatistics",
+    "StreamingStatistics", "UpstreamBalancer", "BalancingStatistics",
     # experiments (imported lazily: servers start without pandas/scipy)
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
     "latency_vs_load",

@@ -7,7 +7,8 @@ A service config is a tree of small frozen sections, one per layer::
     ├── pooling    upstream connections: new per request, or pooled
     ├── batching   coalesce concurrent requests per model, or not
     ├── streaming  send large responses in chunks, or fully buffered
-    └── loading    load models synchronously on the loop, or in the background
+    ├── loading    load models synchronously on the loop, or in the background
+    └── balancing  the gateway over N upstreams: ejection back-off, probes, resends
 
 Every layer's switch defaults to *off*, so ``ServiceConfig()`` is the honest naive
 baseline. YAML files map 1:1 onto these dataclasses (see ``experiments/``); an
@@ -32,6 +33,7 @@ __all__ = [
     "BatchingConfig",
     "StreamingConfig",
     "LoadingConfig",
+    "BalancingConfig",
     "ServiceConfig",
     "load_config",
 ]
@@ -96,6 +98,33 @@ class PoolingConfig:
         _integer("pooling.limit_per_host", self.limit_per_host, allow_zero=True)
         _positive("pooling.keepalive_timeout", self.keepalive_timeout)
         _positive("pooling.acquire_timeout_s", self.acquire_timeout_s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancingConfig:
+    """The gateway over N upstreams (``optkit.layers.balancing``): passive health.
+
+    ``consecutive_failures`` transport failures in a row eject an upstream for
+    ``eject_initial_s``, doubling per ejection or failed probe in a row up to
+    ``eject_max_s``; a probe of its ready endpoint (``probe_timeout_s``) readmits
+    it. ``resend_infer``: an infer POST dropped mid-flight is sent once to another
+    upstream (safe for stateless models; its answer is marked ``optkit-retried``).
+    """
+
+    consecutive_failures: int = 1
+    eject_initial_s: float = 0.5
+    eject_max_s: float = 10.0
+    probe_timeout_s: float = 0.5
+    resend_infer: bool = True
+
+    def __post_init__(self) -> None:
+        _integer("balancing.consecutive_failures", self.consecutive_failures)
+        _positive("balancing.eject_initial_s", self.eject_initial_s)
+        _positive("balancing.eject_max_s", self.eject_max_s)
+        _positive("balancing.probe_timeout_s", self.probe_timeout_s)
+        _bool("balancing.resend_infer", self.resend_infer)
+        if self.eject_max_s < self.eject_initial_s:
+            raise ConfigError("balancing.eject_max_s must be >= balancing.eject_initial_s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +265,7 @@ class ServiceConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     loading: LoadingConfig = field(default_factory=LoadingConfig)
+    balancing: BalancingConfig = field(default_factory=BalancingConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "ServiceConfig":
@@ -285,6 +315,7 @@ _SECTIONS: dict[str, type] = {
     "batching": BatchingConfig,
     "streaming": StreamingConfig,
     "loading": LoadingConfig,
+    "balancing": BalancingConfig,
 }
 
 T = TypeVar("T")

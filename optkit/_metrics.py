@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 __all__ = ["counter", "gauge", "histogram_field", "Histogram", "HistogramSnapshot",
-           "to_plain", "iter_families"]
+           "to_plain", "iter_families", "LabelledDict"]
 
 _KIND = "optkit_metric"
 _HELP = "optkit_help"
@@ -149,11 +149,25 @@ def iter_families(prefix: str, record: Any, *, label: str = "model") -> Iterator
     yield from families.values()
 
 
+class LabelledDict(dict):  # type: ignore[type-arg]
+    """A mapping of records whose keys export under their own label name (not ``model``)."""
+
+    def __init__(self, label: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.label = label
+
+    @staticmethod
+    def factory(label: str) -> Any:
+        """A ``default_factory`` for a dataclass field holding one."""
+        return lambda: LabelledDict(label)
+
+
 def _walk(prefix: str, record: Any, labels: tuple[tuple[str, str], ...],
           label: str) -> Iterator[tuple[str, str, str, tuple[tuple[str, str], ...], Any]]:
     if isinstance(record, dict):
+        key_label = getattr(record, "label", label)
         for key, value in record.items():
-            yield from _walk(prefix, value, labels + ((label, str(key)),), label)
+            yield from _walk(prefix, value, labels + ((key_label, str(key)),), label)
         return
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)

@@ -6,6 +6,8 @@
     layers/batching.py   DynamicBatcher: concurrent requests for one model become one call
     layers/streaming.py  ResponseStreamer: large answers and server-sent events leave in
                          chunks at the client's pace (backpressure, write timeout, disconnect)
+    layers/balancing.py  UpstreamBalancer: least-outstanding choice over N upstreams, each
+                         with its own pool; failing ones ejected, backed off, probed back
     layers/loading.py    ModelLoader: models load off the serving loop, one load per model,
                          warmed before READY, swapped atomically, evicted LRU under a budget
 
@@ -13,6 +15,7 @@ A layer never imports :mod:`optkit.service`; each has a frozen config section in
 :mod:`optkit._config`, ``statistics()`` returning a frozen record, and ``aclose()``.
 """
 
+from .balancing import BalancingStatistics, UpstreamBalancer
 from .batching import BatchStatistics, DynamicBatcher
 from .loading import LoadingStatistics, ModelLoader
 from .pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
@@ -22,4 +25,4 @@ from .streaming import ChunkWriter, ResponseStreamer, StreamingStatistics
 __all__ = ["ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
            "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics",
            "ResponseStreamer", "ChunkWriter", "StreamingStatistics", "ModelLoader",
-           "LoadingStatistics"]
+           "LoadingStatistics", "UpstreamBalancer", "BalancingStatistics"]

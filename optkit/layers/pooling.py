@@ -410,7 +410,9 @@ class _Client(Layer):
             kind, what = UpstreamUnavailable, "connection dropped"
         else:
             kind, what = UpstreamError, "unusable answer"
-        return kind(f"{what}: {url} ({type(exc).__name__}: {exc})")
+        error = kind(f"{what}: {url} ({type(exc).__name__}: {exc})")
+        error.sends = probe.attempts  # type: ignore[attr-defined]  # 2: the stale resend ran
+        return error
 
     def statistics(self) -> PoolStatistics:
         """The counters now (cheap, but not meant for the per-request path)."""

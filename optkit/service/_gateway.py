@@ -3,7 +3,7 @@
 ::
 
     client ──▶ Gateway ─────────────────────────────────────────▶ model server(s)
-               read body (bounded), decode, validate against       (round robin)
+               read body (bounded), decode, validate against       (least outstanding)
                MetadataCache ─ a 400 here, never upstream
                batching off, or a request that cannot merge:
                  forward the original bytes ── layers.pooling: pooled, or a new
@@ -40,7 +40,6 @@ buffered when streaming is off). Requests riding the batcher are answered buffer
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -58,6 +57,7 @@ from .._protocol import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_re
     encode_binary_infer_request, encode_infer_request, json_loads, parse_infer_request, \
     request_deadline, split_rows, validate_inputs
 from .._streamcodec import parse_generate_request
+from ..layers.balancing import BalancingStatistics, UpstreamBalancer
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse, UpstreamStream)
@@ -105,6 +105,7 @@ class GatewayStatistics:
     large_alone: int = counter("requests sent alone, unbatched, to stream their large answer")
     batching: dict[str, BatchStatistics] = field(default_factory=dict)
     streaming: StreamingStatistics = field(default_factory=StreamingStatistics)
+    balancing: BalancingStatistics = field(default_factory=BalancingStatistics)
 
 
 class _Pending:
@@ -148,10 +149,9 @@ class Gateway:
         self.upstreams = parse_upstreams(upstreams)
         self.counters = ServerCounters()
         self._limit = self.config.server.max_body_bytes
-        self._rotation = itertools.cycle(self.upstreams)
-        self._client: UpstreamClient = (
-            ConnectionPool(self.config.pooling, self.config.server) if self.config.pooling.enabled
-            else DirectClient(self.config.server))
+        self._resend = self.config.balancing.resend_infer  # infer POSTs: see layers.balancing
+        # one client (pool) per upstream; the balancer picks, ejects and probes them
+        self._balancer = UpstreamBalancer(self.upstreams, self.config.balancing, self._new_client)
         self.metadata = MetadataCache(self._fetch_meta, ttl_s=METADATA_TTL_S)
         self._retried_answers = self._merged_calls = self._fallbacks = self._unmergeable = 0
         self._large_alone = 0
@@ -172,26 +172,32 @@ class Gateway:
     async def aclose(self) -> None:
         for batcher in list(self._batchers.values()):
             await batcher.aclose()
-        await self._client.aclose()
+        await self._balancer.aclose()
+
+    def _new_client(self) -> UpstreamClient:
+        if self.config.pooling.enabled:
+            return ConnectionPool(self.config.pooling, self.config.server)
+        return DirectClient(self.config.server)
 
     def statistics(self) -> GatewayStatistics:
         batching = {_batcher_label(key): b.statistics() for key, b in self._batchers.items()}
-        return GatewayStatistics(self.counters.snapshot(), self._client.statistics(),
+        return GatewayStatistics(self.counters.snapshot(), self._balancer.pool_statistics(),
                                  self.metadata.statistics(), self._retried_answers,
                                  self._merged_calls, self._fallbacks, self._unmergeable,
-                                 self._large_alone, batching, self._streamer.statistics())
+                                 self._large_alone, batching, self._streamer.statistics(),
+                                 self._balancer.statistics())
 
     def __repr__(self) -> str:
         c = self.counters
         return (f"<Gateway {','.join(self.upstreams)} [{c.in_flight} in flight, "
-                f"{c.completed} answered | {self._client!r}]>")
+                f"{c.completed} answered | {self._balancer!r}]>")
 
     # -- upstream calls ---------------------------------------------------------------
     async def _upstream(self, method: str, path: str, body: bytes | None = None,
                         headers: dict[str, str] | None = None, *, idempotent: bool = False,
-                        base: str | None = None) -> UpstreamResponse:
-        return await self._client.request(method, (base or next(self._rotation)) + path,
-                                          body=body, headers=headers, idempotent=idempotent)
+                        resend: bool = False, base: str | None = None) -> UpstreamResponse:
+        return await self._balancer.request(method, path, body=body, headers=headers,
+                                            idempotent=idempotent, resend=resend, base=base)
 
     def _answer_headers(self, resp: UpstreamResponse | UpstreamStream) -> dict[str, str]:
         """The headers an upstream answer passes on to the client (counting resends)."""
@@ -227,10 +233,11 @@ class Gateway:
     # -- v2 endpoints -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = model_ref(request)
+        # the model first, as the model server does: an unknown one is a 404 whatever the body
+        meta = await self.metadata.get(name, version)
         body = await read_body(request, self._limit)
         head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
-        meta = await self.metadata.get(name, version)
         validate_inputs(req, meta.inputs, meta.max_batch_size)
         if req.outputs and meta.outputs:  # both tiers refuse the same request the same way
             unknown = set(req.outputs) - set(meta.outputs)
@@ -265,8 +272,8 @@ class Gateway:
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         """Validated like the model server does it, then the upstream's events relayed."""
         name, version = model_ref(request)
-        body = await read_body(request, self._limit)
         meta = await self.metadata.get(name, version)
+        body = await read_body(request, self._limit)
         req = parse_generate_request(body, meta.inputs,
                                      max_rows=self.config.streaming.max_stream_rows)
         self.counters.infer_requests += 1
@@ -287,10 +294,10 @@ class Gateway:
         path = _model_path(name, version) + tail
         self.counters.model_calls += 1
         if not self._streamer.config.enabled:
-            resp = await self._upstream("POST", path, body, headers)
+            resp = await self._upstream("POST", path, body, headers, resend=self._resend)
         else:
-            async with self._client.stream("POST", next(self._rotation) + path, body=body,
-                                           headers=headers) as up:
+            async with self._balancer.stream("POST", path, body=body, headers=headers,
+                                             resend=self._resend) as up:
                 if up.status == 200 and self._streamer.wants_stream(up.content_length):
                     return await self._relay(request, up, sse=sse)
                 resp = UpstreamResponse(up.status, up.content_type, await up.read(),
@@ -359,12 +366,14 @@ class Gateway:
             counters.model_calls += 1
             if len(items) == 1:  # alone: forwarded exactly as the client sent it
                 only = items[0]
-                resp = await self._upstream("POST", path, only.body, only.headers)
+                resp = await self._upstream("POST", path, only.body, only.headers,
+                                            resend=self._resend)
                 if resp.status == 404:
                     self.metadata.invalidate(name, version)
                 return [resp]
             self._merged_calls += 1
-            resp = await self._upstream("POST", path, *await self._merged_body(items, outputs))
+            resp = await self._upstream("POST", path, *await self._merged_body(items, outputs),
+                                        resend=self._resend)
             if resp.status != 200:
                 if resp.status in _SPLIT_STATUSES:
                     raise _Refused(resp)
@@ -416,14 +425,17 @@ class Gateway:
         return json_response({"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
-        for base in self.upstreams:
+        """Ready while one upstream of the healthy set (not ejected) answers ready; with
+        none healthy, every upstream is asked (a 200 readmits it, as a probe would)."""
+        for base in self._balancer.healthy_urls() or self.upstreams:
             try:
                 resp = await self._upstream("GET", "/v2/health/ready", idempotent=True, base=base)
             except OptkitError:
                 continue
             if resp.status == 200:
                 return json_response({"ready": True})
-        return json_response({"ready": False, "error": "no upstream is ready"}, status=503)
+        return json_response({"ready": False, "error": "no healthy upstream is ready"},
+                             status=503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return json_response({"name": "optkit-gateway", "version": __version__,

@@ -20,7 +20,9 @@ from aiohttp import web
 
 from ._http import STATS_KEY
 
-__all__ = ["serve", "install_uvloop"]
+__all__ = ["serve", "install_uvloop", "WORKER_HEADER"]
+
+WORKER_HEADER = "optkit-worker"
 
 
 def install_uvloop() -> bool:
@@ -34,24 +36,35 @@ def install_uvloop() -> bool:
 
 
 async def _serve(app: web.Application, host: str, port: int, port_file: str | None,
-                 shutdown_timeout: float, access_log: bool) -> None:
+                 shutdown_timeout: float, access_log: bool, worker: int | None = None) -> None:
     kwargs: dict[str, Any] = {"shutdown_timeout": shutdown_timeout}
     if not access_log:
         kwargs["access_log"] = None
+    if worker is not None:  # one of --workers N sharing the port: say which one answered
+        app.on_response_prepare.append(_worker_header(str(worker)))
     runner = web.AppRunner(app, **kwargs)
     await runner.setup()
+    counters = app.get(STATS_KEY)
+    if counters is not None and runner.server is not None:
+        server = runner.server
+        counters.connections = lambda: len(server.connections)
     # Everything built so far (models, the app, imported modules) lives as long as the
     # process: move it out of the collector's way, so a collection while serving walks
     # only what requests allocated, not the whole heap (gc.freeze's documented use).
     gc.collect()
     gc.freeze()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
+                       reuse_port=worker is not None)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if worker is not None:  # and its own port: /stats and /metrics of this worker alone
+        own = web.TCPSite(runner, host, 0, backlog=128)
+        await own.start()
+        bound_own = own._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if port_file:
+            _write_atomically(f"{port_file}.own", str(bound_own))
     if port_file:
-        tmp = Path(f"{port_file}.tmp")
-        tmp.write_text(str(bound))
-        os.replace(tmp, port_file)
+        _write_atomically(port_file, str(bound))
     print(f"optkit: serving on http://{host}:{bound}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -59,7 +72,6 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
-    counters = app.get(STATS_KEY)
     if counters is not None:  # the drain's receipt: every accepted request completed
         print(f"optkit: stopped after draining: accepted={counters.accepted} "
               f"completed={counters.completed} in_flight={counters.in_flight} "
@@ -69,7 +81,25 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
 
 def serve(app: web.Application, *, host: str = "127.0.0.1", port: int = 0,
           port_file: str | None = None, shutdown_timeout: float = 10.0,
-          access_log: bool = False) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain and return."""
+          access_log: bool = False, worker: int | None = None) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and return.
+
+    ``worker``: this process is worker ``worker`` of several sharing ``port``
+    (SO_REUSEPORT, see :mod:`optkit.service._workers`); it marks every answer
+    ``optkit-worker: <worker>`` and also listens on a port of its own, written to
+    ``<port_file>.own``.
+    """
     install_uvloop()
-    asyncio.run(_serve(app, host, port, port_file, shutdown_timeout, access_log))
+    asyncio.run(_serve(app, host, port, port_file, shutdown_timeout, access_log, worker))
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _worker_header(worker: str) -> Any:
+    async def mark(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = worker
+    return mark
