@@ -5,19 +5,22 @@ The package face: every public name is re-exported here from a private module.
 
 __version__ = "0.1.0"
 
-from ._config import (BalancingConfig, BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig, ServiceConfig,
-                      StreamingConfig, load_config)
-from ._exceptions import (BenchError, ConfigError, InferenceError, LaunchError, ModelLoadError,
-                          ModelNotFound, ModelNotReady, OptkitError, PayloadTooLarge, PoolTimeout,
-                          ProtocolError, QueueFull, DeadlineExceeded, UpstreamError, UpstreamTimeout,
-                          UpstreamUnavailable)
-from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_split, load_model
-from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
-                        encode_infer_response, parse_infer_request, validate_inputs)
-from ._repository import ModelRepository, RepositoryStatistics
-from .layers import (BalancingStatistics, BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
-                     PoolStatistics, ResponseStreamer, StreamingStatistics, UpstreamClient,
-                     UpstreamBalancer, UpstreamResponse, UpstreamStream)
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+if _TYPE_CHECKING:  # what the names below resolve to, imported on first use (see _LAZY)
+    from ._config import (BalancingConfig, BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig, ServiceConfig,
+                          StreamingConfig, load_config)
+    from ._exceptions import (BenchError, ConfigError, InferenceError, LaunchError, ModelLoadError,
+                              ModelNotFound, ModelNotReady, OptkitError, PayloadTooLarge, PoolTimeout,
+                              ProtocolError, QueueFull, DeadlineExceeded, UpstreamError, UpstreamTimeout,
+                              UpstreamUnavailable)
+    from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_split, load_model
+    from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
+                            encode_infer_response, parse_infer_request, validate_inputs)
+    from ._repository import ModelRepository, RepositoryStatistics
+    from .layers import (BalancingStatistics, BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
+                         PoolStatistics, ResponseStreamer, StreamingStatistics, UpstreamClient,
+                         UpstreamBalancer, UpstreamResponse, UpstreamStream)
 
 __all__ = [
     "__version__",
@@ -44,7 +47,29 @@ __all__ = [
     "stats", "plotting", "bench", "report",
 ]
 
+#: name -> (module, attribute or None for the module itself). Everything is imported on
+#: first use, so a process that needs one corner of optkit (the load generator's own
+#: process, started for every trial) does not pay for aiohttp, scikit-learn and the rest:
+#: measured, ``import optkit.bench._worker`` took 0.50 s eagerly.
 _LAZY = {
+    **{name: ("._config", name) for name in (
+        "BalancingConfig", "BatchingConfig", "LoadingConfig", "PoolingConfig", "ServerConfig",
+        "ServiceConfig", "StreamingConfig", "load_config")},
+    **{name: ("._exceptions", name) for name in (
+        "BenchError", "ConfigError", "InferenceError", "LaunchError", "ModelLoadError",
+        "ModelNotFound", "ModelNotReady", "OptkitError", "PayloadTooLarge", "PoolTimeout",
+        "ProtocolError", "QueueFull", "DeadlineExceeded", "UpstreamError", "UpstreamTimeout",
+        "UpstreamUnavailable")},
+    **{name: ("._models", name) for name in (
+        "MODEL_NAMES", "Model", "ModelConfig", "build_repository", "digits_split", "load_model")},
+    **{name: ("._protocol", name) for name in (
+        "InferRequest", "TensorSpec", "decode_infer_response", "encode_infer_request",
+        "encode_infer_response", "parse_infer_request", "validate_inputs")},
+    **{name: ("._repository", name) for name in ("ModelRepository", "RepositoryStatistics")},
+    **{name: (".layers", name) for name in (
+        "BalancingStatistics", "BatchStatistics", "ConnectionPool", "DirectClient",
+        "DynamicBatcher", "PoolStatistics", "ResponseStreamer", "StreamingStatistics",
+        "UpstreamClient", "UpstreamBalancer", "UpstreamResponse", "UpstreamStream")},
     "compare": ("._compare", "compare"), "calibrate": ("._compare", "calibrate"),
     "Comparison": ("._compare", "Comparison"), "CompareSettings": ("._compare", "CompareSettings"),
     "QUICK": ("._compare", "QUICK"), "STANDARD": ("._compare", "STANDARD"),
@@ -56,7 +81,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
-    """Import the experiment side (pandas, scipy, seaborn) only when it is first used."""
+    """Import a public name's module when the name is first used."""
     if name not in _LAZY:
         raise AttributeError(f"module 'optkit' has no attribute {name!r}")
     import importlib
@@ -66,3 +91,7 @@ def __getattr__(name: str) -> object:
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
