@@ -326,24 +326,31 @@ def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batc
     Raises:
         ProtocolError: missing/unexpected input, wrong datatype or shape, batch too large.
     """
-    given = {item.name: item for item in request.inputs}
-    wanted = {spec.name for spec in specs}
-    extra = set(given) - wanted
-    if extra:
-        raise ProtocolError(f"unexpected input(s) {sorted(extra)}; the model takes {sorted(wanted)}")
+    inputs = request.inputs
+    if len(inputs) == len(specs) and all(i.name == s.name for i, s in zip(inputs, specs)):
+        pairs: Iterable[tuple[TensorSpec, InferInput]] = zip(specs, inputs)  # the usual order
+    else:
+        given = {item.name: item for item in inputs}
+        wanted = {spec.name for spec in specs}
+        extra = set(given) - wanted
+        if extra:
+            raise ProtocolError(
+                f"unexpected input(s) {sorted(extra)}; the model takes {sorted(wanted)}")
+        for spec in specs:
+            if spec.name not in given:
+                raise ProtocolError(f"missing input {spec.name!r}")
+        pairs = [(spec, given[spec.name]) for spec in specs]
     batch = None
-    for spec in specs:
-        item = given.get(spec.name)
-        if item is None:
-            raise ProtocolError(f"missing input {spec.name!r}")
+    for spec, item in pairs:
         if item.datatype != spec.datatype:
             raise ProtocolError(
                 f"input {spec.name!r}: datatype {item.datatype} given, model expects {spec.datatype}")
-        shape = item.array.shape
-        if len(shape) != len(spec.shape) or any(
-                want != -1 and got != want for got, want in zip(shape, spec.shape)):
-            raise ProtocolError(
-                f"input {spec.name!r}: shape {list(shape)} given, model expects {list(spec.shape)}")
+        shape, want = item.array.shape, spec.shape
+        if len(shape) != len(want):
+            raise _shape_error(spec, shape)
+        for got, dim in zip(shape, want):
+            if dim != -1 and got != dim:
+                raise _shape_error(spec, shape)
         if batch is None:
             batch = shape[0] if shape else 1
         elif shape and shape[0] != batch:
@@ -351,6 +358,10 @@ def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batc
     if batch is not None and (batch < 1 or (max_batch_size > 0 and batch > max_batch_size)):
         raise ProtocolError(f"batch size {batch} outside 1..{max_batch_size}")
 
+
+def _shape_error(spec: TensorSpec, shape: tuple[int, ...]) -> ProtocolError:
+    return ProtocolError(
+        f"input {spec.name!r}: shape {list(shape)} given, model expects {list(spec.shape)}")
 
 
 def _response_head(model_name: str, model_version: str, outputs: list[dict[str, Any]],
