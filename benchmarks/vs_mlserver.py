@@ -673,7 +673,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=10, help="measured seconds per run (wrk -d)")
     p.add_argument("--warmup", type=int, default=2, help="discarded wrk seconds before each window")
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2, help="wrk threads (-t)")
+    # one wrk thread drives 32 connections far past 13k req/s at about a quarter of a core;
+    # a second thread only takes CPU from the servers on a 2-core machine (measured: optkit
+    # with 2 workers, p99 6.1 ms with -t2 against 5.0 ms with -t1, same rounds otherwise)
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (-t)")
     p.add_argument("--wrk-timeout", type=int, default=5, help="wrk --timeout seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-round arm order shuffle")
     p.add_argument("--out", type=Path, default=None, help="default runs/vs-mlserver-<timestamp>/")
