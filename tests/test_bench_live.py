@@ -56,10 +56,14 @@ def test_resent_answers_are_counted(tmp_path: Path) -> None:
         marked = server.retried  # every 4th answer, the pre-run check request (1st) not one
     s = result.summary
     assert s["errors"] == {} and s["requests"] > 40
-    assert s["retried"] == marked == int(result.records["retried"].sum())
+    assert int(result.records["retried"].sum()) == marked  # every marked answer recorded
+    # the summary counts the measurement window: the few answers to requests in flight at
+    # its end land after it, recorded but not summarized, and one of them may be marked
+    after_window = len(result.records["retried"]) - s["requests"]
+    assert 0 <= marked - s["retried"] <= after_window <= 4
     assert abs(s["retried"] - s["requests"] / 4) <= 1
-    assert load_run(tmp_path / "run").summary["retried"] == marked
-    assert f"retried      {marked} (" in format_summary(s)
+    assert load_run(tmp_path / "run").summary["retried"] == s["retried"]
+    assert f"retried      {s['retried']} (" in format_summary(s)
 
 
 def test_stall_shows_in_open_loop_p99_and_late_sends_but_hides_from_closed_loop() -> None:
