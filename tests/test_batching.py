@@ -136,6 +136,36 @@ async def test_a_lone_item_runs_in_its_callers_task() -> None:
         assert s.batches == 1 and s.queue_delay_s.count == 1 and s.running == 0
 
 
+@pytest.mark.parametrize("alone", [True, False])
+async def test_a_leader_waits_one_iteration_for_company_unless_nobody_can_come(alone: bool) -> None:
+    """With ``alone`` saying no other submit can arrive this iteration (one client connection),
+    a lone item is run and answered before anything else scheduled gets a turn; otherwise its
+    leader yields once, and whatever was scheduled meanwhile runs first."""
+    order: list[str] = []
+
+    async def run(items: Sequence[str]) -> list[str]:
+        order.append("run")
+        return [x + "!" for x in items]
+
+    async with DynamicBatcher(run, BatchingConfig(enabled=True), name="m",
+                              alone=lambda: alone) as b:
+        asyncio.get_running_loop().call_soon(order.append, "other")
+        assert await b.submit("a") == "a!"
+        assert order == (["run"] if alone else ["other", "run"])
+        assert b.statistics().batches == 1
+
+
+async def test_alone_still_refuses_an_expired_deadline() -> None:
+    """Going at once skips the wait, not the checks: a deadline already passed is expired."""
+    model = Model()
+    clock = FakeClock()
+    async with DynamicBatcher(model, BatchingConfig(enabled=True), name="m", clock=clock,
+                              alone=lambda: True) as b:
+        with pytest.raises(DeadlineExceeded):
+            await b.submit("a", deadline=clock.now)
+        assert model.calls == [] and b.statistics().expired == 1
+
+
 async def test_a_leader_counts_as_queued_while_it_waits_for_company() -> None:
     """During its one-iteration wait the leader holds no queue entry, yet it counts as queued,
     in the statistics and against max_queue."""
