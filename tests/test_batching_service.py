@@ -297,3 +297,49 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not holds():
             await asyncio.sleep(0.005)
+
+
+async def test_busy_counts_the_requests_the_server_holds() -> None:
+    """What the batchers' ``alone()`` reads: requests read and not yet answered, over every
+    connection of a real server. 1 for a lone request (idle keep-alive connections do not
+    count), 2 while another connection's request is still being handled."""
+    from aiohttp import web
+
+    from optkit.service._http import ServerCounters, guard
+    from optkit.service._runner import watch_server
+
+    counters = ServerCounters()
+    assert counters.busy() == -1  # unknown until a runner is watched: never "alone"
+    gate, seen = asyncio.Event(), []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(counters.busy())
+        if request.query.get("hold"):
+            await gate.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/", guard(handler, counters))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    watch_server(runner, counters)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as one, aiohttp.ClientSession() as two:
+            async with one.get(url) as r:
+                assert r.status == 200
+            held = asyncio.create_task(one.get(url + "?hold=1"))
+            async with asyncio.timeout(5):
+                while len(seen) < 2:
+                    await asyncio.sleep(0.01)
+            async with two.get(url) as r:  # another connection, while the first is held
+                assert r.status == 200
+            gate.set()
+            (await held).release()
+            async with two.get(url) as r:  # both connections open and idle but this one
+                assert r.status == 200
+        assert seen == [1, 1, 2, 1]
+    finally:
+        await runner.cleanup()

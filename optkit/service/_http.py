@@ -59,7 +59,7 @@ class ServerCounters:
 
     __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
                  "server_errors", "infer_requests", "infer_rows", "model_calls", "started_at",
-                 "connections")
+                 "connections", "busy")
 
     def __init__(self) -> None:
         self.accepted = self.completed = self.in_flight = self.cancelled = 0
@@ -68,6 +68,9 @@ class ServerCounters:
         self.started_at = time.time()
         #: counts the open client connections; set by the runner once its server exists
         self.connections: Callable[[], int] = lambda: 0
+        #: requests read or being answered now, over every connection (-1: not known);
+        #: set by the runner, which sees the HTTP server
+        self.busy: Callable[[], int] = lambda: -1
 
     def snapshot(self) -> ServerStatistics:
         return ServerStatistics(

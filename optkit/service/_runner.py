@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ._http import STATS_KEY
 
-__all__ = ["serve", "install_uvloop", "WORKER_HEADER"]
+__all__ = ["serve", "install_uvloop", "watch_server", "WORKER_HEADER"]
 
 WORKER_HEADER = "optkit-worker"
 
@@ -45,9 +45,8 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
     runner = web.AppRunner(app, **kwargs)
     await runner.setup()
     counters = app.get(STATS_KEY)
-    if counters is not None and runner.server is not None:
-        server = runner.server
-        counters.connections = lambda: len(server.connections)
+    if counters is not None:
+        watch_server(runner, counters)
     # Everything built so far (models, the app, imported modules) lives as long as the
     # process: move it out of the collector's way, so a collection while serving walks
     # only what requests allocated, not the whole heap (gc.freeze's documented use).
@@ -91,6 +90,32 @@ def serve(app: web.Application, *, host: str = "127.0.0.1", port: int = 0,
     """
     install_uvloop()
     asyncio.run(_serve(app, host, port, port_file, shutdown_timeout, access_log, worker))
+
+
+def watch_server(runner: web.AppRunner, counters: Any) -> None:
+    """Let ``counters`` see the runner's HTTP server: open connections, requests in hand."""
+    server = runner.server
+    if server is not None:
+        counters.connections = lambda: len(server.connections)
+        counters.busy = lambda: _busy(server, counters)
+
+
+def _busy(server: Any, counters: Any) -> int:
+    """Requests this server has read and not yet answered, on every connection.
+
+    Handed to a handler (aiohttp's ``requests_count``) minus answered or given up (the
+    guard's ``completed`` and ``cancelled``), plus those parsed and still queued on their
+    connection. A request read in this loop iteration is in one of the two, so 1 means the
+    asking handler's own request is the only one: no other can join a batch this iteration.
+    aiohttp keeps the per-connection queue private; without it, the count is never 1.
+    """
+    queued = 0
+    for handler in server.connections:
+        messages = getattr(handler, "_messages", None)
+        if messages is None:
+            return -1
+        queued += len(messages)
+    return server.requests_count - counters.completed - counters.cancelled + queued
 
 
 def _write_atomically(path: str, text: str) -> None:
