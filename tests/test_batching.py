@@ -138,7 +138,7 @@ async def test_a_lone_item_runs_in_its_callers_task() -> None:
 
 @pytest.mark.parametrize("alone", [True, False])
 async def test_a_leader_waits_one_iteration_for_company_unless_nobody_can_come(alone: bool) -> None:
-    """With ``alone`` saying no other submit can arrive this iteration (one client connection),
+    """With ``alone`` saying no other submit can arrive this iteration (no other request held),
     a lone item is run and answered before anything else scheduled gets a turn; otherwise its
     leader yields once, and whatever was scheduled meanwhile runs first."""
     order: list[str] = []
