@@ -330,15 +330,12 @@ def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batc
     if len(inputs) == len(specs) and all(i.name == s.name for i, s in zip(inputs, specs)):
         pairs: Iterable[tuple[TensorSpec, InferInput]] = zip(specs, inputs)  # the usual order
     else:
-        given = {item.name: item for item in inputs}
-        wanted = {spec.name for spec in specs}
-        extra = set(given) - wanted
-        if extra:
+        given, wanted = {item.name: item for item in inputs}, {spec.name for spec in specs}
+        if extra := set(given) - wanted:
             raise ProtocolError(
                 f"unexpected input(s) {sorted(extra)}; the model takes {sorted(wanted)}")
-        for spec in specs:
-            if spec.name not in given:
-                raise ProtocolError(f"missing input {spec.name!r}")
+        if missing := [spec.name for spec in specs if spec.name not in given]:
+            raise ProtocolError(f"missing input {missing[0]!r}")
         pairs = [(spec, given[spec.name]) for spec in specs]
     batch = None
     for spec, item in pairs:
