@@ -341,7 +341,7 @@ class Gateway:
             batcher = self._batchers[key] = DynamicBatcher(
                 self._batch_runner(key), self.config.batching, max_rows=meta.max_batch_size,
                 name=_batcher_label(key), split_on_error=lambda exc: isinstance(exc, _Refused),
-                alone=lambda: self.counters.busy() == 1)  # the only request read: go at once
+                alone=self.counters.alone)
         pending = _Pending(req, body, headers)
         transport = request.transport
         result = await batcher.submit(

@@ -72,6 +72,11 @@ class ServerCounters:
         #: set by the runner, which sees the HTTP server
         self.busy: Callable[[], int] = lambda: -1
 
+    def alone(self) -> bool:
+        """The asking handler's request is the only one this server holds (read and not
+        answered): no other can join its batch this loop iteration. Unknown: False."""
+        return self.busy() == 1
+
     def snapshot(self) -> ServerStatistics:
         return ServerStatistics(
             accepted=self.accepted, completed=self.completed, in_flight=self.in_flight,

@@ -219,17 +219,12 @@ class ModelServer:
         max_rows = model.config.max_batch_size or None
         batcher: DynamicBatcher[Mapping[str, np.ndarray], dict[str, np.ndarray]] = \
             DynamicBatcher(self._runner(model), cfg, max_rows=max_rows, name=name,
-                           alone=self._alone)
+                           alone=self.counters.alone)
         if entry is not None:  # the model was reloaded: the old batcher drains, then goes
             old = entry[1]
             asyncio.get_running_loop().create_task(self._retire(name, old))
         self._batchers[name] = (model, batcher)
         return batcher
-
-    def _alone(self) -> bool:
-        """This request is the only one the server has read and not answered: nobody can
-        join its batch this loop iteration (the leader need not wait). Unknown: False."""
-        return self.counters.busy() == 1
 
     async def _retire(self, name: str, batcher: DynamicBatcher[Any, Any]) -> None:
         await batcher.aclose()
