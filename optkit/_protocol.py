@@ -76,6 +76,7 @@ _MAX_TENSOR_BYTES = 1 << 40
 _FLOAT_LIMIT = {dt: float(np.finfo(dt).max) + 2.0 ** (np.finfo(dt).maxexp - 2 - np.finfo(dt).nmant)
                 for dt in DATATYPES.values() if dt.kind == "f"}
 
+_F64 = DATATYPES["FP64"]
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -141,54 +142,56 @@ class InferRequest:
         raise ProtocolError(f"missing input {name!r}")
 
 
-def _check_shape(raw: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(raw, list) or len(raw) > _MAX_DIMS:
-        raise ProtocolError(f"{where}: 'shape' must be a list of at most {_MAX_DIMS} integers")
+def _check_shape(raw: Any, name: str) -> tuple[int, ...]:
+    if type(raw) is not list or len(raw) > _MAX_DIMS:
+        raise _bad(name, f"'shape' must be a list of at most {_MAX_DIMS} integers")
     for dim in raw:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise ProtocolError(f"{where}: 'shape' must hold non-negative integers, got {raw!r}")
+        if type(dim) is not int or dim < 0:  # bool is not int by type
+            raise _bad(name, f"'shape' must hold non-negative integers, got {raw!r}")
     return tuple(raw)
 
 
-def _decode_json_data(data: Any, dtype: np.dtype, where: str) -> np.ndarray:
+def _bad(name: str, problem: str) -> ProtocolError:
+    return ProtocolError(f"input {name!r}: {problem}")
+
+
+def _decode_json_data(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
+    """Input ``name``'s JSON ``data`` as a flat array of ``dtype``, or a ProtocolError."""
     if not isinstance(data, list):
-        raise ProtocolError(f"{where}: 'data' must be a list")
+        raise _bad(name, "'data' must be a list")
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError) as exc:  # ragged nesting
-        raise ProtocolError(f"{where}: 'data' is not a regular array: {exc}") from None
+        raise _bad(name, f"'data' is not a regular array: {exc}") from None
+    if arr.dtype is _F64 and dtype.kind == "f" and arr.size:  # the usual case, first
+        # orjson refuses NaN, infinity and numbers beyond float64, so only a narrower
+        # datatype's range is left: 1e39 as FP32 would turn into inf in the cast
+        if dtype is not _F64 and np.abs(arr).max() >= _FLOAT_LIMIT[dtype]:
+            raise _bad(name, f"data out of range for {_NAME_OF[dtype]}")
+        return arr.astype(dtype, copy=False).reshape(-1)
     kind = arr.dtype.kind
     if arr.size == 0:
         return np.zeros(0, dtype=dtype)
     if dtype.kind == "b":
         if kind != "b":
-            raise ProtocolError(f"{where}: BOOL data must be true/false")
+            raise _bad(name, "BOOL data must be true/false")
         return arr.reshape(-1)
     if kind not in "biuf":
-        raise ProtocolError(f"{where}: data must be numbers for datatype {_NAME_OF[dtype]}")
+        raise _bad(name, f"data must be numbers for datatype {_NAME_OF[dtype]}")
     if dtype.kind in "iu":
         if kind == "f":
             # numpy infers float64 for integers no single int type holds ([0, 2**64 - 1]):
             # whole numbers still get their exact value (rare; element by element)
             arr = _whole_numbers(data, arr.shape)
         if arr is None:
-            raise ProtocolError(f"{where}: integer datatype {_NAME_OF[dtype]} got non-integer data")
+            raise _bad(name, f"integer datatype {_NAME_OF[dtype]} got non-integer data")
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
-            raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
-    elif kind == "f":
-        # one pass for NaN, infinity and range: a finite number too large for the datatype
-        # (1e10 as FP16) would turn into inf in the cast, so it is refused like an integer
-        # out of range (an errstate context around the cast cost more, on every request)
-        peak = float(np.abs(arr).max())
-        if not math.isfinite(peak):
-            raise ProtocolError(f"{where}: data holds NaN or infinity")
-        if peak >= _FLOAT_LIMIT[dtype]:
-            raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
+            raise _bad(name, f"data out of range for {_NAME_OF[dtype]}")
     elif dtype.kind == "f":  # integers or booleans for a float datatype
         limit = _FLOAT_LIMIT[dtype]
         if arr.max() >= limit or arr.min() <= -limit:
-            raise ProtocolError(f"{where}: data out of range for {_NAME_OF[dtype]}")
+            raise _bad(name, f"data out of range for {_NAME_OF[dtype]}")
     return arr.astype(dtype, copy=False).reshape(-1)
 
 
@@ -235,51 +238,48 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         raise ProtocolError("request needs a non-empty 'inputs' list")
     offset = 0
     inputs: list[InferInput] = []
-    seen: set[str] = set()
     for i, raw in enumerate(raw_inputs):
-        where = f"inputs[{i}]"
         if not isinstance(raw, dict):
-            raise ProtocolError(f"{where} must be an object")
+            raise ProtocolError(f"inputs[{i}] must be an object")
         name, datatype = raw.get("name"), raw.get("datatype")
-        if not isinstance(name, str) or not name:
-            raise ProtocolError(f"{where}: 'name' must be a non-empty string")
-        where = f"input {name!r}"
-        if name in seen:
-            raise ProtocolError(f"{where} appears twice")
-        seen.add(name)
-        dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
+        if type(name) is not str or not name:
+            raise ProtocolError(f"inputs[{i}]: 'name' must be a non-empty string")
+        if i and any(item.name == name for item in inputs):
+            raise _bad(name, "appears twice")
+        dtype = DATATYPES.get(datatype) if type(datatype) is str else None
         if dtype is None:
-            raise ProtocolError(f"{where}: unsupported datatype {datatype!r}")
-        shape = _check_shape(raw.get("shape"), where)
+            raise _bad(name, f"unsupported datatype {datatype!r}")
+        shape = _check_shape(raw.get("shape"), name)
         count = math.prod(shape)
         if (count or math.prod(d for d in shape if d)) * dtype.itemsize > _MAX_TENSOR_BYTES:
             # an empty tensor of shape [0, 2**62] holds nothing, yet numpy cannot shape it
-            raise ProtocolError(f"{where}: shape {list(shape)} is too large")
-        params = raw.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ProtocolError(f"{where}: 'parameters' must be an object")
-        size = params.get("binary_data_size")
+            raise _bad(name, f"shape {list(shape)} is too large")
+        params = raw.get("parameters")
+        size = None
+        if params:
+            if not isinstance(params, dict):
+                raise _bad(name, "'parameters' must be an object")
+            size = params.get("binary_data_size")
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ProtocolError(f"{where}: bad binary_data_size {size!r}")
+            if type(size) is not int or size < 0:
+                raise _bad(name, f"bad binary_data_size {size!r}")
             if offset + size > len(blob):
-                raise ProtocolError(f"{where}: binary data runs past the end of the body")
+                raise _bad(name, "binary data runs past the end of the body")
             if size != count * dtype.itemsize:
-                raise ProtocolError(
-                    f"{where}: {size} binary bytes do not match shape {list(shape)} of {datatype}")
+                raise _bad(name, f"{size} binary bytes do not match {datatype} {list(shape)}")
             flat = np.frombuffer(blob[offset:offset + size], dtype=dtype)
             offset += size
             if dtype.kind == "f" and not np.isfinite(flat).all():
-                raise ProtocolError(f"{where}: data holds NaN or infinity")
+                raise _bad(name, "data holds NaN or infinity")
             if dtype.kind == "b" and flat.view(np.uint8).max(initial=0) > 1:
-                raise ProtocolError(f"{where}: BOOL bytes must be 0 or 1")
+                raise _bad(name, "BOOL bytes must be 0 or 1")
+        elif "data" in raw:
+            flat = _decode_json_data(raw["data"], dtype, name)
         else:
-            if "data" not in raw:
-                raise ProtocolError(f"{where}: needs 'data' (or binary_data_size)")
-            flat = _decode_json_data(raw["data"], dtype, where)
+            raise _bad(name, "needs 'data' (or binary_data_size)")
         if flat.size != count:
-            raise ProtocolError(
-                f"{where}: {flat.size} values do not match shape {list(shape)} ({count} values)")
+            raise _bad(name, f"{flat.size} values do not match shape {list(shape)} "
+                             f"({count} values)")
         inputs.append(InferInput(name, datatype, flat.reshape(shape)))
     if offset != len(blob):
         raise ProtocolError("binary data left over after the last input")

@@ -110,8 +110,8 @@ def parse_generate_request(body: bytes, specs: Sequence[TensorSpec], *,
                             f"{sorted(by_name)}")
     inputs: list[InferInput] = []
     for name, value in doc.items():
-        where, spec = f"input {name!r}", by_name[name]
-        flat = _decode_json_data(value, DATATYPES[spec.datatype], where)
+        spec = by_name[name]
+        flat = _decode_json_data(value, DATATYPES[spec.datatype], name)
         shape = np.shape(value) if flat.size else (0,)
         inputs.append(InferInput(name, spec.datatype, flat.reshape(shape)))
     request = InferRequest(inputs=inputs, parameters=params,
