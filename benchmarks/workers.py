@@ -4,8 +4,8 @@ The model server alone (no gateway) serves ``digits-sklearn`` with request batch
 (``benchmarks/optkit-batching.yaml``); the built-in generator offers a closed loop of
 32 connections. Each round runs both arms back to back on fresh servers, in an order
 that alternates round by round (1-2, 2-1, ...), and prints req/s, p99 and, for two
-workers, how the 32 connections' requests split between them (SO_REUSEPORT spreads
-connections, not requests)::
+workers, how the 32 connections' requests split between them (the parent deals
+connections to the workers in turn, 16 each; requests follow their connections)::
 
     .venv/bin/python benchmarks/workers.py [--rounds 3] [--duration 4] [--repository build/models]
 

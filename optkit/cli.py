@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_gateway(args.upstream, config)
     serve(app, host=host, port=args.port, port_file=args.port_file,
           shutdown_timeout=config.server.shutdown_timeout_s, access_log=config.server.access_log,
-          worker=getattr(args, "worker_id", None))
+          worker=getattr(args, "worker_id", None), channel_fd=getattr(args, "channel_fd", None))
     return 0
 
 
@@ -218,9 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "model-server":
             p.add_argument("--repository", required=True, help="model repository folder")
             p.add_argument("--workers", type=int, default=1,
-                           help="processes sharing the port (SO_REUSEPORT), each with its own "
-                                "loop and models (default 1)")
+                           help="processes sharing the port (connections dealt to them in "
+                                "turn), each with its own loop and models (default 1)")
             p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
+            p.add_argument("--channel-fd", type=int, default=None, help=argparse.SUPPRESS)
         else:
             p.add_argument("--upstream", required=True, help="URL[,URL...] of v2 server(s)")
         p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")

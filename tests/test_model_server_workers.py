@@ -1,15 +1,18 @@
 """``optkit serve model-server --workers 2``: two processes on one port, then a drain.
 
-Real processes on 127.0.0.1: answers come from both workers (each says which in
-``optkit-worker``), each worker's own port reports exactly the requests it answered,
-and SIGTERM to the parent drains both: every request in flight is answered 200.
+Real processes on 127.0.0.1: the parent deals connections to the workers in turn (each
+answer says which worker gave it in ``optkit-worker``), a keep-alive connection stays
+with its worker, each worker's own port reports exactly the requests it answered, and
+SIGTERM to the parent drains both: every request in flight is answered 200.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -34,7 +37,7 @@ SLOW = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32"
 
 
 def _post(url: str, body: bytes) -> tuple[int, str]:
-    """One request on a new connection (urllib keeps none): the kernel picks the worker."""
+    """One request on a new connection (urllib keeps none): the parent picks the worker."""
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=20) as resp:
         return resp.status, resp.headers["optkit-worker"]
@@ -55,10 +58,10 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(repository: Path,
         table = json.loads((tmp_path / "model-server.port.workers.json").read_text())
         assert [row["worker"] for row in table] == [0, 1]
         assert len({row["pid"] for row in table} | {svc.pid}) == 3
-        # spread: new connections land on both workers; each one's books match its answers
+        # dealt in turn: 40 new connections, 20 to each worker; each one's books match
         answered = collections.Counter(
             _post(svc.url + "/v2/models/digits-mlp/infer", DIGIT)[1] for _ in range(40))
-        assert set(answered) == {"0", "1"}, answered
+        assert answered == {"0": 20, "1": 20}, answered
         for row in table:
             own = _get(str(row["url"]) + "/stats")["server"]
             assert own["infer_requests"] == answered[str(row["worker"])], (row, answered)
@@ -87,4 +90,43 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(repository: Path,
         receipts = [line for line in svc.log_tail(50).splitlines() if "after draining" in line]
         assert len(receipts) == 2 and all("in_flight=0" in r for r in receipts), receipts
     finally:
+        svc.stop(10)
+
+
+def test_keep_alive_connections_are_dealt_evenly_and_stay(repository: Path,
+                                                          tmp_path: Path) -> None:
+    """Eight keep-alive connections: four per worker, each answered by one worker only;
+    clients that leave before being served (connect, close) cost nothing and nobody."""
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(CONFIG.to_dict(), sort_keys=False))
+    svc = launch_service("model-server", ["--repository", str(repository), "--workers", "2"],
+                         workdir=tmp_path, config_path=config_path)
+    host, port = "127.0.0.1", int(svc.url.rsplit(":", 1)[1])
+    conns: list[http.client.HTTPConnection] = []
+    try:
+        for _ in range(10):  # gone before a worker sees them
+            with socket.create_connection((host, port), timeout=5):
+                pass
+        table = json.loads((tmp_path / "model-server.port.workers.json").read_text())
+        for _ in range(8):
+            conns.append(http.client.HTTPConnection(host, port, timeout=20))
+        seen: list[set[str]] = []
+        for _ in range(3):  # three requests on each connection, round after round
+            for i, conn in enumerate(conns):
+                conn.request("POST", "/v2/models/digits-mlp/infer", DIGIT,
+                             {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                assert resp.status == 200, resp.read()
+                resp.read()
+                if len(seen) <= i:
+                    seen.append(set())
+                seen[i].add(resp.headers["optkit-worker"])
+        assert all(len(workers) == 1 for workers in seen), seen  # a connection stays put
+        per_worker = collections.Counter(next(iter(w)) for w in seen)
+        assert per_worker == {"0": 4, "1": 4}, per_worker
+        for row in table:  # the worker's own books agree (its /stats call is a 5th one)
+            assert _get(str(row["url"]) + "/stats")["server"]["open_connections"] == 5
+    finally:
+        for conn in conns:
+            conn.close()
         svc.stop(10)

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def install_uvloop() -> bool:
 
 
 async def _serve(app: web.Application, host: str, port: int, port_file: str | None,
-                 shutdown_timeout: float, access_log: bool, worker: int | None = None) -> None:
+                 shutdown_timeout: float, access_log: bool, worker: int | None = None,
+                 channel_fd: int | None = None) -> None:
     kwargs: dict[str, Any] = {"shutdown_timeout": shutdown_timeout}
     if not access_log:
         kwargs["access_log"] = None
@@ -52,24 +54,26 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
     # only what requests allocated, not the whole heap (gc.freeze's documented use).
     gc.collect()
     gc.freeze()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True,
-                       reuse_port=worker is not None)
+    loop = asyncio.get_running_loop()
+    channel = None
+    if channel_fd is not None:  # a worker: its clients come from the parent, which listens;
+        # its port (0: any free one) is its own, for /stats and /metrics of this worker alone
+        channel = socket.socket(fileno=channel_fd)
+        _adopt_connections(loop, runner, channel)
+    site = web.TCPSite(runner, host, port, backlog=1024 if channel is None else 128,
+                       reuse_address=True)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    if worker is not None:  # and its own port: /stats and /metrics of this worker alone
-        own = web.TCPSite(runner, host, 0, backlog=128)
-        await own.start()
-        bound_own = own._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        if port_file:
-            _write_atomically(f"{port_file}.own", str(bound_own))
     if port_file:
         _write_atomically(port_file, str(bound))
     print(f"optkit: serving on http://{host}:{bound}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if channel is not None:  # take no more connections; then drain like a single server
+        loop.remove_reader(channel.fileno())
+        channel.close()
     await runner.cleanup()
     if counters is not None:  # the drain's receipt: every accepted request completed
         print(f"optkit: stopped after draining: accepted={counters.accepted} "
@@ -78,18 +82,55 @@ async def _serve(app: web.Application, host: str, port: int, port_file: str | No
               file=sys.stderr, flush=True)
 
 
+def _adopt_connections(loop: asyncio.AbstractEventLoop, runner: web.AppRunner,
+                       channel: socket.socket) -> None:
+    """Serve every client connection the parent passes over ``channel`` (one socket per
+    message, SCM_RIGHTS), as if this process had accepted it."""
+    channel.setblocking(False)
+    server = runner.server
+    assert server is not None
+    pending: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak refs)
+
+    async def adopt(sock: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(server, sock)
+        except OSError:  # the client already left
+            sock.close()
+
+    def ready() -> None:
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                fds = []
+            if not fds:  # the parent is gone: no more connections will come
+                loop.remove_reader(channel.fileno())
+                return
+            sock = socket.socket(fileno=fds[0])
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(adopt(sock))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    loop.add_reader(channel.fileno(), ready)
+
+
 def serve(app: web.Application, *, host: str = "127.0.0.1", port: int = 0,
           port_file: str | None = None, shutdown_timeout: float = 10.0,
-          access_log: bool = False, worker: int | None = None) -> None:
+          access_log: bool = False, worker: int | None = None,
+          channel_fd: int | None = None) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and return.
 
-    ``worker``: this process is worker ``worker`` of several sharing ``port``
-    (SO_REUSEPORT, see :mod:`optkit.service._workers`); it marks every answer
-    ``optkit-worker: <worker>`` and also listens on a port of its own, written to
-    ``<port_file>.own``.
+    ``worker``: this process is worker ``worker`` of several sharing a port (see
+    :mod:`optkit.service._workers`); it marks every answer ``optkit-worker: <worker>``.
+    ``channel_fd``: a Unix socket the parent passes this worker's client connections
+    over; the worker then listens only on ``port``, its own (for its ``/stats``).
     """
     install_uvloop()
-    asyncio.run(_serve(app, host, port, port_file, shutdown_timeout, access_log, worker))
+    asyncio.run(_serve(app, host, port, port_file, shutdown_timeout, access_log, worker,
+                       channel_fd))
 
 
 def watch_server(runner: web.AppRunner, counters: Any) -> None:
