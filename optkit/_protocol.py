@@ -170,7 +170,8 @@ def _decode_json_data(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
         if dtype is not _F64 and ((max(data) >= limit or min(data) <= -limit)
                                   if arr.ndim == 1 else np.abs(arr).max() >= limit):
             raise _bad(name, f"data out of range for {_NAME_OF[dtype]}")
-        return arr.astype(dtype, copy=False).reshape(-1)
+        arr = arr.astype(dtype, copy=False)
+        return arr if arr.ndim == 1 else arr.reshape(-1)
     kind = arr.dtype.kind
     if arr.size == 0:
         return np.zeros(0, dtype=dtype)
