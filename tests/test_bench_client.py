@@ -30,6 +30,38 @@ def test_chunked_response_with_trailer_completes(size: int) -> None:
     assert done[-1] and not any(done[:-1])
 
 
+CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + b"".join(b"%x\r\n" % n + bytes([65 + i]) * n + b"\r\n"
+                      for i, n in enumerate([3000, 1, 17, 4096]))
+           + b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1000, 4097, len(CHUNKED)])
+def test_a_streamed_answer_completes_on_its_last_byte_however_it_is_read(size: int) -> None:
+    """Chunks are walked by offset, not buffered: the end is still found exactly."""
+    parser, done = feed_in_pieces(CHUNKED, size)
+    assert done[-1] and not any(done[:-1])
+
+
+def test_a_streamed_answer_split_anywhere_in_two_completes() -> None:
+    """Every cut, inside a size line, a chunk, its CRLF or the trailer, is handled."""
+    for cut in range(1, len(CHUNKED)):
+        parser = ResponseParser()
+        assert not parser.feed(CHUNKED[:cut]), cut
+        assert parser.feed(CHUNKED[cut:]), cut
+        with pytest.raises(ProtocolViolation):  # nothing may follow the end
+            parser.feed(b"x")
+
+
+def test_a_streamed_error_keeps_the_start_of_its_body() -> None:
+    parser = ResponseParser()
+    head = b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert not parser.feed(head + b"4\r\n")
+    assert not parser.feed(b'{"er\r\n')
+    assert parser.feed(b'5\r\nror"}\r\n0\r\n\r\n')
+    assert parser.status == 500 and parser.sample.startswith(b'{"er')
+
+
 def test_error_body_sample_is_kept_and_connection_close_is_seen() -> None:
     """A 4xx/5xx keeps the start of its body; Connection: close forbids reuse."""
     parser = ResponseParser()
