@@ -110,6 +110,8 @@ def run_workers(workers: int, child_args: Sequence[str], *, host: str, port: int
             if readable:
                 dealer.deal()
         listener.close()  # no new connections while the workers drain theirs
+        print(f"optkit: connections dealt to the workers: {dealer.dealt}", file=sys.stderr,
+              flush=True)
         return _stop_all(procs, shutdown_timeout_s, failed=False)
     finally:
         for p in procs:  # never leave a worker behind, whatever happened above
