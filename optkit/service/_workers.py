@@ -137,9 +137,7 @@ class _Dealer:
         for _ in range(_BACKLOG):  # bounded: a flood cannot hold the parent here
             try:
                 conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # the client left before it was accepted, or fds ran out
+            except OSError:  # nothing waiting (EAGAIN), the client left, or fds ran out
                 return
             with conn:  # the worker holds its own copy once it is sent
                 self._pass(conn)
@@ -150,9 +148,7 @@ class _Dealer:
             i = (self._next + k) % n
             try:
                 socket.send_fds(self._channels[i], [b"c"], [conn.fileno()])
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:  # that worker is gone; the main loop notices and stops
+            except OSError:  # its queue is full, or it is gone (the main loop notices)
                 continue
             self._next, self.dealt[i] = (i + 1) % n, self.dealt[i] + 1
             return
