@@ -105,6 +105,24 @@ def test_runs_are_bounded_in_count_and_time() -> None:
     assert s["transport_errors"] > 0 and not s["valid"]
 
 
+def test_the_window_never_opens_before_its_start_on_uvloop() -> None:
+    """uvloop's millisecond timers wake early; a closed-loop send before the window's
+    start would fall out of it (the row cap above then counted 198 of 200)."""
+    import uvloop
+
+    from optkit.bench._generator import _sleep_until
+
+    async def early_wakes() -> int:
+        early = 0
+        for i in range(100):
+            target = time.monotonic_ns() + 1_500_000 + 7_000 * i
+            await _sleep_until(target)
+            early += time.monotonic_ns() < target
+        return early
+
+    assert uvloop.run(early_wakes()) == 0
+
+
 def test_cli_writes_a_run_that_load_run_reads(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """optkit bench --out prints the summary and leaves files load_run reads back."""

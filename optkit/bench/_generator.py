@@ -64,6 +64,13 @@ class GeneratorJob:
     start_unix_ns: int = 0
 
 
+async def _sleep_until(t_ns: int) -> None:
+    """Sleep until the monotonic clock reads ``t_ns``: uvloop's millisecond timers can wake
+    up to 1 ms early, and a closed-loop send before the window's start falls out of it."""
+    while (left := t_ns - monotonic_ns()) > 0:
+        await asyncio.sleep(left / 1e9)
+
+
 def _quantiles_ms(values: list[int]) -> dict[str, float]:
     if not values:
         return {"p50": 0.0, "p99": 0.0, "max": 0.0}
@@ -273,14 +280,14 @@ class Generator:
             self.alarm.at(t0)
             self.precise_timer = self.alarm.precise
         else:
-            await asyncio.sleep(max(0.0, (t0 - monotonic_ns()) / 1e9))
+            await _sleep_until(t0)
             idle, self.idle = self.idle, []
             for conn in idle:
                 self._next(conn)
         try:
             await asyncio.wait_for(self.capped.wait(), max(0.0, (we - monotonic_ns()) / 1e9))
         except asyncio.TimeoutError:
-            pass
+            await _sleep_until(we)
         self.cpu[1] = time.process_time()
         wall_end = monotonic_ns()
         if self.capped.is_set() and wall_end < we:
