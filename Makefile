@@ -57,8 +57,12 @@ week: models wrk runs/calibration.json
 	$(BIN)/optkit week --repository $(MODELS) $(WEEK_ARGS)
 
 # Notebooks run under nbmake in quick mode (OPTKIT_QUICK=1): real servers, fewer/shorter trials.
+# First the unit and integration tests two at a time (pytest-xdist, one per core); then, one at
+# a time, the tests that bound a time, rate or CPU (conftest.SERIAL_MODULES), the load tests
+# and the notebooks, so no neighbour's CPU decides whether they pass.
 test: $(STAMP) wrk chromium
-	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -m "not heavy" --nbmake tests notebooks
+	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -n 2 -m "not heavy and not serial and (unit or integration)" tests
+	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -m "not heavy and (serial or load or comprehensive)" --nbmake tests notebooks
 
 # The fault-injection suite in full, heavy scenarios included (docs/reliability.md), and
 # the no-cross-talk check at full size (20,000 requests).

@@ -29,6 +29,18 @@ INTEGRATION_MODULES = frozenset({
     "test_bench_any_target",
 })
 
+#: test modules that assert bounds on time, rate or CPU, or run work under load: ``make test``
+#: runs them one at a time (with the load tests and notebooks), after the rest have run two
+#: at a time (pytest-xdist), so a neighbour test's CPU never decides whether they pass
+SERIAL_MODULES = frozenset({
+    "test_bench_live", "test_bench_shards", "test_bench_target", "test_bench_timer",
+    "test_bench_trial", "test_bench_lifecycle", "test_bench_any_target", "test_bench_ray",
+    "test_gateway", "test_pool", "test_launcher", "test_balancing", "test_loading",
+    "test_model_server_workers", "test_external_arms", "test_soak", "test_crosstalk",
+    "test_fault_kill", "test_fault_stall", "test_fault_loading", "test_fault_soak",
+    "test_fault_disconnect", "test_fault_overflow", "test_fault_balancing",
+})
+
 _counts: collections.Counter[str] = collections.Counter()
 
 
@@ -38,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
                        ("load", "live sessions and benchmarks under load"),
                        ("comprehensive", "a sprint day end to end (notebooks)")):
         config.addinivalue_line("markers", f"{kind}: {text}")
+    config.addinivalue_line("markers", "serial: bounds on time or rate; never run beside another test")
 
 
 def kind_of(item: pytest.Item) -> str:
@@ -54,6 +67,9 @@ def kind_of(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, kind_of(item)))
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

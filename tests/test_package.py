@@ -42,3 +42,19 @@ def test_exception_tree_is_rooted_and_mapped() -> None:
         assert issubclass(cls, optkit.OptkitError) and 400 <= cls.status <= 599
     assert optkit.ProtocolError.status == 400 and optkit.ModelNotFound.status == 404
     assert optkit.UpstreamTimeout.status == 504 and optkit.ModelNotReady.status == 503
+
+
+def test_the_suite_lists_only_modules_that_exist() -> None:
+    """The root conftest's module lists (integration kind; run one at a time) name real test
+    files: a renamed module would otherwise silently change kind or run beside others."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("optkit_root_conftest", root / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    existing = {p.stem for p in (root / "tests").rglob("test_*.py")}
+    for listed in (conftest.INTEGRATION_MODULES, conftest.SERIAL_MODULES):
+        assert listed and listed <= existing, sorted(listed - existing)
