@@ -325,7 +325,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         prepare(stack.url, workload, seed=seed)  # one request per model: lazy set-up done
         sampler = ProcessSampler(stack.pids, sample_interval_s)
         for _ in range(3):  # idle RSS: three quick samples (the stack has just answered)
-            time.sleep(min(sample_interval_s, 0.05))
+            time.sleep(min(sample_interval_s, 0.01))
             sampler.sample()
         idle = {name: float(statistics.median(s[3] for s in sampler.samples if s[1] == name))
                 for name in stack.pids if name not in sampler.lost}
