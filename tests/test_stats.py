@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as st
 
 from optkit import stats
+from optkit._signflip import signed_sums
 from optkit.stats import (
     DEFAULT_PAIRS,
     METRICS,
@@ -242,7 +243,7 @@ def test_calibrate_deltas_noise_rule_known_answer():
     """A/A d = [.01, .02, .03, .04]: |mean| over 16 sign flips is .0 .. .025; 95 % quantile .025."""
     b = list(100 * np.exp([0.01, 0.02, 0.03, 0.04]))
     tp = calibrate_deltas(table([100.0] * 4, b), n_resamples=999)["throughput_rps"]
-    flips = np.abs(stats._signed_sums(np.array([0.01, 0.02, 0.03, 0.04]))) / 4
+    flips = np.abs(signed_sums(np.array([0.01, 0.02, 0.03, 0.04]))) / 4
     assert tp["rule"] == "noise" and tp["n_pairs"] == 4
     assert tp["delta"] == tp["noise_bound"] == pytest.approx(np.quantile(flips, 0.95))
     assert tp["delta"] == pytest.approx(0.025)
