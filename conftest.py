@@ -53,22 +53,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: bounds on time or rate; never run beside another test")
 
 
+def _module_name(item: pytest.Item) -> str:
+    """The test module's own name (``test_gateway``), or "" for a notebook."""
+    module = getattr(item, "module", None)
+    return module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+
+
 def kind_of(item: pytest.Item) -> str:
     """The kind of one collected test (see the module docstring)."""
     if str(item.fspath).endswith(".ipynb"):
         return "comprehensive"
     if item.get_closest_marker("slow") is not None:
         return "load"
-    module = getattr(item, "module", None)
-    name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
-    return "integration" if name in INTEGRATION_MODULES else "unit"
+    return "integration" if _module_name(item) in INTEGRATION_MODULES else "unit"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, kind_of(item)))
-        module = getattr(item, "module", None)
-        if module is not None and module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+        if _module_name(item) in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
 
 
