@@ -34,7 +34,7 @@ INTEGRATION_MODULES = frozenset({
 #: at a time (pytest-xdist), so a neighbour test's CPU never decides whether they pass
 SERIAL_MODULES = frozenset({
     "test_bench_live", "test_bench_shards", "test_bench_target", "test_bench_timer",
-    "test_bench_trial", "test_bench_lifecycle", "test_bench_any_target", "test_bench_ray",
+    "test_trial", "test_bench_lifecycle", "test_bench_any_target", "test_bench_ray",
     "test_gateway", "test_pool", "test_launcher", "test_balancing", "test_loading",
     "test_model_server_workers", "test_external_arms", "test_soak", "test_crosstalk",
     "test_fault_kill", "test_fault_stall", "test_fault_loading", "test_fault_soak",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from optkit import load_config
-from optkit._protocol import encode_infer_request
+from optkit.v2._codec import encode_infer_request
 from optkit.service import ModelServer
 from optkit.service._runner import install_uvloop
 

@@ -1,83 +1,83 @@
 """optkit: make an inference service faster one layer at a time, and prove it.
 
-The package face: every public name is re-exported here from a private module.
+The package face: every public name is re-exported here from the part that defines it::
+
+    optkit/
+      _config, _exceptions, _checks, _metrics   the kernel: used by every part
+      v2/        the Open Inference Protocol codec
+      models/    built-in models, the repository on disk, its builder
+      layers/    pooling, batching, streaming, loading, balancing
+      service/   the gateway and the model server built from the layers
+      bench/     the load generator
+      lab/       trials, verdicts, the week and its reports (``pip install 'optkit[lab]'``)
+
+Names are imported on first use (``_FACE`` below is the one list of them): the load
+generator's own process, started for every trial, imports ``optkit.bench._worker`` and must
+not pay for aiohttp, scikit-learn and the lab (measured: 0.50 s eagerly), and a serving
+install has no lab at all.
 """
 
 __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-if _TYPE_CHECKING:  # what the names below resolve to, imported on first use (see _LAZY)
-    from ._config import (BalancingConfig, BatchingConfig, LoadingConfig, PoolingConfig, ServerConfig, ServiceConfig,
-                          StreamingConfig, load_config)
-    from ._exceptions import (BenchError, ConfigError, InferenceError, LaunchError, ModelLoadError,
-                              ModelNotFound, ModelNotReady, OptkitError, PayloadTooLarge, PoolTimeout,
-                              ProtocolError, QueueFull, DeadlineExceeded, UpstreamError, UpstreamTimeout,
-                              UpstreamUnavailable)
-    from ._models import MODEL_NAMES, Model, ModelConfig, build_repository, digits_split, load_model
-    from ._protocol import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
-                            encode_infer_response, parse_infer_request, validate_inputs)
-    from ._repository import ModelRepository, RepositoryStatistics
-    from .layers import (BalancingStatistics, BatchStatistics, ConnectionPool, DirectClient, DynamicBatcher,
-                         PoolStatistics, ResponseStreamer, StreamingStatistics, UpstreamClient,
-                         UpstreamBalancer, UpstreamResponse, UpstreamStream)
-
-__all__ = [
-    "__version__",
-    # configuration
-    "ServiceConfig", "ServerConfig", "PoolingConfig", "BatchingConfig", "StreamingConfig",
-    "LoadingConfig", "BalancingConfig", "load_config",
-    # errors
-    "OptkitError", "ConfigError", "ProtocolError", "PayloadTooLarge", "ModelNotFound",
-    "ModelNotReady", "ModelLoadError", "InferenceError", "UpstreamError", "UpstreamUnavailable",
-    "UpstreamTimeout", "PoolTimeout", "QueueFull", "DeadlineExceeded", "LaunchError", "BenchError",
-    # protocol
-    "InferRequest", "TensorSpec", "parse_infer_request", "validate_inputs",
-    "encode_infer_request", "encode_infer_response", "decode_infer_response",
-    # models
-    "Model", "ModelConfig", "load_model", "build_repository", "digits_split", "MODEL_NAMES",
-    "ModelRepository", "RepositoryStatistics",
-    # layers
-    "ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient", "UpstreamResponse",
-    "UpstreamStream", "DynamicBatcher", "BatchStatistics", "ResponseStreamer",
-    "StreamingStatistics", "UpstreamBalancer", "BalancingStatistics",
-    # experiments (imported lazily: servers start without pandas/scipy)
-    "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "week",
-    "latency_vs_load",
-    "stats", "plotting", "bench", "report",
-]
-
-#: name -> (module, attribute or None for the module itself). Everything is imported on
-#: first use, so a process that needs one corner of optkit (the load generator's own
-#: process, started for every trial) does not pay for aiohttp, scikit-learn and the rest:
-#: measured, ``import optkit.bench._worker`` took 0.50 s eagerly.
-_LAZY = {
-    **{name: ("._config", name) for name in (
-        "BalancingConfig", "BatchingConfig", "LoadingConfig", "PoolingConfig", "ServerConfig",
-        "ServiceConfig", "StreamingConfig", "load_config")},
-    **{name: ("._exceptions", name) for name in (
-        "BenchError", "ConfigError", "InferenceError", "LaunchError", "ModelLoadError",
-        "ModelNotFound", "ModelNotReady", "OptkitError", "PayloadTooLarge", "PoolTimeout",
-        "ProtocolError", "QueueFull", "DeadlineExceeded", "UpstreamError", "UpstreamTimeout",
-        "UpstreamUnavailable")},
-    **{name: ("._models", name) for name in (
-        "MODEL_NAMES", "Model", "ModelConfig", "build_repository", "digits_split", "load_model")},
-    **{name: ("._protocol", name) for name in (
-        "InferRequest", "TensorSpec", "decode_infer_response", "encode_infer_request",
-        "encode_infer_response", "parse_infer_request", "validate_inputs")},
-    **{name: ("._repository", name) for name in ("ModelRepository", "RepositoryStatistics")},
-    **{name: (".layers", name) for name in (
-        "BalancingStatistics", "BatchStatistics", "ConnectionPool", "DirectClient",
-        "DynamicBatcher", "PoolStatistics", "ResponseStreamer", "StreamingStatistics",
-        "UpstreamClient", "UpstreamBalancer", "UpstreamResponse", "UpstreamStream")},
-    "compare": ("._compare", "compare"), "calibrate": ("._compare", "calibrate"),
-    "Comparison": ("._compare", "Comparison"), "CompareSettings": ("._compare", "CompareSettings"),
-    "QUICK": ("._compare", "QUICK"), "STANDARD": ("._compare", "STANDARD"),
-    "latency_vs_load": ("._slo", "latency_vs_load"),
-    "week": ("._week", None), "report": ("._report", None), "stats": (".stats", None),
-    "plotting": (".plotting", None),
-    "bench": (".bench", None),
+#: module -> the public names it gives the face. ``__all__`` and ``__getattr__`` are derived
+#: from it and ``_MODULES``; tests/test_package.py checks the typing block below against both.
+_FACE: dict[str, tuple[str, ...]] = {
+    "._config": ("ServiceConfig", "ServerConfig", "PoolingConfig", "BatchingConfig",
+                 "StreamingConfig", "LoadingConfig", "BalancingConfig", "load_config"),
+    "._exceptions": ("OptkitError", "ConfigError", "ProtocolError", "PayloadTooLarge",
+                     "ModelNotFound", "ModelNotReady", "ModelLoadError", "InferenceError",
+                     "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "PoolTimeout",
+                     "QueueFull", "DeadlineExceeded", "LaunchError", "BenchError"),
+    ".v2": ("InferRequest", "TensorSpec", "parse_infer_request", "validate_inputs",
+            "encode_infer_request", "encode_infer_response", "decode_infer_response"),
+    ".models": ("Model", "ModelConfig", "load_model", "build_repository", "digits_split",
+                "MODEL_NAMES", "ModelRepository", "RepositoryStatistics"),
+    ".layers": ("ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
+                "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics",
+                "ResponseStreamer", "StreamingStatistics", "UpstreamBalancer",
+                "BalancingStatistics"),
+    ".lab": ("compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD",
+             "latency_vs_load"),
 }
+
+#: public names that are modules: name -> module
+_MODULES: dict[str, str] = {"v2": ".v2", "models": ".models", "layers": ".layers",
+                            "service": ".service", "bench": ".bench", "lab": ".lab",
+                            "stats": ".lab.stats", "plotting": ".lab.plotting",
+                            "week": ".lab.week", "report": ".lab.week.report"}
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    **{name: (module, name) for module, names in _FACE.items() for name in names},
+    **{name: (module, None) for name, module in _MODULES.items()},
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if _TYPE_CHECKING:  # what the names resolve to, for type checkers and editors
+    from . import bench, lab, layers, models, service, v2
+    from ._config import (BalancingConfig, BatchingConfig, LoadingConfig, PoolingConfig,
+                          ServerConfig, ServiceConfig, StreamingConfig, load_config)
+    from ._exceptions import (BenchError, ConfigError, DeadlineExceeded, InferenceError,
+                              LaunchError, ModelLoadError, ModelNotFound, ModelNotReady,
+                              OptkitError, PayloadTooLarge, PoolTimeout, ProtocolError, QueueFull,
+                              UpstreamError, UpstreamTimeout, UpstreamUnavailable)
+    from .lab import (QUICK, STANDARD, CompareSettings, Comparison, calibrate, compare,
+                      latency_vs_load)
+    from .lab import plotting, stats, week
+    from .lab.week import report
+    from .layers import (BalancingStatistics, BatchStatistics, ConnectionPool, DirectClient,
+                         DynamicBatcher, PoolStatistics, ResponseStreamer, StreamingStatistics,
+                         UpstreamBalancer, UpstreamClient, UpstreamResponse, UpstreamStream)
+    from .models import (MODEL_NAMES, Model, ModelConfig, ModelRepository, RepositoryStatistics,
+                         build_repository, digits_split, load_model)
+    from .v2 import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,
+                     encode_infer_response, parse_infer_request, validate_inputs)
+
+#: what the lab needs beyond the serving install (``optkit[lab]``)
+_LAB_DEPENDENCIES = frozenset({"scipy", "pandas", "matplotlib", "seaborn", "papermill",
+                               "nbclient", "nbconvert", "nbformat", "ipykernel", "tqdm"})
 
 
 def __getattr__(name: str) -> object:
@@ -87,7 +87,14 @@ def __getattr__(name: str) -> object:
     import importlib
 
     module_name, attr = _LAZY[name]
-    module = importlib.import_module(module_name, __name__)
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:
+        if module_name.startswith(".lab") and exc.name in _LAB_DEPENDENCIES:
+            raise ModuleNotFoundError(
+                f"optkit.{name} is part of the measurement lab, which needs {exc.name}: "
+                f"pip install 'optkit[lab]'", name=exc.name) from exc
+        raise
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value
     return value

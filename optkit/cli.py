@@ -69,12 +69,12 @@ def _is_loopback(host: str) -> bool:
 def _models_build(args: argparse.Namespace) -> int:
     import time
 
-    from ._models import build_repository
+    from .models import build_repository
 
     started = time.perf_counter()
     models = args.models.split(",") if args.models else None
     built = build_repository(args.repository, models=models, seed=args.seed, force=args.force)
-    from ._repository import ModelRepository
+    from .models._repository import ModelRepository
 
     repo = ModelRepository(args.repository)
     for name in repo.names():
@@ -87,13 +87,13 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from ._smoke import run_smoke
+    from .lab._smoke import run_smoke
 
     return run_smoke(args.repository, duration_s=args.duration, config=args.config)
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from ._soak import SoakSettings, run_soak
+    from .lab._soak import SoakSettings, run_soak
 
     settings = SoakSettings(minutes=args.minutes, rate=args.rate, concurrency=args.concurrency,
                             reload_every_s=args.reload_every, sample_every_s=args.sample_every)
@@ -105,7 +105,7 @@ def _soak(args: argparse.Namespace) -> int:
 def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from ._compare import QUICK, STANDARD
+    from .lab._session import QUICK, STANDARD
 
     base = QUICK if args.quick else STANDARD
     changes = {k: v for k, v in {"pairs": args.pairs, "warmup_s": args.warmup,
@@ -119,8 +119,8 @@ def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ._compare import compare
-    from ._week import conclusion
+    from .lab._session import compare
+    from .lab.week._runner import conclusion
 
     out = args.out or f"runs/compare-{Path(args.a).stem}-vs-{Path(args.b).stem}"
     cmp = compare(args.a, args.b, repository=args.repository, settings=_session_settings(args),
@@ -140,10 +140,10 @@ def _compare(args: argparse.Namespace) -> int:
               f"lost to invalid trials): no verdict; see {out}/trials.csv", file=sys.stderr)
         return 1
     if args.slo:
-        from ._slo import compare_at_slo
+        from .lab._slo import compare_at_slo
 
         settings = _session_settings(args)
-        from .plotting import latency_vs_load
+        from .lab.plotting import latency_vs_load
 
         verdict, searches, steps = compare_at_slo(
             args.a, args.b, repository=args.repository, pairs=settings.pairs, slo_ms=args.slo,
@@ -162,7 +162,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ._compare import calibrate
+    from .lab._session import calibrate
 
     doc = calibrate(args.config, repository=args.repository, settings=_session_settings(args),
                     out=args.out)
@@ -174,7 +174,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _week(args: argparse.Namespace) -> int:
-    from ._week import run_week, week_summary
+    from .lab.week._runner import run_week, week_summary
 
     days = args.days.split(",") if args.days else None
     summary = run_week(days, quick=args.quick, out=args.out, repository=args.repository)
@@ -187,7 +187,7 @@ def _week(args: argparse.Namespace) -> int:
 
 
 def _check_reports(args: argparse.Namespace) -> int:
-    from ._browser_check import main as check_main
+    from .lab.week._browser_check import main as check_main
 
     return check_main(args.folder, screenshots=args.screenshots)
 

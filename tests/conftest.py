@@ -48,9 +48,9 @@ async def model_server(repository: Path) -> AsyncIterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def browser_check() -> Callable[..., list]:
-    """``optkit._browser_check.check_reports``, but the test skips (saying why) where Playwright
+    """``optkit.lab.week._browser_check.check_reports``, but the test skips (saying why) where Playwright
     or Chromium is missing or Chromium does not start (`make chromium` installs it)."""
-    from optkit._browser_check import BrowserUnavailable, browser_problem, check_reports
+    from optkit.lab.week._browser_check import BrowserUnavailable, browser_problem, check_reports
 
     def check(paths: Any, **kwargs: Any) -> list:
         if browser_problem():

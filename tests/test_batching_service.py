@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from optkit import ServiceConfig, decode_infer_response, encode_infer_request
-from optkit._protocol import BINARY_HEADER
+from optkit.v2._codec import BINARY_HEADER
 from optkit.service import GATEWAY_KEY, MODEL_SERVER_KEY, create_gateway, create_model_server
 
 SYN = "/v2/models/synthetic/infer"

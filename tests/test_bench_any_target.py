@@ -82,7 +82,7 @@ THIRD_PARTY = {"mlserver": REPO / ".venv-mlserver", "kserve": REPO / ".venv-kser
 @pytest.mark.parametrize("server", sorted(THIRD_PARTY))
 def test_third_party_server_is_measured_with_workload_inputs(server: str, tmp_path: Path) -> None:
     """MLServer / KServe (from PyPI, own venvs) list no inputs: refused, then measured."""
-    from optkit._arms import load_arm
+    from optkit.lab._arms import load_arm
 
     if not THIRD_PARTY[server].is_dir():
         pytest.skip(f"no {THIRD_PARTY[server].name} (benchmarks/README.md says how to make it)")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from optkit import ConfigError, ServiceConfig
-from optkit.bench._bulk import bulk_stream
-from optkit.bench._churn import Churn, ChurnPlan
-from optkit.bench._startup import startup_time
+from optkit.lab._bulk import bulk_stream
+from optkit.lab._churn import Churn, ChurnPlan
+from optkit.lab._startup import startup_time
 from optkit.service import launch_stack
 
 pytestmark = pytest.mark.timeout(90)

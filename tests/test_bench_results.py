@@ -10,8 +10,9 @@ import pytest
 
 import optkit.bench as bench
 from optkit import BenchError
-from optkit.bench import (ROW_COLUMNS, BenchResult, TrialResult, ValidityGates, check_validity,
-                          load_run, memory_per_request_kb, percentiles_ms, summarize, write_run)
+from optkit.bench import (BenchResult, ValidityGates, check_validity, load_run, percentiles_ms,
+                          summarize, write_run)
+from optkit.lab import ROW_COLUMNS, TrialResult, memory_per_request_kb
 from optkit.bench._records import DROPPED, HTTP, OK, TIMEOUT
 
 MS = 1_000_000
@@ -56,7 +57,7 @@ def test_percentiles_use_observed_values() -> None:
 
 def test_percentile_curve_agrees_with_the_summary() -> None:
     """On the same records a curve's p50..p99.9 are the summary's: one method (inverted CDF)."""
-    from optkit.stats import percentile_curve
+    from optkit.lab.stats import percentile_curve
 
     lat = np.random.default_rng(0).permutation(np.arange(1, 1001))  # 1..1000 ms, shuffled
     raw = records([(1000 + i, 1000 + i, 1000 + i + int(ms), 200, OK, 0)

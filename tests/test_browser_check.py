@@ -1,4 +1,4 @@
-"""The browser check of the HTML reports (optkit/_browser_check.py) tells a good report from a
+"""The browser check of the HTML reports (optkit/lab/week/_browser_check.py) tells a good report from a
 bad one: pages built from the real pieces (the headline table ``week.headline`` renders, a
 figure PNG drawn by matplotlib) and from the faults issue #13 found (a figure as
 ``<Figure size ...>`` text, a stderr block, an image that does not load, the raw table only),
@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from optkit import CompareSettings, ServiceConfig
-from optkit._browser_check import ReportCheck, main
-from optkit._compare import Comparison
-from optkit._simulate import simulate_trials
-from optkit._week import headline
-from optkit.stats import DEFAULT_DELTAS, analyse
+from optkit.lab.week._browser_check import ReportCheck, main
+from optkit.lab._session import Comparison
+from optkit.lab._simulate import simulate_trials
+from optkit.lab.week._runner import headline
+from optkit.lab.stats import DEFAULT_DELTAS, analyse
 
 DAY_REPORT = "01-connection-pooling.html"
 
@@ -122,7 +122,7 @@ def test_the_command_prints_a_line_per_report_and_saves_screenshots(
 def test_a_session_without_a_verdict_still_has_a_headline_and_a_key_figure_line() -> None:
     """No verdict: the headline says so in a row (not an empty table), and the key-figure cell
     shows a line instead of failing the day with StopIteration."""
-    from optkit._week import key_figure
+    from optkit.lab.week._runner import key_figure
 
     cmp = _comparison()
     cmp.verdicts["closed:32"] = []

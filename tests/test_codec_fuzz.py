@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from optkit._exceptions import ProtocolError
-from optkit._protocol import BINARY_HEADER, DATATYPES, InferRequest, TensorSpec, \
+from optkit.v2._codec import BINARY_HEADER, DATATYPES, InferRequest, TensorSpec, \
     decode_infer_result, encode_binary_infer_request, encode_infer_request, \
     encode_infer_response, parse_infer_request
-from optkit._streamcodec import parse_generate_request
+from optkit.v2._stream import parse_generate_request
 
 # deadline=None: a shared 2-core machine must not turn a slow example into a failure
 FUZZ = settings(max_examples=100, deadline=None,

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from optkit import CompareSettings, ConfigError, ServiceConfig, compare
-from optkit._compare import Comparison, load_deltas, parse_load
-from optkit._simulate import simulate_trials
-from optkit.stats import DEFAULT_DELTAS, analyse
-from optkit._week import conclusion, pool_summary, run_week
+from optkit.lab._session import Comparison, load_deltas, parse_load
+from optkit.lab._simulate import simulate_trials
+from optkit.lab.stats import DEFAULT_DELTAS, analyse
+from optkit.lab.week._runner import conclusion, pool_summary, run_week
 
 #: Short live sessions: 8 pairs is the fewest with which Holm over 4 metrics can reach 0.05.
 LIVE = CompareSettings(pairs=8, warmup_s=0.2, duration_s=0.8, loads=("closed:8",),
@@ -154,8 +154,8 @@ def test_week_runs_the_monday_notebook(monday_run: tuple[Path, pd.DataFrame]) ->
 def test_monday_report_reads_well_in_a_browser(monday_run: tuple[Path, pd.DataFrame],
                                                browser_check: Any) -> None:
     """The HTML report `optkit week` wrote, rendered in headless Chromium: every figure loaded,
-    no stderr block, the headline table shown (optkit/_browser_check.py)."""
-    from optkit._browser_check import failures
+    no stderr block, the headline table shown (optkit/lab/week/_browser_check.py)."""
+    from optkit.lab.week._browser_check import failures
 
     out, _ = monday_run
     results = browser_check([out / "mon" / "01-connection-pooling.html"])
@@ -166,7 +166,7 @@ def test_monday_report_reads_well_in_a_browser(monday_run: tuple[Path, pd.DataFr
 @pytest.mark.slow
 def test_throughput_at_slo_search(repository: Path) -> None:
     """The SLO search brackets a rate below capacity whose steps passed at p99 <= SLO."""
-    from optkit._slo import throughput_at_slo
+    from optkit.lab._slo import throughput_at_slo
 
     cfg = _synthetic("slo", 400.0)
     found = throughput_at_slo(cfg, repository=repository, slo_ms=20.0, workload="synthetic",
@@ -180,8 +180,8 @@ def test_throughput_at_slo_search(repository: Path) -> None:
 @pytest.mark.slow
 def test_compare_at_slo_pairs_searches(repository: Path) -> None:
     """A vs B at the SLO: paired searches in both orders, a verdict, and the steps for a figure."""
-    from optkit._slo import compare_at_slo
-    from optkit.plotting import latency_vs_load
+    from optkit.lab._slo import compare_at_slo
+    from optkit.lab.plotting import latency_vs_load
 
     verdict, searches, steps = compare_at_slo(
         _synthetic("slow", 800.0), _synthetic("fast", 400.0), repository=repository, pairs=2,
@@ -196,7 +196,7 @@ def test_compare_at_slo_pairs_searches(repository: Path) -> None:
 
 def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
     """Tuesday's tables sum each batching arm's /stats over its trials; an arm without batchers has no rows."""
-    from optkit._week import batch_histogram, batch_summary
+    from optkit.lab.week._runner import batch_histogram, batch_summary
 
     rows = []
     for pair in range(2):
@@ -231,7 +231,7 @@ def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
 def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypatch) -> None:
     """Quick mode (CI) runs 3 short pairs at the day's first load; standard mode what the
     notebook says; further fields (workload, metrics) apply in both."""
-    from optkit._week import day_settings
+    from optkit.lab.week._runner import day_settings
 
     monkeypatch.delenv("OPTKIT_QUICK", raising=False)
     loads = ["closed:32", "closed:1"]

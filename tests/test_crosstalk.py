@@ -27,9 +27,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optkit._protocol import BINARY_HEADER, decode_infer_result, encode_binary_infer_request, \
+from optkit.v2._codec import BINARY_HEADER, decode_infer_result, encode_binary_infer_request, \
     encode_infer_request
-from optkit._repository import ModelRepository
+from optkit.models._repository import ModelRepository
 from optkit.service import Stack, launch_stack
 
 sys.path.insert(0, str(Path(__file__).parent / "faults"))

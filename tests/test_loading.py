@@ -21,9 +21,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from optkit import encode_infer_request
 from optkit._config import LoadingConfig, ServiceConfig
 from optkit._exceptions import ModelLoadError, ModelNotFound, ModelNotReady, ProtocolError
-from optkit._models import ModelConfig, build_repository, load_model
-from optkit._protocol import TensorSpec
-from optkit._repository import FAILED, LOADING, READY, UNAVAILABLE, UNLOADING, ModelRepository
+from optkit.models import ModelConfig, build_repository, load_model
+from optkit.v2._codec import TensorSpec
+from optkit.models._repository import FAILED, LOADING, READY, UNAVAILABLE, UNLOADING, ModelRepository
 from optkit.layers.loading import ModelLoader
 from optkit.service import MODEL_SERVER_KEY
 from optkit.service._model_server import ModelServer

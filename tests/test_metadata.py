@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from optkit._exceptions import ModelNotFound
-from optkit._protocol import TensorSpec
+from optkit.v2._codec import TensorSpec
 from optkit.service import MetadataCache, ModelMeta
 
 META = ModelMeta((TensorSpec("x", "FP32", (-1, 4)),), ("y",), 8)

@@ -1,4 +1,4 @@
-"""Figures of optkit.plotting: each builds from small inputs with the expected axes and artists."""
+"""Figures of optkit.lab.plotting: each builds from small inputs with the expected axes and artists."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from optkit import plotting
-from optkit._simulate import simulate_trials
-from optkit.stats import MetricVerdict, percentile_curve
+from optkit.lab._simulate import simulate_trials
+from optkit.lab.stats import MetricVerdict, percentile_curve
 
 
 def verdict(metric: str, change: float, low: float, high: float, v: str,

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from optkit import CompareSettings, ServiceConfig, plotting
-from optkit._compare import Comparison
-from optkit._report import (rollup, run_reports, target_table, waterfall_steps, write_index,
+from optkit.lab._session import Comparison
+from optkit.lab.week.report import (rollup, run_reports, target_table, waterfall_steps, write_index,
                             next_steps, validity_table)
-from optkit._simulate import simulate_trials
-from optkit._week import DAYS, record_day
-from optkit.stats import DEFAULT_DELTAS, analyse
+from optkit.lab._simulate import simulate_trials
+from optkit.lab.week._runner import DAYS, record_day
+from optkit.lab.stats import DEFAULT_DELTAS, analyse
 
 #: (day, effect on log throughput) of a simulated week: Wednesday buys nothing.
 WEEK = (("mon", 0.25), ("tue", 0.60), ("wed", 0.0), ("thu", 0.10), ("fri", 0.90))
@@ -149,8 +149,8 @@ def test_final_reports_are_generated_with_figures(week_dir: Path,
 def test_final_reports_read_well_in_a_browser(week_dir: Path, final_reports: dict[str, str],
                                               browser_check: Any) -> None:
     """The three final HTML reports rendered in headless Chromium: every image loaded (the
-    summary draws at least one) and no stderr block (optkit/_browser_check.py)."""
-    from optkit._browser_check import failures
+    summary draws at least one) and no stderr block (optkit/lab/week/_browser_check.py)."""
+    from optkit.lab.week._browser_check import failures
 
     pages = sorted((week_dir / "reports").glob("*.html"))
     assert len(pages) == len(final_reports) == 3
@@ -162,7 +162,7 @@ def test_final_reports_read_well_in_a_browser(week_dir: Path, final_reports: dic
 def test_trial_folders_name_their_pair_and_arm(tmp_path: Path) -> None:
     """A trial does not know its pair or arm; the session's folder name does, and the
     session readers take them from there (load events and timelines of one pair)."""
-    from optkit._sessions import _trial_doc
+    from optkit.lab.week._sessions import _trial_doc
 
     folder = tmp_path / "closed-8-p03-B-1"
     folder.mkdir()

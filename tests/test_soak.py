@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optkit._soak import trend
+from optkit.lab._soak import trend
 
 
 def test_flat_noise_is_flat_and_a_leak_is_not() -> None:

@@ -1,4 +1,4 @@
-"""Known-answer tests for optkit.stats: every function against hand-computable cases."""
+"""Known-answer tests for optkit.lab.stats: every function against hand-computable cases."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from scipy import stats as st
 
 from optkit import stats
-from optkit._signflip import signed_sums
-from optkit.stats import (
+from optkit.lab._signflip import signed_sums
+from optkit.lab.stats import (
     DEFAULT_PAIRS,
     METRICS,
     analyse,

@@ -1,4 +1,4 @@
-"""The validation method tested on simulated sessions with a known truth (optkit._simulate).
+"""The validation method tested on simulated sessions with a known truth (optkit.lab._simulate).
 
 Each simulated session is DEFAULT_PAIRS interleaved pairs with 4 % trial noise, drift, a random
 walk and 5 % of trials 20 % slow, analysed by ``stats.analyse`` - once with the default deltas
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from optkit._simulate import simulate_trials
-from optkit.stats import DEFAULT_PAIRS, METRICS, analyse, calibrate_deltas
+from optkit.lab._simulate import simulate_trials
+from optkit.lab.stats import DEFAULT_PAIRS, METRICS, analyse, calibrate_deltas
 
 N_AA = 400  # A/A sessions
 N_POWER = 300  # sessions with a true +10 % throughput change

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from optkit import ServiceConfig, StreamingConfig, encode_infer_request
-from optkit._protocol import BINARY_HEADER, decode_infer_result, encode_binary_infer_request
+from optkit.v2._codec import BINARY_HEADER, decode_infer_result, encode_binary_infer_request
 from optkit.layers import ResponseStreamer
 from optkit.service import GATEWAY_KEY, MODEL_SERVER_KEY, create_gateway, create_model_server
 

@@ -71,9 +71,9 @@ from ._base import Layer
 from .._config import LoadingConfig
 from .._exceptions import ModelLoadError, ModelNotReady, OptkitError
 from .._metrics import Histogram, HistogramSnapshot, counter, gauge, histogram_field
-from .._models import Model
-from .._protocol import DATATYPES
-from .._repository import FAILED, LOADING, UNAVAILABLE, UNLOADING, ModelRepository
+from ..models import Model
+from ..v2._codec import DATATYPES
+from ..models._repository import FAILED, LOADING, UNAVAILABLE, UNLOADING, ModelRepository
 
 __all__ = ["ModelLoader", "LoadingStatistics"]
 

@@ -39,11 +39,11 @@ from aiohttp import web
 from .. import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, ProtocolError
-from .._models import Model, ModelConfig
-from .._protocol import InferRequest, json_loads, parse_infer_request, \
+from ..models import Model, ModelConfig
+from ..v2._codec import InferRequest, json_loads, parse_infer_request, \
     request_deadline, split_rows, validate_inputs
-from .._streamcodec import parse_generate_request
-from .._repository import ModelRepository, RepositoryStatistics
+from ..v2._stream import parse_generate_request
+from ..models._repository import ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.loading import LoadingStatistics, ModelLoader
 from ..layers.streaming import ResponseStreamer, StreamingStatistics

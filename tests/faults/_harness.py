@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from optkit._config import ServiceConfig
-from optkit._soak import process_figures
+from optkit.lab._soak import process_figures
 from optkit.bench import BenchResult, LoadSpec, run_bench
 from optkit.bench._records import ERROR_KINDS, TRANSPORT_ERRORS
 from optkit.service import Stack, launch_stack

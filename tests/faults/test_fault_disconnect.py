@@ -17,7 +17,7 @@ import pytest
 
 from _harness import FaultStack, Shot, SteadyLoad, Tally, burst, post_json, \
     server_counts, wait_settled, wait_until
-from optkit._protocol import BINARY_HEADER, encode_binary_infer_request, encode_infer_request
+from optkit.v2._codec import BINARY_HEADER, encode_binary_infer_request, encode_infer_request
 
 
 def _shots(n: int, seed: int) -> list[Shot]:

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from _harness import FaultStack, SteadyLoad, Tally, post_json
-from optkit._models import ModelConfig
-from optkit._protocol import TensorSpec, decode_infer_result, encode_infer_request
+from optkit.models import ModelConfig
+from optkit.v2._codec import TensorSpec, decode_infer_result, encode_infer_request
 
 SYNTHETIC = "synthetic"  # the workload: seeded random rows of width 16
 

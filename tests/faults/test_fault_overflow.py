@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from _harness import FaultStack, Shot, SteadyLoad, Tally, burst, post_json, server_counts
-from optkit._protocol import encode_infer_request
+from optkit.v2._codec import encode_infer_request
 
 #: the most the gateway's or model server's RSS may grow through a flood: the flood's
 #: bodies are ~10 KB each, a few MB for all of them; a queue without a bound would hold

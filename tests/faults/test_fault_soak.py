@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from _harness import INTEGRATED
-from optkit._soak import SoakSettings, run_soak
+from optkit.lab._soak import SoakSettings, run_soak
 
 
 @pytest.mark.heavy

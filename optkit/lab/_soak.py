@@ -36,9 +36,9 @@ import numpy as np
 import orjson
 import psutil
 
-from ._config import load_config
-from ._models import ModelConfig, digits_split, load_model
-from ._protocol import BINARY_HEADER, TensorSpec, decode_infer_result, \
+from .._config import load_config
+from ..models import ModelConfig, digits_split, load_model
+from ..v2._codec import BINARY_HEADER, TensorSpec, decode_infer_result, \
     encode_binary_infer_request, encode_infer_request
 
 __all__ = ["SoakSettings", "process_figures", "trend", "run_soak", "MIX"]
@@ -333,7 +333,7 @@ def run_soak(repository: str | Path, out_dir: str | Path, *,
     Returns the report; ``report["ok"]`` is False when any answer was lost, wrong or
     failed, or a series is not flat.
     """
-    from .service import launch_stack
+    from ..service import launch_stack
 
     s = settings or SoakSettings()
     out = Path(out_dir)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from ._quantiles import quantiles as _quantiles
+from .._quantiles import quantiles as _quantiles
 from ._signflip import min_pairs_for, sign_flip_test, signed_sums
 
 __all__ = [

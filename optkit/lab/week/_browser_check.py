@@ -113,7 +113,7 @@ def report_files(folder: str | Path) -> list[Path]:
 
 
 def _is_day_report(path: Path) -> bool:
-    from ._week import DAYS
+    from ._runner import DAYS
 
     return any(path.name == Path(day.notebook).with_suffix(".html").name for day in DAYS.values())
 

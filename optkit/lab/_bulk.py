@@ -39,7 +39,7 @@ def _rows(url: str, model: str, rows: int, seed: int) -> tuple[str, list[list[fl
     spec = meta["inputs"][0]
     width = int(spec["shape"][-1])
     if width == 64:
-        from .._models import digits_split
+        from ..models import digits_split
 
         x = digits_split(seed)[0]
         x = x[np.arange(rows) % len(x)]

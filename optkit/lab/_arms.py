@@ -45,8 +45,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from ._checks import check_number
-from ._exceptions import ConfigError, LaunchError, OptkitError
+from .._checks import check_number
+from .._exceptions import ConfigError, LaunchError, OptkitError
 
 __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
 
@@ -144,8 +144,8 @@ class ExternalArm:
         return arm
 
     def _check_urls(self, *urls: str) -> None:
-        from ._exceptions import BenchError
-        from .bench._target import parse_target
+        from .._exceptions import BenchError
+        from ..bench._target import parse_target
 
         for url in urls:
             try:
@@ -287,7 +287,7 @@ def preflight(*arms: Any, repository: str | Path, workload: Any = "digits") -> N
     hits; an external arm needs its program on PATH (command) or an answering URL (url).
     A trial that still cannot run is caught by ``compare`` at each arm's first trial.
     """
-    from .bench._workload import Workload
+    from ..bench._workload import Workload
 
     for arm in arms:
         if isinstance(arm, ExternalArm):
@@ -325,7 +325,7 @@ def is_arm(source: Any) -> bool:
 
 def load_arm(source: Any) -> Any:
     """An :class:`ExternalArm` for an arm file/mapping, else the optkit config (load_config)."""
-    from ._config import load_config
+    from .._config import load_config
 
     if isinstance(source, ExternalArm):
         return source

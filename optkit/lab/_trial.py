@@ -45,13 +45,13 @@ import orjson
 
 from .._exceptions import BenchError
 from ._churn import Churn, ChurnPlan
-from ._engine import prepare, run_bench
-from ._load import LoadSpec
+from ..bench._engine import prepare, run_bench
+from ..bench._load import LoadSpec
 from ._manifest import environment_manifest
-from ._results import BenchResult, load_run
-from ._target import http_get_json, parse_target
-from ._validity import ValidityGates
-from ._workload import Workload
+from ..bench._results import BenchResult, load_run
+from ..bench._target import http_get_json, parse_target
+from ..bench._validity import ValidityGates
+from ..bench._workload import Workload
 
 __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_request_kb",
            "ProcessSampler", "flatten_stats"]
@@ -298,7 +298,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
 
     Args:
         config: a ServiceConfig, YAML path, mapping or None (the baseline), or an
-            external arm (``optkit._arms``: a command that starts a service, or a URL).
+            external arm (``optkit.lab._arms``: a command that starts a service, or a URL).
         repository: the model repository the model server serves.
         cpus: pinning for ``model-server``, ``gateway`` and ``bench`` (the generator).
         launcher: a ``launch_stack``-compatible function (tests pass a stub).
@@ -308,7 +308,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
     Returns:
         the :class:`TrialResult`, written to ``out_dir`` when given.
     """
-    from .._arms import ExternalArm, load_arm
+    from ._arms import ExternalArm, load_arm
 
     cfg = load_arm(config)  # an optkit config, or an external arm (command / url)
     label = label or cfg.name

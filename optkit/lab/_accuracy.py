@@ -1,4 +1,4 @@
-"""The generator's accuracy checks, reproducible: ``python -m optkit.bench._accuracy``.
+"""The generator's accuracy checks, reproducible: ``python -m optkit.lab._accuracy``.
 
 ::
 
@@ -23,9 +23,9 @@ import threading
 import time
 import urllib.request
 
-from ._engine import run_bench
-from ._load import LoadSpec
-from ._wrk import wrk_available
+from ..bench._engine import run_bench
+from ..bench._load import LoadSpec
+from ..bench._wrk import wrk_available
 
 __all__ = ["main"]
 
@@ -135,7 +135,7 @@ def client_cpu(url: str, concurrency: int, seconds: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the checks and print the tables."""
-    p = argparse.ArgumentParser(prog="python -m optkit.bench._accuracy")
+    p = argparse.ArgumentParser(prog="python -m optkit.lab._accuracy")
     p.add_argument("--port", type=int, default=18090)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0)

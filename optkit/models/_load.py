@@ -1,16 +1,15 @@
-"""Built-in models and the repository builder."""
+"""Build a model from its version folder: read ``config.yaml``, pick the backend it names."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
 from .._exceptions import ModelLoadError
-from ._base import CONFIG_FILE, Model, ModelConfig, validate_model_name
-from ._build import MIN_ACCURACY, MODEL_NAMES, build_repository, digits_split
+from ._base import Model, ModelConfig
 
-__all__ = ["Model", "ModelConfig", "load_model", "build_repository", "digits_split",
-           "validate_model_name", "MODEL_NAMES", "MIN_ACCURACY", "CONFIG_FILE"]
+__all__ = ["load_model"]
 
 
 def load_model(version_dir: Path, *, overrides: Mapping[str, Any] | None = None) -> Model:
@@ -23,9 +22,9 @@ def load_model(version_dir: Path, *, overrides: Mapping[str, Any] | None = None)
     """
     config = ModelConfig.read(version_dir)
     if overrides:
-        import dataclasses
         config = dataclasses.replace(config, parameters={**config.parameters, **overrides})
     try:
+        # each backend imports its own library (scikit-learn, joblib) only when it is used
         if config.backend == "numpy_mlp":
             from ._numpy_mlp import NumpyMLP
             return NumpyMLP(config, version_dir)

@@ -1,4 +1,4 @@
-"""The paired sign-flip permutation test, exact by meeting in the middle (see ``optkit.stats``).
+"""The paired sign-flip permutation test, exact by meeting in the middle (see ``optkit.lab.stats``).
 
 Under "no change" each pair's d = ln(B/A) is as likely to be +x as -x, so the 2^n sign vectors
 of n pairs give the exact null distribution of sum(d). Counting them all the plain way builds a

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 if TYPE_CHECKING:
-    from ._config import ServiceConfig
+    from ..._config import ServiceConfig
 
-from ._compare import QUICK, STANDARD, CompareSettings, Comparison
-from ._exceptions import ConfigError
+from .._session import QUICK, STANDARD, CompareSettings, Comparison
+from ..._exceptions import ConfigError
 from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
                         layer_summary, load_events, load_timeline, pool_summary)
 
@@ -89,7 +89,7 @@ def config(name: str, *, models: Sequence[str] | None = None,
     A day whose workload needs models the configs do not load at start-up (Wednesday's
     synthetic-wide) gives both arms the same list: the layers compared stay the only difference.
     """
-    from ._config import LoadingConfig, ServiceConfig
+    from ..._config import LoadingConfig, ServiceConfig
 
     cfg = ServiceConfig.from_yaml(experiment(name, root))
     if models is None:
@@ -100,7 +100,7 @@ def config(name: str, *, models: Sequence[str] | None = None,
 
 def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
     """The model repository at ``path`` (relative to the project), built if missing."""
-    from ._models import build_repository
+    from ...models import build_repository
 
     repo = Path(path)
     if not repo.is_absolute():
@@ -137,10 +137,10 @@ def startup_times(configs: Sequence[str | Path], *, repository: str | Path, mode
     """Start-up of a fresh model server per config, ``repeats`` times each, interleaved.
 
     Columns: config, repeat, port_s, live_s, first_answer_s, ready_s (see
-    ``optkit.bench._startup``): how soon it binds, is live, answers ``model``, is ready.
+    ``optkit.lab._startup``): how soon it binds, is live, answers ``model``, is ready.
     """
-    from ._config import load_config
-    from .bench._startup import startup_time
+    from ..._config import load_config
+    from .._startup import startup_time
 
     rows = []
     for repeat in range(repeats):
@@ -158,9 +158,9 @@ def bulk_scoring(configs: Sequence[Any], *, repository: str | Path, model: str =
     One fresh stack per config (gateway in front), ``repeats`` requests each. Columns:
     config, repeat, events, first_event_s, last_event_s, rows_scored, complete.
     """
-    from ._config import load_config
-    from .bench._bulk import bulk_stream
-    from .service import launch_stack
+    from ..._config import load_config
+    from .._bulk import bulk_stream
+    from ...service import launch_stack
 
     out = []
     for config in configs:
@@ -179,7 +179,7 @@ def latency_curve(a: str | Path, b: str | Path, *, repository: str | Path,
 
     Quick mode (CI) keeps the two lowest rates and 1 s steps.
     """
-    from ._slo import latency_vs_load
+    from .._slo import latency_vs_load
 
     if quick or os.environ.get("OPTKIT_QUICK") == "1":
         rates, step_s = sorted(rates)[:2], 1.0
@@ -233,7 +233,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
     """
     import papermill as pm
 
-    from ._report import run_reports, write_index
+    from .report import run_reports, write_index
 
     base = project_root(root)
     chosen = list(days or DAYS)

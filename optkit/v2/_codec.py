@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import orjson
 
-from ._exceptions import ProtocolError
+from .._exceptions import ProtocolError
 
 __all__ = [
     "DATATYPES",

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as _st
 
 if TYPE_CHECKING:
-    from ._compare import Comparison
+    from .._session import Comparison
 
 __all__ = ["rollup", "waterfall_steps", "arm_interval", "target_table", "SEED_TARGETS",
            "write_index", "REPORTS", "run_reports", "day_folders", "environment_of",
@@ -188,7 +188,7 @@ def environment_of(run_dir: str | Path) -> dict[str, Any]:
 def write_index(run_dir: str | Path, summary: pd.DataFrame | None = None) -> Path:
     """``index.html``: every day's report and the final reports, linked, with the summary table."""
     run = Path(run_dir)
-    from ._week import DAYS
+    from ._runner import DAYS
 
     items = []
     for key, day in DAYS.items():
@@ -233,7 +233,7 @@ def run_reports(run_dir: str | Path, *, root: str | Path | None = None,
     import papermill as pm
     from nbconvert import HTMLExporter, MarkdownExporter
 
-    from ._week import project_root
+    from ._runner import project_root
 
     base = project_root(root)
     run = Path(run_dir).resolve()

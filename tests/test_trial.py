@@ -13,8 +13,9 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import pytest
 
-from optkit.bench import (ROW_COLUMNS, LoadSpec, ProcessSampler, StubServer, environment_manifest,
-                          flatten_stats, load_trial, memory_per_request_kb, run_trial)
+from optkit.bench import LoadSpec, StubServer
+from optkit.lab import (ROW_COLUMNS, ProcessSampler, environment_manifest, flatten_stats, load_trial,
+                        memory_per_request_kb, run_trial)
 
 
 @contextlib.contextmanager
@@ -144,7 +145,7 @@ def test_memory_held_under_load_is_the_peak_above_idle() -> None:
     """gateway_grown_mb / model_server_grown_mb: the window's peak minus the idle RSS of that
     tier; unknown when a tier was not sampled."""
     from optkit.bench._results import BenchResult
-    from optkit.bench._trial import TrialResult
+    from optkit.lab._trial import TrialResult
 
     services = {"gateway": {"rss_peak_mb": 193.5, "rss_idle_mb": 66.0},
                 "model-server": {"rss_peak_mb": None, "rss_idle_mb": 70.0}}

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._metrics import counter, gauge
-from ._exceptions import ModelLoadError, ModelNotFound, ModelNotReady, OptkitError
-from ._models import CONFIG_FILE, Model, ModelConfig, load_model, validate_model_name
+from .._metrics import counter, gauge
+from .._exceptions import ModelLoadError, ModelNotFound, ModelNotReady, OptkitError
+from ._base import CONFIG_FILE, Model, ModelConfig, validate_model_name
+from ._load import load_model
 
 __all__ = ["ModelRepository", "RepositoryStatistics", "READY", "UNAVAILABLE", "LOADING", "FAILED",
            "UNLOADING"]

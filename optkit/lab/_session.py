@@ -28,10 +28,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from ._config import ServiceConfig, load_config
-from ._exceptions import ConfigError, LaunchError, OptkitError
-from .bench._churn import ChurnPlan
-from .bench._validity import ValidityGates
+from .._config import ServiceConfig, load_config
+from .._exceptions import ConfigError, LaunchError, OptkitError
+from ._churn import ChurnPlan
+from ..bench._validity import ValidityGates
 from .stats import DEFAULT_DELTAS, DEFAULT_PAIRS, EXTRA_METRICS, METRICS, MetricVerdict, analyse, \
     calibrate_deltas, decide, holm, verdict_table
 
@@ -46,7 +46,7 @@ class CompareSettings:
     """How a session runs: pairs, trial timing, loads, workload, seed.
 
     ``metrics`` names columns analysed besides the four core ones (throughput, p50, p99,
-    memory per request), from ``optkit.stats.EXTRA_METRICS``: e.g. ``("ttfb_p99_ms",
+    memory per request), from ``optkit.lab.stats.EXTRA_METRICS``: e.g. ``("ttfb_p99_ms",
     "gateway_peak_mb")`` for the streaming day. They join the same Holm family.
     """
 
@@ -104,8 +104,8 @@ def parse_load(text: str, *, engine: str = "auto") -> Any:
     generator; open loops always use the built-in one (wrk cannot keep a schedule) with
     Poisson arrivals, the realistic model of independent clients.
     """
-    from .bench._load import LoadSpec
-    from .bench._wrk import wrk_available
+    from ..bench._load import LoadSpec
+    from ..bench._wrk import wrk_available
 
     spec = LoadSpec.parse(str(text))
     if spec.mode == "open":
@@ -317,14 +317,14 @@ def compare(a: Any, b: Any, *, repository: str | Path,
 
     Args:
         a, b: the two arms: service configs (ServiceConfig, YAML path, mapping, or None =
-            baseline) or external arms (``optkit._arms``: ``kind: command`` or ``kind: url``).
+            baseline) or external arms (``optkit.lab._arms``: ``kind: command`` or ``kind: url``).
         repository: the model repository both arms serve.
         settings: pairs, timing, loads...; ``QUICK`` or ``STANDARD`` or your own. Keyword
             ``overrides`` (``pairs=10``, ``loads=("open:2000",)``) replace single fields.
         calibration: a calibration file or mapping of per-metric δ; defaults otherwise.
         out_dir: if given, every trial's raw data and the session's results go there.
     """
-    from .bench._trial import run_trial
+    from ._trial import run_trial
 
     from ._arms import load_arm, preflight
 

@@ -7,7 +7,7 @@
     json_data_piece / binary_data_piece   one block of rows, ready to write into a slot
     parse_generate_request         a ``generate_stream`` body, checked like an infer request
 
-Kept apart from :mod:`optkit._protocol` (the whole-document codec) and built on it:
+Kept apart from :mod:`optkit.v2._codec` (the whole-document codec) and built on it:
 a streamed answer is byte for byte the buffered one.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._exceptions import ProtocolError
-from ._protocol import DATATYPES, InferInput, InferRequest, TensorSpec, _decode_json_data, \
+from .._exceptions import ProtocolError
+from ._codec import DATATYPES, InferInput, InferRequest, TensorSpec, _decode_json_data, \
     _json_object, _NAME_OF, _response_head, json_dumps, validate_inputs
 
 __all__ = ["datatype_of", "encode_infer_response_frames", "json_data_piece", "binary_data_piece",

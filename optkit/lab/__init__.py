@@ -1,0 +1,44 @@
+"""optkit.lab: the measurement lab (``pip install 'optkit[lab]'``): turn runs into verdicts.
+
+::
+
+    arms (optkit configs, commands, URLs) ──run_trial──▶ one fresh service, warm-up, window, gates
+    compare(A, B): n pairs, A/B order by a seeded coin ──▶ d = ln(B/A) per pair
+        ──▶ sign-flip p, BCa CI, Holm, noise band δ (calibrate) ──▶ improved / regressed / ...
+    throughput_at_slo, latency_vs_load      open-loop searches and curves
+    week/                                   the days, the runner, the roll-up and the reports
+    stats, plotting                         pure statistics, and figures drawn from results
+    soak, smoke, simulate                   long checked load, a quick check, the method's test bed
+
+The lab stands on the serving part and the load generator (:mod:`optkit.bench`) and nothing
+there imports it back.
+"""
+
+from . import plotting, stats, week
+from ._arms import ExternalArm, ExternalStack, is_arm, load_arm, preflight
+from ._churn import Churn, ChurnEvent, ChurnPlan
+from ._manifest import environment_manifest, git_commit
+from ._session import (QUICK, STANDARD, CompareSettings, Comparison, calibrate, compare,
+                       load_deltas, parse_load)
+from ._simulate import simulate_trials
+from ._slo import SloSearch, compare_at_slo, latency_vs_load, throughput_at_slo
+from ._smoke import run_smoke
+from ._soak import SoakSettings, run_soak
+from ._trial import (ROW_COLUMNS, ProcessSampler, TrialResult, flatten_stats, load_trial,
+                     memory_per_request_kb, run_trial)
+from .week import report
+
+__all__ = [
+    # sessions and verdicts
+    "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "parse_load",
+    "load_deltas",
+    # trials and arms
+    "run_trial", "TrialResult", "ROW_COLUMNS", "load_trial", "memory_per_request_kb",
+    "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "ExternalArm",
+    "ExternalStack", "load_arm", "is_arm", "preflight", "ChurnPlan", "ChurnEvent", "Churn",
+    # searches, soak, smoke, simulation
+    "throughput_at_slo", "compare_at_slo", "latency_vs_load", "SloSearch", "SoakSettings",
+    "run_soak", "run_smoke", "simulate_trials",
+    # namespaces
+    "stats", "plotting", "week", "report",
+]

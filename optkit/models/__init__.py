@@ -1,0 +1,19 @@
+"""Models: the model protocol, the built-in kinds, the repository on disk and its builder.
+
+::
+
+    <repository>/<model>/<version>/config.yaml + weights     (Triton-style folders)
+         │ ModelRepository: names validated, nothing loaded from a path a request names
+         ▼
+    load_model(version_dir) ──▶ NumpyMLP | SklearnModel | SyntheticModel   (a ``Model``)
+    build_repository(dir)   ──▶ the seeded catalogue (digits-mlp, digits-sklearn, sizes, synthetic)
+"""
+
+from ._base import CONFIG_FILE, Model, ModelConfig, validate_model_name
+from ._build import MIN_ACCURACY, MODEL_NAMES, build_repository, digits_split
+from ._load import load_model
+from ._repository import ModelRepository, RepositoryStatistics
+
+__all__ = ["Model", "ModelConfig", "load_model", "build_repository", "digits_split",
+           "validate_model_name", "MODEL_NAMES", "MIN_ACCURACY", "CONFIG_FILE",
+           "ModelRepository", "RepositoryStatistics"]
