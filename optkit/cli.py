@@ -105,7 +105,7 @@ def _soak(args: argparse.Namespace) -> int:
 def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from .lab._session import QUICK, STANDARD
+    from .lab import QUICK, STANDARD
 
     base = QUICK if args.quick else STANDARD
     changes = {k: v for k, v in {"pairs": args.pairs, "warmup_s": args.warmup,
@@ -119,7 +119,7 @@ def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .lab._session import compare
+    from .lab import compare
     from .lab.week._runner import conclusion
 
     out = args.out or f"runs/compare-{Path(args.a).stem}-vs-{Path(args.b).stem}"
@@ -162,7 +162,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .lab._session import calibrate
+    from .lab import calibrate
 
     doc = calibrate(args.config, repository=args.repository, settings=_session_settings(args),
                     out=args.out)

@@ -17,7 +17,7 @@ import pytest
 
 from optkit import CompareSettings, ServiceConfig
 from optkit.lab.week._browser_check import ReportCheck, main
-from optkit.lab._session import Comparison
+from optkit.lab import Comparison
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.week._runner import headline
 from optkit.lab.stats import DEFAULT_DELTAS, analyse

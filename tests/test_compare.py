@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from optkit import CompareSettings, ConfigError, ServiceConfig, compare
-from optkit.lab._session import Comparison, load_deltas, parse_load
+from optkit.lab import Comparison, load_deltas, parse_load
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
 from optkit.lab.week._runner import conclusion, pool_summary, run_week

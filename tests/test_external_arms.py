@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from optkit.lab._arms import ExternalArm, load_arm
-from optkit.lab._session import compare
+from optkit.lab import compare
 from optkit._exceptions import ConfigError, LaunchError
 from optkit.bench._stub_server import StubServer
 from optkit.bench._validity import ValidityGates

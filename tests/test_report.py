@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from optkit import CompareSettings, ServiceConfig, plotting
-from optkit.lab._session import Comparison
+from optkit.lab import Comparison
 from optkit.lab.week.report import (rollup, run_reports, target_table, waterfall_steps, write_index,
                             next_steps, validity_table)
 from optkit.lab._simulate import simulate_trials

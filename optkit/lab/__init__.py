@@ -18,8 +18,11 @@ from . import plotting, stats, week
 from ._arms import ExternalArm, ExternalStack, is_arm, load_arm, preflight
 from ._churn import Churn, ChurnEvent, ChurnPlan
 from ._manifest import environment_manifest, git_commit
-from ._session import (QUICK, STANDARD, CompareSettings, Comparison, calibrate, compare,
-                       load_deltas, parse_load)
+from ._calibration import calibrate
+from ._comparison import Comparison
+from ._noise import load_deltas
+from ._session import compare
+from ._settings import QUICK, STANDARD, CompareSettings, parse_load
 from ._simulate import simulate_trials
 from ._slo import SloSearch, compare_at_slo, latency_vs_load, throughput_at_slo
 from ._smoke import run_smoke

@@ -30,7 +30,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from ..._config import ServiceConfig
 
-from .._session import QUICK, STANDARD, CompareSettings, Comparison
+from .._comparison import Comparison
+from .._settings import QUICK, STANDARD, CompareSettings
 from ..._exceptions import ConfigError
 from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
                         layer_summary, load_events, load_timeline, pool_summary)

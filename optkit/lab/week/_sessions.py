@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from .._session import Comparison
+from .._comparison import Comparison
 
 __all__ = ["pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
            "load_timeline", "headline", "key_figure", "conclusion"]

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as _st
 
 if TYPE_CHECKING:
-    from .._session import Comparison
+    from .._comparison import Comparison
 
 __all__ = ["rollup", "waterfall_steps", "arm_interval", "target_table", "SEED_TARGETS",
            "write_index", "REPORTS", "run_reports", "day_folders", "environment_of",
