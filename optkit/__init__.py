@@ -17,7 +17,7 @@ not pay for aiohttp, scikit-learn and the lab (measured: 0.50 s eagerly), and a 
 install has no lab at all.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 

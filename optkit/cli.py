@@ -120,7 +120,7 @@ def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _compare(args: argparse.Namespace) -> int:
     from .lab import compare
-    from .lab.week._runner import conclusion
+    from .lab.week import conclusion
 
     out = args.out or f"runs/compare-{Path(args.a).stem}-vs-{Path(args.b).stem}"
     cmp = compare(args.a, args.b, repository=args.repository, settings=_session_settings(args),
@@ -174,7 +174,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _week(args: argparse.Namespace) -> int:
-    from .lab.week._runner import run_week, week_summary
+    from .lab.week import run_week, week_summary
 
     days = args.days.split(",") if args.days else None
     summary = run_week(days, quick=args.quick, out=args.out, repository=args.repository)

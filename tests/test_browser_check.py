@@ -19,7 +19,7 @@ from optkit import CompareSettings, ServiceConfig
 from optkit.lab.week._browser_check import ReportCheck, main
 from optkit.lab import Comparison
 from optkit.lab._simulate import simulate_trials
-from optkit.lab.week._runner import headline
+from optkit.lab.week import headline
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
 
 DAY_REPORT = "01-connection-pooling.html"
@@ -122,7 +122,7 @@ def test_the_command_prints_a_line_per_report_and_saves_screenshots(
 def test_a_session_without_a_verdict_still_has_a_headline_and_a_key_figure_line() -> None:
     """No verdict: the headline says so in a row (not an empty table), and the key-figure cell
     shows a line instead of failing the day with StopIteration."""
-    from optkit.lab.week._runner import key_figure
+    from optkit.lab.week import key_figure
 
     cmp = _comparison()
     cmp.verdicts["closed:32"] = []

@@ -13,7 +13,7 @@ from optkit import CompareSettings, ConfigError, ServiceConfig, compare
 from optkit.lab import Comparison, load_deltas, parse_load
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
-from optkit.lab.week._runner import conclusion, pool_summary, run_week
+from optkit.lab.week import conclusion, pool_summary, run_week
 
 #: Short live sessions: 8 pairs is the fewest with which Holm over 4 metrics can reach 0.05.
 LIVE = CompareSettings(pairs=8, warmup_s=0.2, duration_s=0.8, loads=("closed:8",),
@@ -196,7 +196,7 @@ def test_compare_at_slo_pairs_searches(repository: Path) -> None:
 
 def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
     """Tuesday's tables sum each batching arm's /stats over its trials; an arm without batchers has no rows."""
-    from optkit.lab.week._runner import batch_histogram, batch_summary
+    from optkit.lab.week import batch_histogram, batch_summary
 
     rows = []
     for pair in range(2):
@@ -231,7 +231,7 @@ def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
 def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypatch) -> None:
     """Quick mode (CI) runs 3 short pairs at the day's first load; standard mode what the
     notebook says; further fields (workload, metrics) apply in both."""
-    from optkit.lab.week._runner import day_settings
+    from optkit.lab.week import day_settings
 
     monkeypatch.delenv("OPTKIT_QUICK", raising=False)
     loads = ["closed:32", "closed:1"]

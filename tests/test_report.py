@@ -16,7 +16,7 @@ from optkit.lab import Comparison
 from optkit.lab.week.report import (rollup, run_reports, target_table, waterfall_steps, write_index,
                             next_steps, validity_table)
 from optkit.lab._simulate import simulate_trials
-from optkit.lab.week._runner import DAYS, record_day
+from optkit.lab.week import DAYS, record_day
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
 
 #: (day, effect on log throughput) of a simulated week: Wednesday buys nothing.

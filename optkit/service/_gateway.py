@@ -48,7 +48,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 from aiohttp import web
 
-from .. import __version__
+from .._version import __version__
 from .._config import ServiceConfig
 from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
 from .._metrics import counter

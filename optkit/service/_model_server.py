@@ -36,7 +36,7 @@ import numpy as np
 
 from aiohttp import web
 
-from .. import __version__
+from .._version import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, ProtocolError
 from ..models import Model, ModelConfig

@@ -1,14 +1,22 @@
 """The sprint week: one parameterized notebook per day, executed into a run folder, and reports.
 
-Every public name is re-exported here from a private module; ``report`` is the roll-up and the
-final reports, a namespace of its own.
+::
+
+    _days.py       the days (one place), where the experiments are, a day's session settings
+    _sessions.py   what a day's notebook shows about a session (headline, summaries, conclusion)
+    _measures.py   what a day measures beside its session (start-up, bulk scoring, curves)
+    report.py      the roll-up, Friday's target table, the final reports, the run's index
+    _runner.py     record_day (a day's results.json) and run_week (papermill, then the reports)
+
+Every public name is re-exported here; ``report`` is a namespace of its own.
 """
 
 from . import report
-from ._runner import (DAYS, Day, batch_histogram, batch_summary, bulk_scoring, conclusion, config,
-                      day_settings, ensure_repository, experiment, headline, key_figure,
-                      latency_curve, layer_summary, load_events, load_timeline, pool_summary,
-                      project_root, record_day, run_week, startup_times, week_summary)
+from ._days import DAYS, Day, config, day_settings, ensure_repository, experiment, project_root
+from ._measures import bulk_scoring, latency_curve, startup_times
+from ._runner import record_day, run_week, week_summary
+from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
+                        layer_summary, load_events, load_timeline, pool_summary)
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
            "day_settings", "pool_summary", "batch_summary", "batch_histogram", "layer_summary",

@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ._days import DAYS
+
 __all__ = ["ReportCheck", "BrowserUnavailable", "browser_problem", "check_reports",
            "report_files", "failures",
            "chromium_path", "CHROMIUM_ARGS"]
@@ -113,8 +115,6 @@ def report_files(folder: str | Path) -> list[Path]:
 
 
 def _is_day_report(path: Path) -> bool:
-    from ._runner import DAYS
-
     return any(path.name == Path(day.notebook).with_suffix(".html").name for day in DAYS.values())
 
 

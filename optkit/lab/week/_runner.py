@@ -12,180 +12,26 @@
       ...
       summary table of every day at the end
 
-The helpers below are what the notebooks call, so the notebooks hold no logic.
+A day's notebook ends with ``record_day`` (its ``results.json``, what the runner's summary and
+Friday's roll-up read); ``run_week`` executes the notebooks and then the final reports.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from ..._config import ServiceConfig
-
-from .._comparison import Comparison
-from .._settings import QUICK, STANDARD, CompareSettings
 from ..._exceptions import ConfigError
-from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
-                        layer_summary, load_events, load_timeline, pool_summary)
+from .._comparison import Comparison
+from ._days import DAYS, Day, ensure_repository, project_root
+from ._sessions import conclusion
+from .report import run_reports, write_index
 
-__all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository", "day_settings",
-           "pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
-           "load_timeline", "headline", "key_figure", "startup_times", "bulk_scoring", "latency_curve", "conclusion",
-           "record_day", "run_week", "week_summary"]
-
-
-@dataclass(frozen=True)
-class Day:
-    """One day of the sprint: its notebook and the two configs it compares."""
-
-    key: str
-    title: str
-    notebook: str
-    a: str
-    b: str
-
-
-DAYS: dict[str, Day] = {
-    "mon": Day("mon", "Connection pooling", "01-connection-pooling.ipynb", "baseline", "pooling"),
-    "tue": Day("tue", "Request batching", "02-request-batching.ipynb", "pooling", "batching"),
-    "wed": Day("wed", "Response streaming", "03-response-streaming.ipynb", "batching", "streaming"),
-    "thu": Day("thu", "Async model loading", "04-async-model-loading.ipynb", "streaming",
-               "loading"),
-    "fri": Day("fri", "Integration", "05-integration.ipynb", "baseline", "integrated"),
-}
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The folder holding ``experiments/`` and ``notebooks/``, searched upward from ``start``."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "experiments").is_dir() and (folder / "notebooks").is_dir():
-            return folder
-    package_root = Path(__file__).resolve().parent.parent
-    if (package_root / "experiments").is_dir():
-        return package_root
-    raise FileNotFoundError(f"no optkit project (experiments/ + notebooks/) above {here}")
-
-
-def experiment(name: str, root: str | Path | None = None) -> Path:
-    """Path of ``experiments/<name>.yaml``."""
-    path = project_root(root) / "experiments" / f"{name}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"no experiment config {path}")
-    return path
-
-
-def config(name: str, *, models: Sequence[str] | None = None,
-           root: str | Path | None = None) -> "ServiceConfig":
-    """The experiment config ``name``, with ``loading.models`` replaced when ``models`` is given.
-
-    A day whose workload needs models the configs do not load at start-up (Wednesday's
-    synthetic-wide) gives both arms the same list: the layers compared stay the only difference.
-    """
-    from ..._config import LoadingConfig, ServiceConfig
-
-    cfg = ServiceConfig.from_yaml(experiment(name, root))
-    if models is None:
-        return cfg
-    loading = cfg.to_dict()["loading"]
-    return cfg.replace(loading=LoadingConfig(**{**loading, "models": list(models)}))
-
-
-def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
-    """The model repository at ``path`` (relative to the project), built if missing."""
-    from ...models import build_repository
-
-    repo = Path(path)
-    if not repo.is_absolute():
-        repo = project_root(root) / repo
-    build_repository(repo)  # no-op for models already built
-    return repo
-
-
-def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
-                 loads: Sequence[str], seed: int, quick_pairs: int = 3,
-                 quick_duration_s: float | None = None, **extra: Any) -> CompareSettings:
-    """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
-    notebook's parameters. ``extra`` sets further fields either way (``workload``,
-    ``metrics``, ``engine``, ``churn``, ``gates``). ``quick_duration_s`` lengthens the
-    quick window for a day whose effect needs more than QUICK's (Thursday: a ~1 s load
-    that stalls the serving loop must fit inside the window, with answers around it, or
-    every trial of the stalling arm is invalid: nothing answered in the window).
-
-    ``OPTKIT_QUICK=1`` in the environment forces quick mode: that is how ``make test``
-    runs the notebooks under nbmake, which cannot pass papermill parameters.
-    """
-    if quick or os.environ.get("OPTKIT_QUICK") == "1":  # CI: does the day run end to end?
-        # a few pairs (3; a day's secondary session 2): enough for every analysis step to run
-        # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
-        return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
-                                   duration_s=quick_duration_s or QUICK.duration_s,
-                                   loads=tuple(loads)[:1], seed=seed, **extra)
-    return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
-                               loads=tuple(loads), seed=seed, **extra)
-
-
-def startup_times(configs: Sequence[str | Path], *, repository: str | Path, model: str,
-                  repeats: int = 3) -> pd.DataFrame:
-    """Start-up of a fresh model server per config, ``repeats`` times each, interleaved.
-
-    Columns: config, repeat, port_s, live_s, first_answer_s, ready_s (see
-    ``optkit.lab._startup``): how soon it binds, is live, answers ``model``, is ready.
-    """
-    from ..._config import load_config
-    from .._startup import startup_time
-
-    rows = []
-    for repeat in range(repeats):
-        for config in configs:
-            cfg = load_config(config)
-            rows.append({"config": cfg.name, "repeat": repeat,
-                         **startup_time(cfg, repository=repository, model=model)})
-    return pd.DataFrame(rows)
-
-
-def bulk_scoring(configs: Sequence[Any], *, repository: str | Path, model: str = "synthetic",
-                 rows: int = 10_000, repeats: int = 3, seed: int = 0) -> pd.DataFrame:
-    """Time the events of one ``generate_stream`` request of ``rows`` rows, per config.
-
-    One fresh stack per config (gateway in front), ``repeats`` requests each. Columns:
-    config, repeat, events, first_event_s, last_event_s, rows_scored, complete.
-    """
-    from ..._config import load_config
-    from .._bulk import bulk_stream
-    from ...service import launch_stack
-
-    out = []
-    for config in configs:
-        cfg = load_config(config)
-        with launch_stack(cfg, repository=repository) as stack:
-            for repeat in range(repeats):
-                out.append({"config": cfg.name, "repeat": repeat,
-                            **bulk_stream(stack.url, model, rows=rows, seed=seed + repeat)})
-    return pd.DataFrame(out)
-
-
-def latency_curve(a: str | Path, b: str | Path, *, repository: str | Path,
-                  rates: Sequence[float], step_s: float, quick: bool, seed: int,
-                  workload: str = "digits") -> pd.DataFrame:
-    """Both arms' p50/p99 against the offered open-loop rate (one fresh stack per arm).
-
-    Quick mode (CI) keeps the two lowest rates and 1 s steps.
-    """
-    from .._slo import latency_vs_load
-
-    if quick or os.environ.get("OPTKIT_QUICK") == "1":
-        rates, step_s = sorted(rates)[:2], 1.0
-    return latency_vs_load([a, b], repository=repository, rates=rates, workload=workload,
-                           step_s=step_s, warmup_s=0.5, seed=seed)
+__all__ = ["record_day", "run_week", "week_summary"]
 
 
 def record_day(cmp: Comparison | Sequence[Comparison], *, day: str, out_dir: str | Path,
@@ -232,9 +78,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
     the run folder, and ``index.html`` links everything. Progress: one line per day here,
     and one per trial from inside each notebook (written to this terminal, not the report).
     """
-    import papermill as pm
-
-    from .report import run_reports, write_index
+    import papermill as pm  # imported here: a notebook kernel that records its day needs none of it
 
     base = project_root(root)
     chosen = list(days or DAYS)
@@ -283,14 +127,6 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
                                              "error": status}
     write_index(run_dir, summary)
     return summary
-
-
-def _bar(items: list[str], enabled: bool) -> Any:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="week", unit="day")
 
 
 def _export_html(notebook: Path) -> None:

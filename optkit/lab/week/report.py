@@ -21,21 +21,19 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-if TYPE_CHECKING:
-    from .._comparison import Comparison
+from .._comparison import Comparison
+from ._days import DAYS, project_root
 
 __all__ = ["rollup", "waterfall_steps", "arm_interval", "target_table", "SEED_TARGETS",
            "write_index", "REPORTS", "run_reports", "day_folders", "environment_of",
            "day_overview", "validity_table", "calibration_table", "day_figures", "recorded",
            "next_steps", "md_table"]
-
-_DAY_ORDER = ("mon", "tue", "wed", "thu", "fri")
 
 #: The three final reports: notebook under ``notebooks/reports/`` -> output name.
 REPORTS = {"sprint-summary": "sprint-summary.ipynb",
@@ -46,7 +44,7 @@ REPORTS = {"sprint-summary": "sprint-summary.ipynb",
 def day_folders(run_dir: str | Path) -> dict[str, Path]:
     """The run's day folders that hold a ``results.json``, in the week's order."""
     run = Path(run_dir)
-    return {d: run / d for d in _DAY_ORDER if (run / d / "results.json").exists()}
+    return {d: run / d for d in DAYS if (run / d / "results.json").exists()}
 
 
 def rollup(run_dir: str | Path) -> pd.DataFrame:
@@ -85,7 +83,7 @@ def waterfall_steps(table: pd.DataFrame, *, metric: str = "throughput_rps",
     sel = table[(table["metric"] == metric) & (table["load"] == load)
                 & (table["workload"] == workload)]
     rows, level = [], 1.0
-    for day in _DAY_ORDER:
+    for day in DAYS:
         found = sel[sel["day"] == day]
         if found.empty:
             if day in set(table["day"]):
@@ -131,7 +129,7 @@ SEED_TARGETS: tuple[dict[str, Any], ...] = (
 )
 
 
-def target_table(cmp: "Comparison", targets: Sequence[dict[str, Any]] = SEED_TARGETS) -> pd.DataFrame:
+def target_table(cmp: Comparison, targets: Sequence[dict[str, Any]] = SEED_TARGETS) -> pd.DataFrame:
     """Each seed target, its measured value with a 95 % CI, and met / not met / not measured.
 
     A level target is met when the whole CI of the integrated arm (B) is on the right side
@@ -188,8 +186,6 @@ def environment_of(run_dir: str | Path) -> dict[str, Any]:
 def write_index(run_dir: str | Path, summary: pd.DataFrame | None = None) -> Path:
     """``index.html``: every day's report and the final reports, linked, with the summary table."""
     run = Path(run_dir)
-    from ._runner import DAYS
-
     items = []
     for key, day in DAYS.items():
         report = run / key / Path(day.notebook).with_suffix(".html").name
@@ -232,8 +228,6 @@ def run_reports(run_dir: str | Path, *, root: str | Path | None = None,
     import nbformat
     import papermill as pm
     from nbconvert import HTMLExporter, MarkdownExporter
-
-    from ._runner import project_root
 
     base = project_root(root)
     run = Path(run_dir).resolve()

@@ -1,0 +1,112 @@
+"""The week's days, in one place: each day's notebook and the two configs it compares, where
+the project's experiments live, and how a day's session is set (standard or quick).
+
+::
+
+    DAYS["tue"] = Day("tue", "Request batching", "02-request-batching.ipynb", a="pooling", b="batching")
+    experiment("batching") -> <project>/experiments/batching.yaml      (days are cumulative:
+    config("batching", models=[...]) -> its ServiceConfig               each b is the next a)
+    day_settings(quick=..., pairs=..., loads=...) -> CompareSettings    (OPTKIT_QUICK=1: CI mode)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..._config import LoadingConfig, ServiceConfig
+from ...models import build_repository
+from .._settings import QUICK, STANDARD, CompareSettings
+
+__all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
+           "day_settings"]
+
+
+@dataclass(frozen=True)
+class Day:
+    """One day of the sprint: its notebook and the two configs it compares."""
+
+    key: str
+    title: str
+    notebook: str
+    a: str
+    b: str
+
+
+DAYS: dict[str, Day] = {
+    "mon": Day("mon", "Connection pooling", "01-connection-pooling.ipynb", "baseline", "pooling"),
+    "tue": Day("tue", "Request batching", "02-request-batching.ipynb", "pooling", "batching"),
+    "wed": Day("wed", "Response streaming", "03-response-streaming.ipynb", "batching", "streaming"),
+    "thu": Day("thu", "Async model loading", "04-async-model-loading.ipynb", "streaming",
+               "loading"),
+    "fri": Day("fri", "Integration", "05-integration.ipynb", "baseline", "integrated"),
+}
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The folder holding ``experiments/`` and ``notebooks/``, searched upward from ``start``."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "experiments").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    package_root = Path(__file__).resolve().parent.parent
+    if (package_root / "experiments").is_dir():
+        return package_root
+    raise FileNotFoundError(f"no optkit project (experiments/ + notebooks/) above {here}")
+
+
+def experiment(name: str, root: str | Path | None = None) -> Path:
+    """Path of ``experiments/<name>.yaml``."""
+    path = project_root(root) / "experiments" / f"{name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no experiment config {path}")
+    return path
+
+
+def config(name: str, *, models: Sequence[str] | None = None,
+           root: str | Path | None = None) -> ServiceConfig:
+    """The experiment config ``name``, with ``loading.models`` replaced when ``models`` is given.
+
+    A day whose workload needs models the configs do not load at start-up (Wednesday's
+    synthetic-wide) gives both arms the same list: the layers compared stay the only difference.
+    """
+    cfg = ServiceConfig.from_yaml(experiment(name, root))
+    if models is None:
+        return cfg
+    loading = cfg.to_dict()["loading"]
+    return cfg.replace(loading=LoadingConfig(**{**loading, "models": list(models)}))
+
+
+def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
+    """The model repository at ``path`` (relative to the project), built if missing."""
+    repo = Path(path)
+    if not repo.is_absolute():
+        repo = project_root(root) / repo
+    build_repository(repo)  # no-op for models already built
+    return repo
+
+
+def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
+                 loads: Sequence[str], seed: int, quick_pairs: int = 3,
+                 quick_duration_s: float | None = None, **extra: Any) -> CompareSettings:
+    """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
+    notebook's parameters. ``extra`` sets further fields either way (``workload``,
+    ``metrics``, ``engine``, ``churn``, ``gates``). ``quick_duration_s`` lengthens the
+    quick window for a day whose effect needs more than QUICK's (Thursday: a ~1 s load
+    that stalls the serving loop must fit inside the window, with answers around it, or
+    every trial of the stalling arm is invalid: nothing answered in the window).
+
+    ``OPTKIT_QUICK=1`` in the environment forces quick mode: that is how ``make test``
+    runs the notebooks under nbmake, which cannot pass papermill parameters.
+    """
+    if quick or os.environ.get("OPTKIT_QUICK") == "1":  # CI: does the day run end to end?
+        # a few pairs (3; a day's secondary session 2): enough for every analysis step to run
+        # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
+        return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
+                                   duration_s=quick_duration_s or QUICK.duration_s,
+                                   loads=tuple(loads)[:1], seed=seed, **extra)
+    return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
+                               loads=tuple(loads), seed=seed, **extra)
