@@ -76,7 +76,7 @@ if _TYPE_CHECKING:  # what the names resolve to, for type checkers and editors
                      encode_infer_response, parse_infer_request, validate_inputs)
 
 #: what the lab needs beyond the serving install (``optkit[lab]``)
-_LAB_DEPENDENCIES = frozenset({"scipy", "pandas", "matplotlib", "seaborn", "papermill",
+_LAB_DEPENDENCIES = frozenset({"scipy", "pandas", "matplotlib", "seaborn", "psutil", "papermill",
                                "nbclient", "nbconvert", "nbformat", "ipykernel", "tqdm"})
 
 

@@ -5,33 +5,55 @@
     optkit serve model-server --repository DIR [--host H] [--port P] [--config FILE] [--workers N]
     optkit serve gateway --upstream URL[,URL...] [--host H] [--port P] [--config FILE]
     optkit models build --repository DIR [--models a,b] [--seed S] [--force]
-    optkit smoke --repository DIR [--duration S]
     optkit bench ...        (see optkit bench --help)
+      the lab (pip install 'optkit[lab]'):
+    optkit smoke --repository DIR [--duration S]
+    optkit soak [--minutes N] ...
     optkit compare A.yaml B.yaml [--pairs N] [--load closed:32] [--load open:2000] [--quick] [--out DIR]
     optkit calibrate CONFIG.yaml [--pairs N] [--load ...] [--out FILE]
     optkit week [--days mon,tue] [--quick] [--out DIR]
     optkit check-reports RUN_FOLDER [--screenshots DIR]   (the HTML reports, in headless Chromium)
 
-Imports are lazy so a server process starts without loading pandas and friends.
+The serving commands need only the serving install; a lab command imports the lab in one
+place (``_lab``), which says what to install where it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import sys
+import time
+import types
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
+
+from ._config import load_config
+from ._exceptions import OptkitError
+from .bench._cli import add_parser as add_bench_parser
+from .models import ModelRepository, build_repository
+from .service import create_gateway, create_model_server, run_workers, serve
 
 __all__ = ["main", "build_parser"]
 
 MAX_WORKERS = 64  # --workers: processes, each holding every model
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from ._config import load_config
-    from .service import create_gateway, create_model_server, serve
+def _lab() -> types.ModuleType:
+    """The measurement lab; where only the serving part is installed, a clear error (exit 2)."""
+    try:
+        from . import lab
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("optkit"):
+            raise
+        print(f"optkit: this command is part of the measurement lab, which needs {exc.name}: "
+              f"pip install 'optkit[lab]'", file=sys.stderr)
+        raise SystemExit(2) from exc
+    return lab
 
+
+def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     host = args.host or config.server.host
     if not _is_loopback(host):
@@ -40,8 +62,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"optkit: --workers must be 1..{MAX_WORKERS}, got {args.workers}", file=sys.stderr)
         return 2
     if args.kind == "model-server" and args.workers > 1 and args.worker_id is None:
-        from .service._workers import run_workers
-
         child = ["--repository", args.repository]
         child += ["--config", args.config] if args.config else []
         return run_workers(args.workers, child, host=host, port=args.port,
@@ -67,15 +87,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _models_build(args: argparse.Namespace) -> int:
-    import time
-
-    from .models import build_repository
-
     started = time.perf_counter()
     models = args.models.split(",") if args.models else None
     built = build_repository(args.repository, models=models, seed=args.seed, force=args.force)
-    from .models._repository import ModelRepository
-
     repo = ModelRepository(args.repository)
     for name in repo.names():
         cfg = repo.config(name)
@@ -87,27 +101,21 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from .lab._smoke import run_smoke
-
-    return run_smoke(args.repository, duration_s=args.duration, config=args.config)
+    return _lab().run_smoke(args.repository, duration_s=args.duration, config=args.config)
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from .lab._soak import SoakSettings, run_soak
-
-    settings = SoakSettings(minutes=args.minutes, rate=args.rate, concurrency=args.concurrency,
-                            reload_every_s=args.reload_every, sample_every_s=args.sample_every)
-    report = run_soak(args.repository, args.out, config=args.config, settings=settings)
+    lab = _lab()
+    settings = lab.SoakSettings(minutes=args.minutes, rate=args.rate,
+                                concurrency=args.concurrency, reload_every_s=args.reload_every,
+                                sample_every_s=args.sample_every)
+    report = lab.run_soak(args.repository, args.out, config=args.config, settings=settings)
     print(Path(args.out, "soak.md").read_text())
     return 0 if report["ok"] else 1
 
 
-def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    import dataclasses
-
-    from .lab import QUICK, STANDARD
-
-    base = QUICK if args.quick else STANDARD
+def _session_settings(lab: types.ModuleType, args: argparse.Namespace) -> Any:
+    base = lab.QUICK if args.quick else lab.STANDARD
     changes = {k: v for k, v in {"pairs": args.pairs, "warmup_s": args.warmup,
                                  "duration_s": args.duration, "seed": args.seed,
                                  "workload": args.workload, "engine": args.engine,
@@ -119,17 +127,16 @@ def _session_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .lab import compare
-    from .lab.week import conclusion
-
+    lab = _lab()
     out = args.out or f"runs/compare-{Path(args.a).stem}-vs-{Path(args.b).stem}"
-    cmp = compare(args.a, args.b, repository=args.repository, settings=_session_settings(args),
-                  calibration=args.calibration, out_dir=out, log=print)
+    settings = _session_settings(lab, args)
+    cmp = lab.compare(args.a, args.b, repository=args.repository, settings=settings,
+                      calibration=args.calibration, out_dir=out, log=print)
     table = cmp.verdict_table()
     cols = ["load", "metric", "change_pct", "ci_low_pct", "ci_high_pct", "p_adjusted", "delta",
             "verdict"]
     print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
-    print(conclusion(cmp))
+    print(lab.week.conclusion(cmp))
     for arm, independent in cmp.independent_trials().items():
         if not independent:
             print(f"note: arm {arm} is a fixed URL: its trials share one service process and "
@@ -140,18 +147,13 @@ def _compare(args: argparse.Namespace) -> int:
               f"lost to invalid trials): no verdict; see {out}/trials.csv", file=sys.stderr)
         return 1
     if args.slo:
-        from .lab._slo import compare_at_slo
-
-        settings = _session_settings(args)
-        from .lab.plotting import latency_vs_load
-
-        verdict, searches, steps = compare_at_slo(
+        verdict, searches, steps = lab.compare_at_slo(
             args.a, args.b, repository=args.repository, pairs=settings.pairs, slo_ms=args.slo,
             seed=settings.seed, workload=settings.workload, warmup_s=settings.warmup_s,
             step_s=settings.duration_s)
         searches.to_csv(Path(out) / "slo_searches.csv", index=False)
         steps.to_csv(Path(out) / "slo_steps.csv", index=False)
-        latency_vs_load(steps, slo_ms=args.slo).savefig(
+        lab.plotting.latency_vs_load(steps, slo_ms=args.slo).savefig(
             Path(out) / "figures" / "latency-vs-load.png", dpi=110, bbox_inches="tight")
         print(f"throughput at p99 <= {args.slo:g} ms: {verdict.change_pct:+.1f} % "
               f"[{verdict.ci_low_pct:+.1f}, {verdict.ci_high_pct:+.1f}], Holm p "
@@ -162,10 +164,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .lab import calibrate
-
-    doc = calibrate(args.config, repository=args.repository, settings=_session_settings(args),
-                    out=args.out)
+    lab = _lab()
+    doc = lab.calibrate(args.config, repository=args.repository,
+                        settings=_session_settings(lab, args), out=args.out)
     for metric, record in doc["deltas"].items():
         print(f"  {metric:<20} delta {record['delta']:.4f} (~{100 * record['delta']:.1f} %) "
               f"from {record['n_pairs']} A/A pairs at {record['load']}")
@@ -174,11 +175,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _week(args: argparse.Namespace) -> int:
-    from .lab.week import run_week, week_summary
-
+    week = _lab().week
     days = args.days.split(",") if args.days else None
-    summary = run_week(days, quick=args.quick, out=args.out, repository=args.repository)
-    print(week_summary(summary))
+    summary = week.run_week(days, quick=args.quick, out=args.out, repository=args.repository)
+    print(week.week_summary(summary))
     failed = summary[summary["status"] != "ok"]
     for row in failed.itertuples():
         print(f"optkit week: {row.day} {row.status}: {getattr(row, 'error', '') or ''}",
@@ -187,9 +187,7 @@ def _week(args: argparse.Namespace) -> int:
 
 
 def _check_reports(args: argparse.Namespace) -> int:
-    from .lab.week._browser_check import main as check_main
-
-    return check_main(args.folder, screenshots=args.screenshots)
+    return _lab().week.check_report_folder(args.folder, screenshots=args.screenshots)
 
 
 def _add_session_options(p: argparse.ArgumentParser) -> None:
@@ -287,8 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save a full-page PNG of each report here")
     chk.set_defaults(func=_check_reports)
 
-    from .bench._cli import add_parser as add_bench_parser
-
     add_bench_parser(sub)
     return parser
 
@@ -300,13 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        from ._exceptions import OptkitError
-
-        if isinstance(exc, OptkitError):
-            print(f"optkit: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except OptkitError as exc:
+        print(f"optkit: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

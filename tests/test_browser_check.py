@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from optkit import CompareSettings, ServiceConfig
-from optkit.lab.week._browser_check import ReportCheck, main
+from optkit.lab.week import ReportCheck, check_report_folder
 from optkit.lab import Comparison
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.week import headline
@@ -104,7 +104,7 @@ def test_the_command_prints_a_line_per_report_and_saves_screenshots(
         capsys: pytest.CaptureFixture[str]) -> None:
     """`optkit check-reports`: exit 1 when a report fails, 0 when all pass, 2 for no folder
     (and 2, saying why, where the browser is missing; ``checked`` skips this test then)."""
-    assert main(pages, screenshots=tmp_path) == 1
+    assert check_report_folder(pages, screenshots=tmp_path) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "2 of 3 report(s) passed"
     assert any(line.startswith(f"FAIL bad/{DAY_REPORT}: images 0/2 loaded") for line in out)
@@ -112,8 +112,8 @@ def test_the_command_prints_a_line_per_report_and_saves_screenshots(
     assert shots == ["bad__01-connection-pooling.png", "good__01-connection-pooling.png",
                      "index.png"]
     assert all((tmp_path / s).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in shots)
-    assert main(pages / "good") == 0
-    assert main(pages / "missing") == 2
+    assert check_report_folder(pages / "good") == 0
+    assert check_report_folder(pages / "missing") == 2
 
 
 # Faults the check found in a quick week on a loaded machine (every trial of a session invalid):

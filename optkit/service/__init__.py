@@ -5,6 +5,7 @@
     Gateway       v2 server to clients; validates, forwards upstream through layers.pooling
     ModelServer   v2 server over a model repository
     launch_stack  both as subprocesses on free loopback ports, stopped with a SIGTERM drain
+    run_workers   N model-server processes on one port, connections dealt to them in turn
 """
 
 from ._gateway import GATEWAY_KEY, Gateway, GatewayStatistics, create_gateway, parse_upstreams
@@ -13,9 +14,10 @@ from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
 from ._model_server import MODEL_SERVER_KEY, ModelServer, ModelServerStatistics, \
     create_model_server
 from ._runner import install_uvloop, serve
+from ._workers import run_workers
 
 __all__ = ["Gateway", "GatewayStatistics", "ModelServer", "ModelServerStatistics",
            "MetadataCache", "MetadataCacheStatistics", "ModelMeta",
            "create_model_server", "create_gateway", "parse_upstreams", "launch_stack",
-           "launch_service", "Stack", "ServiceProcess", "serve", "install_uvloop",
+           "launch_service", "Stack", "ServiceProcess", "serve", "install_uvloop", "run_workers",
            "GATEWAY_KEY", "MODEL_SERVER_KEY"]

@@ -7,11 +7,13 @@
     _measures.py   what a day measures beside its session (start-up, bulk scoring, curves)
     report.py      the roll-up, Friday's target table, the final reports, the run's index
     _runner.py     record_day (a day's results.json) and run_week (papermill, then the reports)
+    _browser_check.py  the HTML reports opened in headless Chromium, as a reader would
 
 Every public name is re-exported here; ``report`` is a namespace of its own.
 """
 
 from . import report
+from ._browser_check import ReportCheck, browser_problem, check_report_folder, check_reports
 from ._days import DAYS, Day, config, day_settings, ensure_repository, experiment, project_root
 from ._measures import bulk_scoring, latency_curve, startup_times
 from ._runner import record_day, run_week, week_summary
@@ -22,4 +24,5 @@ __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_reposi
            "day_settings", "pool_summary", "batch_summary", "batch_histogram", "layer_summary",
            "load_events", "load_timeline", "headline", "key_figure", "startup_times",
            "bulk_scoring", "latency_curve", "conclusion", "record_day", "run_week",
-           "week_summary", "report"]
+           "week_summary", "report", "check_reports", "check_report_folder", "ReportCheck",
+           "browser_problem"]

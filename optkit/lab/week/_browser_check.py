@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from ._days import DAYS
 
-__all__ = ["ReportCheck", "BrowserUnavailable", "browser_problem", "check_reports",
+__all__ = ["check_report_folder", "ReportCheck", "BrowserUnavailable", "browser_problem", "check_reports",
            "report_files", "failures",
            "chromium_path", "CHROMIUM_ARGS"]
 
@@ -199,8 +199,8 @@ def _check_one(context: Any, path: Path, shots: Path | None, base: Path | None,
         page.close()
 
 
-def main(folder: str | Path, *, screenshots: str | Path | None = None,
-         out: Any = None) -> int:
+def check_report_folder(folder: str | Path, *, screenshots: str | Path | None = None,
+                        out: Any = None) -> int:
     """``optkit check-reports``: one line per report; 0 if all pass, 1 if any fails, 2 if none
     or the browser is unavailable."""
     import sys
