@@ -5,6 +5,7 @@
     startup_times([streaming, loading])    fresh model servers: port, live, first answer, ready
     bulk_scoring([batching, streaming])    one generate_stream of 10,000 rows: first and last event
     latency_curve(pooling, batching)       p50/p99 against the offered open-loop rate, per arm
+    slo_table([baseline, integrated])      the highest open-loop rate whose p99 meets the SLO
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import pandas as pd
 from ..._config import load_config
 from ...service import launch_stack
 from .._bulk import bulk_stream
-from .._slo import latency_vs_load
+from .._slo import latency_vs_load, throughput_at_slo
 from .._startup import startup_time
 
-__all__ = ["startup_times", "bulk_scoring", "latency_curve"]
+from ._days import experiment
+
+__all__ = ["startup_times", "bulk_scoring", "latency_curve", "slo_table"]
 
 
 def startup_times(configs: Sequence[str | Path], *, repository: str | Path, model: str,
@@ -68,3 +71,23 @@ def latency_curve(a: str | Path, b: str | Path, *, repository: str | Path,
         rates, step_s = sorted(rates)[:2], 1.0
     return latency_vs_load([a, b], repository=repository, rates=rates, workload=workload,
                            step_s=step_s, warmup_s=0.5, seed=seed)
+
+
+def slo_table(names: Sequence[str], *, repository: str | Path, slo_ms: float, quick: bool,
+              seed: int, step_s: float = 1.0, warmup_s: float = 0.3,
+              max_steps: int = 4) -> pd.DataFrame:
+    """Per experiment: the highest open-loop rate whose p99 stays within ``slo_ms`` (one
+    bisection each, a fresh stack), and the closed-loop capacity the search starts from.
+
+    Columns: config, rps_at_slo, closed_32_capacity_rps. Quick mode (CI, or ``OPTKIT_QUICK=1``)
+    takes one step.
+    """
+    rows = []
+    for name in names:
+        found = throughput_at_slo(experiment(name), repository=repository, slo_ms=slo_ms,
+                                  step_s=step_s, warmup_s=warmup_s,
+                                  max_steps=1 if quick or os.environ.get("OPTKIT_QUICK") == "1"
+                                  else max_steps, seed=seed)
+        rows.append({"config": found.label, "rps_at_slo": round(found.rate_rps),
+                     "closed_32_capacity_rps": round(found.capacity_rps)})
+    return pd.DataFrame(rows, columns=["config", "rps_at_slo", "closed_32_capacity_rps"])

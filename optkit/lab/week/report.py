@@ -30,10 +30,11 @@ from scipy import stats as _st
 from .._comparison import Comparison
 from ._days import DAYS, project_root
 
-__all__ = ["rollup", "waterfall_steps", "arm_interval", "target_table", "SEED_TARGETS",
-           "write_index", "REPORTS", "run_reports", "day_folders", "environment_of",
-           "day_overview", "validity_table", "calibration_table", "day_figures", "recorded",
-           "next_steps", "md_table"]
+__all__ = ["rollup", "waterfall_steps", "week_waterfall", "summary_waterfall", "arm_interval",
+           "target_table", "SEED_TARGETS", "write_index", "REPORTS", "run_reports",
+           "day_folders", "environment_of", "environment_table", "day_overview",
+           "validity_table", "calibration_table", "day_figures", "recorded", "recorded_table",
+           "verdicts_shown", "next_steps", "md_table", "md_list"]
 
 #: The three final reports: notebook under ``notebooks/reports/`` -> output name.
 REPORTS = {"sprint-summary": "sprint-summary.ipynb",
@@ -100,6 +101,30 @@ def waterfall_steps(table: pd.DataFrame, *, metric: str = "throughput_rps",
                      "cumulative_pct": 100 * (level - 1) if day != "fri" else v["change_pct"]})
     return pd.DataFrame(rows, columns=["day", "measured", "change_pct", "ci_low_pct",
                                        "ci_high_pct", "verdict", "cumulative_pct"])
+
+
+def week_waterfall(friday: Comparison, *, out_dir: str | Path, week_dir: str | Path | None = None,
+                   metric: str = "throughput_rps", load: str = "closed:32",
+                   workload: str = "digits") -> pd.DataFrame:
+    """Friday's waterfall: Monday..Thursday chained from the week's recorded verdicts (the run
+    folder is ``week_dir``, by default the parent of Friday's ``out_dir``), then Friday's own
+    session (all layers against the baseline, measured directly) as the last step."""
+    run = Path(week_dir) if week_dir else Path(out_dir).resolve().parent
+    table = rollup(run)
+    steps = waterfall_steps(table[table["day"] != "fri"], metric=metric, load=load,
+                            workload=workload)
+    v = friday.verdict(metric, load)
+    steps.loc[len(steps)] = {"day": "fri", "measured": True, "change_pct": v.change_pct,
+                             "ci_low_pct": v.ci_low_pct, "ci_high_pct": v.ci_high_pct,
+                             "verdict": v.verdict, "cumulative_pct": v.change_pct}
+    return steps
+
+
+def summary_waterfall(run_dir: str | Path, *, metric: str = "throughput_rps",
+                      load: str = "closed:32") -> pd.DataFrame:
+    """The waterfall Friday recorded, or (Friday absent) the chain of the days that ran."""
+    steps = recorded_table(run_dir, "fri", "waterfall")
+    return steps if not steps.empty else waterfall_steps(rollup(run_dir), metric=metric, load=load)
 
 
 def arm_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float, int]:
@@ -181,6 +206,18 @@ def environment_of(run_dir: str | Path) -> dict[str, Any]:
             manifest.pop("config", None)
             return manifest
     return {}
+
+
+def environment_table(run_dir: str | Path, *, width: int = 200) -> pd.DataFrame:
+    """The environment manifest as key/value rows, each value cut to ``width`` characters."""
+    return pd.DataFrame([{"key": key, "value": str(value)[:width]}
+                         for key, value in environment_of(run_dir).items()],
+                        columns=["key", "value"])
+
+
+def _relative(path: str, run: Path) -> str:
+    """``path`` relative to the run folder where it lies inside it."""
+    return str(Path(path).relative_to(run)) if path.startswith(str(run)) else path
 
 
 def write_index(run_dir: str | Path, summary: pd.DataFrame | None = None) -> Path:
@@ -265,6 +302,26 @@ def recorded(run_dir: str | Path, day: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def recorded_table(run_dir: str | Path, day: str, key: str) -> pd.DataFrame:
+    """One table a day recorded in its ``results.json`` (Friday's ``targets``, ``waterfall``,
+    ``slo``), as a frame; empty if the day or the table is absent."""
+    return pd.DataFrame(recorded(run_dir, day).get(key) or [])
+
+
+def verdicts_shown(run_dir: str | Path) -> pd.DataFrame:
+    """Every verdict of the week as the performance report prints it: changes and CIs as signed
+    percentages, Holm p in scientific notation, each source folder relative to the run."""
+    run = Path(run_dir).resolve()
+    cols = ["day", "b", "a", "workload", "load", "metric", "change_pct", "ci_low_pct",
+            "ci_high_pct", "p_adjusted", "verdict", "n_pairs", "provisional", "source"]
+    shown = rollup(run)[cols].copy()
+    for col in ("change_pct", "ci_low_pct", "ci_high_pct"):
+        shown[col] = shown[col].map("{:+.1f} %".format)
+    shown["p_adjusted"] = shown["p_adjusted"].map("{:.1e}".format)
+    shown["source"] = shown["source"].map(lambda path: _relative(path, run))
+    return shown
+
+
 _HEADLINE = {"throughput_rps": "throughput", "p99_ms": "p99", "mem_per_request_kb": "memory/req",
              "ttfb_p99_ms": "p99 TTFB", "gateway_peak_mb": "gateway peak memory",
              "max_ms": "worst latency", "gateway_grown_mb": "gateway memory held"}
@@ -284,8 +341,10 @@ def day_overview(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def validity_table(run_dir: str | Path) -> pd.DataFrame:
-    """Per day and session: trials run, invalid (by arm), pairs lost, noise source, seconds."""
+def validity_table(run_dir: str | Path, *, relative: bool = False) -> pd.DataFrame:
+    """Per day and session: trials run, invalid (by arm), pairs lost, noise source, seconds,
+    and the session's folder (relative to the run folder with ``relative=True``)."""
+    run = Path(run_dir).resolve()
     rows = []
     for day, folder in day_folders(run_dir).items():
         doc = json.loads((folder / "results.json").read_text())
@@ -302,7 +361,8 @@ def validity_table(run_dir: str | Path) -> pd.DataFrame:
                          "pairs_lost": sum((trials.get("pairs_lost") or {}).values()),
                          "noise_thresholds": v.get("deltas_source"),
                          "seconds": round(float(v.get("elapsed_s") or 0), 1),
-                         "folder": session["path"]})
+                         "folder": _relative(session["path"], run) if relative
+                         else session["path"]})
     return pd.DataFrame(rows)
 
 
@@ -346,11 +406,12 @@ def next_steps(run_dir: str | Path) -> list[str]:
     return out or ["Every target met and no regression recorded."]
 
 
-def md_table(frame: pd.DataFrame, *, floats: str = "{:,.1f}") -> str:
+def md_table(frame: pd.DataFrame, *, floats: str = "{:,.1f}", empty: str = "*(none)*") -> str:
     """A pipe table (GitHub Markdown) of ``frame`` without its index: the reports display
-    tables this way so the HTML report and its Markdown twin read the same."""
+    tables this way so the HTML report and its Markdown twin read the same. An empty or
+    missing frame is the sentence ``empty``."""
     if frame is None or frame.empty:
-        return "*(none)*"
+        return empty
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -364,3 +425,8 @@ def md_table(frame: pd.DataFrame, *, floats: str = "{:,.1f}") -> str:
     body = ["| " + " | ".join(cell(v) for v in row) + " |"
             for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+def md_list(lines: Iterable[str]) -> str:
+    """A Markdown bullet list, one line per item."""
+    return "\n".join(f"- {line}" for line in lines)
