@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
-
-import yaml
+from typing import Any, Literal, Mapping
 
 from ._checks import check_bool as _bool, check_int as _integer, check_number as _positive
 from ._exceptions import ConfigError
+from ._schema import Document, read_mapping
 
 __all__ = [
     "ServerConfig",
@@ -270,30 +269,20 @@ class ServiceConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "ServiceConfig":
         """Build a config from plain data, rejecting unknown keys by name."""
-        data = dict(data or {})
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(data) - set(sections)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        doc = Document.of_record(data or {}, cls, where="config")
         kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "name":
-                kwargs[key] = str(value)
-                continue
-            section_cls = _SECTIONS[key]
-            kwargs[key] = _build(section_cls, key, value)
+        if "name" in doc:
+            kwargs["name"] = str(doc.get("name"))
+        for key, section_cls in _SECTIONS.items():
+            value = doc.get(key, None)
+            if value is not None:
+                kwargs[key] = Document.of_record(value, section_cls, where=key).record(section_cls)
         return cls(**kwargs)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ServiceConfig":
         """Read a YAML file; its top-level keys are the sections."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
-        data = dict(data or {})
+        data = read_mapping(path, what="config")
         data.setdefault("name", Path(path).stem)
         return cls.from_dict(data)
 
@@ -317,23 +306,6 @@ _SECTIONS: dict[str, type] = {
     "loading": LoadingConfig,
     "balancing": BalancingConfig,
 }
-
-T = TypeVar("T")
-
-
-def _build(section_cls: type[T], key: str, value: Any) -> T:
-    if value is None:
-        return section_cls()
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"config section {key!r} must be a mapping, got {type(value).__name__}")
-    names = {f.name for f in dataclasses.fields(section_cls)}  # type: ignore[arg-type]
-    unknown = set(value) - names
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {key!r}: {', '.join(sorted(unknown))}")
-    try:
-        return section_cls(**value)
-    except TypeError as exc:
-        raise ConfigError(f"bad section {key!r}: {exc}") from exc
 
 
 def load_config(source: "str | Path | Mapping[str, Any] | ServiceConfig | None") -> ServiceConfig:

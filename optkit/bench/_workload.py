@@ -24,28 +24,16 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import orjson
-import yaml
 
 from .._checks import check_int, check_number, check_real
 from .._exceptions import BenchError
+from .._schema import Document, read_mapping
 
 __all__ = ["Workload", "BodyPool", "InputSpec", "zipf_weights", "builtin_workloads"]
 
 DataSource = Literal["auto", "digits", "random"]
 _KEYS = {"name", "description", "models", "zipf_s", "rows", "data", "low", "high",
          "pool_size", "inputs"}
-
-
-def _text(where: str, key: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise BenchError(f"{where}: {key} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _sequence(where: str, key: str, value: object) -> list[Any]:
-    if not isinstance(value, (list, tuple)):
-        raise BenchError(f"{where}: {key} must be a list, got {value!r}")
-    return list(value)
 
 
 @dataclass(frozen=True)
@@ -191,79 +179,68 @@ class Workload:
 
         Nothing is coerced: ``rows: 2.7`` or ``pool_size: "64"`` is refused, not truncated.
         """
-        kw: dict[str, Any] = {"name": _text(f"workload {name!r}", "name", doc.get("name", name))}
-        where = f"workload {kw['name']!r}"
-        unknown = set(doc) - _KEYS
-        if unknown:
-            raise BenchError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-        models = doc.get("models", ["digits-mlp"])
+        name = doc.get("name", name) if isinstance(doc, Mapping) else name
+        fields = Document(doc, where=f"workload {name!r}", known=_KEYS, error=BenchError)
+        kw: dict[str, Any] = {"name": fields.text("name", name)}
+        models = fields.get("models", None)
+        entries = [models] if isinstance(models, str) else fields.sequence("models", ["digits-mlp"])
         names, weights = [], []
-        for i, m in enumerate(_sequence(where, "models", [models] if isinstance(models, str)
-                                        else models)):
+        for i, m in enumerate(entries):
             if isinstance(m, Mapping):
-                if "name" not in m or set(m) - {"name", "weight"}:
-                    raise BenchError(f"{where}: models[{i}] must be a name or {{name, weight}}, "
-                                     f"got {dict(m)!r}")
-                names.append(_text(where, f"models[{i}].name", m["name"]))
-                weights.append(check_number(f"{where}: models[{i}].weight", m.get("weight", 1.0),
-                                            allow_zero=True, error=BenchError))
-            else:
-                names.append(_text(where, f"models[{i}]", m))
+                entry = fields.within(f"models[{i}]", m, known={"name", "weight"})
+                names.append(entry.text("name"))
+                weights.append(entry.number("weight", 1.0, allow_zero=True))
+            elif isinstance(m, str) and m:
+                names.append(m)
                 weights.append(1.0)
+            else:
+                raise fields.fail(f"models[{i}]", "a name or {name, weight}", m)
         kw["models"] = tuple(names)
-        if "zipf_s" in doc:
-            s = check_number(f"{where}: zipf_s", doc["zipf_s"], allow_zero=True, error=BenchError)
+        if "zipf_s" in fields:
+            s = fields.number("zipf_s", allow_zero=True)
             kw["weights"] = tuple(zipf_weights(len(names), s)) if names else ()
         else:
             kw["weights"] = tuple(weights)
-        rows = doc.get("rows", 1)
+        rows = fields.get("rows", 1)
         if isinstance(rows, Mapping):
-            if "values" not in rows or set(rows) - {"values", "weights"}:
-                raise BenchError(f"{where}: rows must be an integer or {{values: [...], "
-                                 f"weights: [...]}}, got {dict(rows)!r}")
-            kw["rows"] = tuple(check_int(f"{where}: rows.values[{i}]", v, error=BenchError)
-                               for i, v in enumerate(_sequence(where, "rows.values",
-                                                               rows["values"])))
+            spread = fields.within("rows", rows, known={"values", "weights"})
+            values, row_weights = spread.sequence("values"), spread.sequence("weights", [])
+            kw["rows"] = tuple(check_int(f"{fields.where}: rows.values[{i}]", v, error=BenchError)
+                               for i, v in enumerate(values))
             kw["row_weights"] = tuple(
-                check_number(f"{where}: rows.weights[{i}]", v, allow_zero=True, error=BenchError)
-                for i, v in enumerate(_sequence(where, "rows.weights", rows.get("weights", []))))
+                check_number(f"{fields.where}: rows.weights[{i}]", v, allow_zero=True,
+                             error=BenchError) for i, v in enumerate(row_weights))
         else:
-            kw["rows"] = (check_int(f"{where}: rows", rows, error=BenchError),)
-        description = doc.get("description")
+            kw["rows"] = (fields.integer("rows", 1),)
+        description = fields.get("description", None)
         if description is not None:
             if not isinstance(description, str):
-                raise BenchError(f"{where}: description must be a string, got {description!r}")
+                raise fields.fail("description", "a string", description)
             kw["description"] = description
-        if "data" in doc:
-            kw["data"] = _text(where, "data", doc["data"])
+        if "data" in fields:
+            kw["data"] = fields.text("data")
         for key in ("low", "high"):
-            if key in doc:
-                kw[key] = check_real(f"{where}: {key}", doc[key], error=BenchError)
-        if "pool_size" in doc:
-            kw["pool_size"] = check_int(f"{where}: pool_size", doc["pool_size"], error=BenchError)
-        if "inputs" in doc:
+            if key in fields:
+                kw[key] = fields.real(key)
+        if "pool_size" in fields:
+            kw["pool_size"] = fields.integer("pool_size")
+        if "inputs" in fields:
             specs = []
-            for i, e in enumerate(_sequence(where, "inputs", doc["inputs"])):
+            for i, e in enumerate(fields.sequence("inputs")):
                 if not isinstance(e, Mapping):
-                    raise BenchError(f"{where}: inputs[{i}] must be a mapping with name, "
-                                     f"datatype and shape, got {e!r}")
+                    raise fields.fail(f"inputs[{i}]", "a mapping with name, datatype and shape", e)
                 try:
                     specs.append(InputSpec.from_metadata(e))
                 except BenchError as exc:
-                    raise BenchError(f"{where}: inputs[{i}]: {exc}") from None
+                    raise BenchError(f"{fields.where}: inputs[{i}]: {exc}") from None
             kw["inputs"] = tuple(specs)
         return cls(**kw)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Workload":
         """Read a workload file; the file's stem is the default name."""
-        try:
-            doc = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise BenchError(f"cannot read workload {path}: {exc}") from None
-        if not isinstance(doc, Mapping):
-            raise BenchError(f"workload {path} must be a mapping at the top level")
-        return cls.from_dict(doc, name=Path(path).stem)
+        return cls.from_dict(read_mapping(path, what="workload", error=BenchError),
+                             name=Path(path).stem)
 
     @classmethod
     def resolve(cls, source: "Workload | Mapping[str, Any] | str | Path | None") -> "Workload":

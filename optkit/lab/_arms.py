@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import yaml
-
-from .._checks import check_number
-from .._exceptions import ConfigError, LaunchError, OptkitError
+from .._config import load_config
+from .._exceptions import BenchError, ConfigError, LaunchError, OptkitError
+from .._schema import Document, read_mapping
+from ..bench._target import parse_target
 
 __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
 
@@ -59,12 +59,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _text(where: str, key: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -97,56 +91,39 @@ class ExternalArm:
     def from_dict(cls, doc: Mapping[str, Any], *, base: Path | None = None,
                   name: str = "external") -> "ExternalArm":
         """Build from plain data; an unknown key or a bad value is named in a ConfigError."""
-        where = f"arm {doc.get('name', name)!r}"
-        unknown = set(doc) - _KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-        kind = doc.get("kind")
-        if kind not in _KINDS:
-            raise ConfigError(f"{where}: kind must be one of {', '.join(_KINDS)}, got {kind!r}")
-        kw: dict[str, Any] = {"kind": kind, "name": _text(where, "name", doc.get("name", name)),
-                              "url": _text(where, "url", doc.get("url"))}
+        name = doc.get("name", name) if isinstance(doc, Mapping) else name
+        fields = Document(doc, where=f"arm {name!r}", known=_KEYS)
+        kind = fields.choice("kind", _KINDS)
+        kw: dict[str, Any] = {"kind": kind, "name": fields.text("name", name),
+                              "url": fields.text("url")}
         if kind == "command":
-            command = doc.get("command")
-            if isinstance(command, str):
-                command = shlex.split(command)
-            if not isinstance(command, (list, tuple)) or not command \
-                    or not all(isinstance(c, str) and c for c in command):
-                raise ConfigError(f"{where}: command must be a non-empty list of strings "
-                                  f"(or one string), got {doc.get('command')!r}")
-            kw["command"] = tuple(command)
-            cwd = doc.get("cwd")
-            if cwd is not None:
-                path = Path(_text(where, "cwd", cwd))
+            kw["command"] = fields.strings("command", split=shlex.split)
+            if "cwd" in fields:
+                path = Path(fields.text("cwd"))
                 kw["cwd"] = str(path if path.is_absolute() or base is None else base / path)
-            env = doc.get("env") or {}
-            if not isinstance(env, Mapping) or not all(
-                    isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
-                    for k, v in env.items()):
-                raise ConfigError(f"{where}: env must map names to strings, got {env!r}")
+            env = fields.mapping("env", {}) or {}
+            if not all(isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
+                       for k, v in env.items()):
+                raise fields.fail("env", "a mapping of names to strings", env)
             kw["env"] = {k: str(v) for k, v in env.items()}
             for key in ("startup_timeout_s", "stop_timeout_s"):
-                if key in doc:
-                    kw[key] = check_number(f"{where}: {key}", doc[key])
+                if key in fields:
+                    kw[key] = fields.number(key)
         else:
             extra = {"command", "cwd", "env", "startup_timeout_s", "stop_timeout_s"} & set(doc)
             if extra:
-                raise ConfigError(f"{where}: a url arm is never started; drop "
+                raise ConfigError(f"{fields.where}: a url arm is never started; drop "
                                   f"{', '.join(sorted(extra))}")
             if "{port}" in kw["url"]:
-                raise ConfigError(f"{where}: a url arm needs a fixed port, not {{port}}")
-        kw["ready_url"] = _text(where, "ready_url", doc.get(
-            "ready_url", kw["url"].rstrip("/") + "/v2/health/ready"))
-        if doc.get("description") is not None:
-            kw["description"] = _text(where, "description", doc["description"])
+                raise ConfigError(f"{fields.where}: a url arm needs a fixed port, not {{port}}")
+        kw["ready_url"] = fields.text("ready_url", kw["url"].rstrip("/") + "/v2/health/ready")
+        if fields.get("description", None) is not None:
+            kw["description"] = fields.text("description")
         arm = cls(**kw)
         arm._check_urls(arm.url.replace("{port}", "1"), arm.ready_url.replace("{port}", "1"))
         return arm
 
     def _check_urls(self, *urls: str) -> None:
-        from .._exceptions import BenchError
-        from ..bench._target import parse_target
-
         for url in urls:
             try:
                 parse_target(url)
@@ -316,23 +293,20 @@ def is_arm(source: Any) -> bool:
         return "kind" in source
     if isinstance(source, (str, Path)) and Path(source).is_file():
         try:
-            doc = yaml.safe_load(Path(source).read_text())
-        except (OSError, yaml.YAMLError):
+            return "kind" in read_mapping(source, what="arm")
+        except ConfigError:  # not an arm file; load_config will say what is wrong with it
             return False
-        return isinstance(doc, Mapping) and "kind" in doc
     return False
 
 
 def load_arm(source: Any) -> Any:
     """An :class:`ExternalArm` for an arm file/mapping, else the optkit config (load_config)."""
-    from .._config import load_config
-
     if isinstance(source, ExternalArm):
         return source
     if isinstance(source, Mapping) and "kind" in source:
         return ExternalArm.from_dict(source)
     if is_arm(source):
         path = Path(source)
-        return ExternalArm.from_dict(yaml.safe_load(path.read_text()), base=path.parent,
+        return ExternalArm.from_dict(read_mapping(path, what="arm"), base=path.parent,
                                      name=path.stem)
     return load_config(source)
