@@ -17,7 +17,7 @@ there imports it back.
 from . import plotting, stats, week
 from ._arms import ExternalArm, ExternalStack, is_arm, load_arm, preflight
 from ._churn import Churn, ChurnEvent, ChurnPlan
-from ._manifest import environment_manifest, git_commit
+from ._manifest import environment_manifest, git_commit, git_state
 from ._calibration import calibrate
 from ._comparison import Comparison
 from ._noise import load_deltas
@@ -37,7 +37,7 @@ __all__ = [
     "load_deltas",
     # trials and arms
     "run_trial", "TrialResult", "ROW_COLUMNS", "load_trial", "memory_per_request_kb",
-    "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "ExternalArm",
+    "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "git_state", "ExternalArm",
     "ExternalStack", "load_arm", "is_arm", "preflight", "ChurnPlan", "ChurnEvent", "Churn",
     # searches, soak, smoke, simulation
     "throughput_at_slo", "compare_at_slo", "latency_vs_load", "SloSearch", "SoakSettings",

@@ -1,56 +1,56 @@
 """The environment manifest: what a trial ran on, recorded next to what it measured.
 
 Python and key package versions, CPU model and cores (and the CPUs this process
-may use), memory, load average, the git commit of the working tree (read from
-``.git`` files, without running git), and whatever the caller adds (config, seed).
+may use), memory, load average, the git commit of optkit's code and whether the working tree
+was dirty (asked of git, once per session), and whatever the caller adds (config, seed).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["environment_manifest", "git_commit"]
+__all__ = ["environment_manifest", "git_commit", "git_state"]
 
 _PACKAGES = ("optkit", "aiohttp", "uvloop", "numpy", "orjson", "scikit-learn", "pandas",
              "pyarrow", "psutil", "scipy")
 
 
-def git_commit(start: str | Path | None = None) -> str | None:
-    """The commit checked out in the repository containing ``start`` (None if not found)."""
-    here = Path(start or __file__).resolve()
-    for folder in (here, *here.parents):
-        git = folder / ".git"
-        if git.is_file():  # a worktree: "gitdir: <path>"
-            text = git.read_text().strip()
-            if text.startswith("gitdir:"):
-                git = (folder / text[7:].strip()).resolve()
-        if not git.is_dir():
-            continue
+def git_state(start: str | Path | None = None) -> dict[str, Any]:
+    """The commit of the repository holding ``start`` (default: optkit's own code) and whether
+    its working tree differs from it, asked of git itself.
+
+    Returns ``{"commit": <40 hex digits>, "dirty": bool}``; both ``None`` where there is no git
+    or no repository (an installed package). A measurement taken on a dirty tree did not
+    measure that commit: the manifest says so. A session asks once and hands the answer to
+    each of its trials (``run_trial(git=...)``), so every trial records the same state.
+    """
+    folder = Path(start or __file__).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+
+    def git(*args: str) -> str | None:
         try:
-            head = (git / "HEAD").read_text().strip()
-        except OSError:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                                  text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
             return None
-        if not head.startswith("ref:"):
-            return head
-        ref = head[4:].strip()
-        common = git
-        if (git / "commondir").exists():
-            common = (git / (git / "commondir").read_text().strip()).resolve()
-        for base in (git, common):
-            if (base / ref).exists():
-                return (base / ref).read_text().strip()
-            packed = base / "packed-refs"
-            if packed.exists():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split(" ", 1)[0]
-        return None
-    return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain")
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def git_commit(start: str | Path | None = None) -> str | None:
+    """The commit checked out where ``start`` lies (None without git or a repository)."""
+    return git_state(start)["commit"]
 
 
 def _cpu_model() -> str:
@@ -63,8 +63,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment_manifest(**extra: Any) -> dict[str, Any]:
-    """A JSON-ready record of the machine and software; ``extra`` is merged in."""
+def environment_manifest(*, git: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A JSON-ready record of the machine and software; ``extra`` is merged in.
+
+    ``git``: the session's :func:`git_state` (asked here when not given).
+    """
+    git = git_state() if git is None else git
     versions = {}
     for name in _PACKAGES:
         try:
@@ -78,7 +82,7 @@ def environment_manifest(**extra: Any) -> dict[str, Any]:
         "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "git_commit": git_commit(),
+        "git_commit": git.get("commit"), "git_dirty": git.get("dirty"),
     }
     try:
         import psutil

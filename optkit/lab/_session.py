@@ -27,6 +27,7 @@ import pandas as pd
 from .._exceptions import LaunchError, OptkitError
 from ._arms import load_arm, preflight
 from ._comparison import Comparison
+from ._manifest import git_state
 from ._noise import load_deltas
 from ._progress import progress_bar
 from ._settings import STANDARD, CompareSettings, parse_load
@@ -90,6 +91,7 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     stats_rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[np.ndarray]]] = {}
     started = time.perf_counter()
+    git = git_state()  # once: every trial of the session records the same code state
     plan = [(load, pair) for load in settings.loads for pair in range(settings.pairs)]
     bar = progress_bar(len(plan) * 2, progress, f"{cfg_a.name} vs {cfg_b.name}")
     invalid_ids = 0
@@ -110,7 +112,7 @@ def compare(a: Any, b: Any, *, repository: str | Path,
                                        workload=settings.workload, warmup_s=settings.warmup_s,
                                        duration_s=settings.duration_s,
                                        seed=settings.seed * 1000 + pair, churn=settings.churn,
-                                       gates=settings.gates,
+                                       gates=settings.gates, git=git,
                                        out_dir=out / "trials" / slug if out else None)
                 except OptkitError as exc:  # a trial that could not run is an invalid trial
                     if arm not in started_arms:  # ...unless the arm never ran: then none will

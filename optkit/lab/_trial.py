@@ -293,7 +293,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
               gateway: bool = True, gates: ValidityGates | None = None,
               label: str | None = None, launcher: Callable[..., ContextManager[Any]] | None = None,
               sample_interval_s: float = 0.1, ready_timeout_s: float = 30.0,
-              churn: ChurnPlan | None = None) -> TrialResult:
+              churn: ChurnPlan | None = None,
+              git: Mapping[str, Any] | None = None) -> TrialResult:
     """Run one trial of ``config`` under ``load`` on a fresh stack.
 
     Args:
@@ -304,6 +305,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         launcher: a ``launch_stack``-compatible function (tests pass a stub).
         churn: model loads/reloads to run against the model server while the load
             generator runs (warm-up and window); their events land in ``events``.
+        git: the session's ``git_state()`` for the manifest (asked of git when not given).
 
     Returns:
         the :class:`TrialResult`, written to ``out_dir`` when given.
@@ -349,7 +351,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
     reasons = list(bench.invalid_reasons)
     reasons += [f"service {name!r} exited during the trial" for name in sorted(lost)]
     manifest = environment_manifest(
-        config=cfg.to_dict(), seed=seed,
+        git=git, config=cfg.to_dict(), seed=seed,
         load=load.to_dict(), warmup_s=warmup_s, duration_s=duration_s, gateway=gateway,
         cpus={k: sorted(v) for k, v in (cpus or {}).items()})
     result = TrialResult(label=label, load=load.label, bench=bench, services=services,
