@@ -23,9 +23,8 @@ import threading
 import time
 import urllib.request
 
-from ..bench._engine import run_bench
-from ..bench._load import LoadSpec
-from ..bench._wrk import wrk_available
+from ..bench import LoadSpec, run_bench, wrk_available
+from ..service import launch_stack
 
 __all__ = ["main"]
 
@@ -152,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(10)
     if args.repository:
-        from ..service import launch_stack
 
         with launch_stack(None, repository=args.repository, gateway=False) as stack:
             closed_builtin_vs_wrk(stack.url, 32, args.reps, args.seconds)

@@ -46,6 +46,7 @@ from typing import Any, Iterator, Mapping
 from .._config import load_config
 from .._exceptions import BenchError, ConfigError, LaunchError, OptkitError
 from .._schema import Document, read_mapping
+from ..bench import Workload
 from ..bench._target import parse_target
 
 __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
@@ -264,8 +265,6 @@ def preflight(*arms: Any, repository: str | Path, workload: Any = "digits") -> N
     hits; an external arm needs its program on PATH (command) or an answering URL (url).
     A trial that still cannot run is caught by ``compare`` at each arm's first trial.
     """
-    from ..bench._workload import Workload
-
     for arm in arms:
         if isinstance(arm, ExternalArm):
             arm.preflight()

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .._exceptions import BenchError
+from ..models import digits_split
 
 __all__ = ["bulk_stream"]
 
@@ -39,7 +40,6 @@ def _rows(url: str, model: str, rows: int, seed: int) -> tuple[str, list[list[fl
     spec = meta["inputs"][0]
     width = int(spec["shape"][-1])
     if width == 64:
-        from ..models import digits_split
 
         x = digits_split(seed)[0]
         x = x[np.arange(rows) % len(x)]

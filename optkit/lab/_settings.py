@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .._exceptions import ConfigError
-from ..bench._load import LoadSpec
-from ..bench._validity import ValidityGates
-from ..bench._wrk import wrk_available
+from ..bench import LoadSpec, ValidityGates, wrk_available
 from ._churn import ChurnPlan
 from .stats import DEFAULT_PAIRS, EXTRA_METRICS, METRICS
 

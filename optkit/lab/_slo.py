@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from .._config import load_config
+from ..bench import LoadSpec, run_bench
+from ..service import launch_stack
 from .stats import MetricVerdict, analyse
 
 __all__ = ["SloSearch", "throughput_at_slo", "compare_at_slo", "latency_vs_load"]
@@ -56,10 +58,6 @@ def throughput_at_slo(config: Any, *, repository: str | Path, slo_ms: float = 10
     the search stops after ``max_steps`` steps or when the bracket is narrower than
     ``rel_tolerance`` of the capacity. Returns 0 req/s if even the lowest rate fails.
     """
-    from ..bench._engine import run_bench
-    from ..bench._load import LoadSpec
-    from ..service import launch_stack
-
     cfg = load_config(config)
     steps: list[dict[str, Any]] = []
     with launch_stack(cfg, repository=repository) as stack:
@@ -131,10 +129,6 @@ def latency_vs_load(configs: Sequence[Any], *, repository: str | Path, rates: Se
         errors, valid — the generator's own lateness says when a point is limited by
         the generator rather than the service.
     """
-    from ..bench._engine import run_bench
-    from ..bench._load import LoadSpec
-    from ..service import launch_stack
-
     cfgs = [load_config(c) for c in configs]
     order = np.random.default_rng(seed).permutation(len(cfgs))
     rows = []

@@ -6,6 +6,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ..bench import LoadSpec, format_summary, run_bench, wrk_available
+from ..models import digits_split
+from ..service import launch_stack
+from ..v2 import decode_infer_response, encode_infer_request
+
 __all__ = ["run_smoke"]
 
 
@@ -15,11 +20,6 @@ def run_smoke(repository: str | Path, *, duration_s: float = 5.0, config: str | 
 
     Returns 0 when the stack served the digit correctly and the run had no errors.
     """
-    from ..bench import LoadSpec, format_summary, run_bench, wrk_available
-    from ..models import digits_split
-    from ..v2._codec import decode_infer_response, encode_infer_request
-    from ..service import launch_stack
-
     _, xte, _, yte = digits_split()
     started = time.perf_counter()
     with launch_stack(config, repository=repository) as stack:

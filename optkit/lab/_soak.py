@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 import orjson
 import psutil
+from scipy import stats as st
 
 from .._config import load_config
 from ..models import ModelConfig, digits_split, load_model
-from ..v2._codec import BINARY_HEADER, TensorSpec, decode_infer_result, \
-    encode_binary_infer_request, encode_infer_request
+from ..service import launch_stack
+from ..v2 import (BINARY_HEADER, TensorSpec, decode_infer_result, encode_binary_infer_request,
+                  encode_infer_request)
 
 __all__ = ["SoakSettings", "process_figures", "trend", "run_soak", "MIX"]
 
@@ -77,8 +79,6 @@ def trend(t_s: np.ndarray, y: np.ndarray, bound_per_min: float) -> dict[str, Any
 
     ``flat``: the CI includes 0, or its upper end is below ``bound_per_min``.
     """
-    from scipy import stats as st
-
     t = np.asarray(t_s, np.float64) / 60.0
     y = np.asarray(y, np.float64)
     n = t.size
@@ -333,8 +333,6 @@ def run_soak(repository: str | Path, out_dir: str | Path, *,
     Returns the report; ``report["ok"]`` is False when any answer was lost, wrong or
     failed, or a series is not flat.
     """
-    from ..service import launch_stack
-
     s = settings or SoakSettings()
     out = Path(out_dir)
     repo = out / "repository"

@@ -44,14 +44,12 @@ from typing import Any, Callable, ContextManager, Mapping
 import orjson
 
 from .._exceptions import BenchError
-from ._churn import Churn, ChurnPlan
-from ..bench._engine import prepare, run_bench
-from ..bench._load import LoadSpec
-from ._manifest import environment_manifest
-from ..bench._results import BenchResult, load_run
+from ..bench import BenchResult, LoadSpec, ValidityGates, Workload, load_run, prepare, run_bench
 from ..bench._target import http_get_json, parse_target
-from ..bench._validity import ValidityGates
-from ..bench._workload import Workload
+from ..service import launch_stack
+from ._arms import ExternalArm, load_arm
+from ._churn import Churn, ChurnPlan
+from ._manifest import environment_manifest
 
 __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_request_kb",
            "ProcessSampler", "flatten_stats"]
@@ -278,14 +276,6 @@ def load_trial(path: str | Path) -> TrialResult:
     return TrialResult(bench=load_run(folder / "bench"), path=folder, **doc)
 
 
-def _default_launcher() -> Callable[..., ContextManager[Any]]:
-    try:
-        from ..service._launcher import launch_stack
-    except ImportError as exc:  # pragma: no cover - the launcher ships with optkit
-        raise BenchError(f"the trial runner needs optkit.service._launcher: {exc}") from None
-    return launch_stack
-
-
 def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
               workload: Workload | Mapping[str, Any] | str | Path | None = None,
               warmup_s: float = 2.0, duration_s: float = 10.0, seed: int = 0,
@@ -310,15 +300,13 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
     Returns:
         the :class:`TrialResult`, written to ``out_dir`` when given.
     """
-    from ._arms import ExternalArm, load_arm
-
     cfg = load_arm(config)  # an optkit config, or an external arm (command / url)
     label = label or cfg.name
     pins = dict(cpus or {})
     bench_cpus = pins.pop("bench", None)
     if isinstance(cfg, ExternalArm) and launcher is None:
         launcher = functools.partial(cfg.launch, log_dir=out_dir)  # service.log in the trial
-    launch = launcher or _default_launcher()
+    launch = launcher or launch_stack
     with launch(cfg, repository=Path(repository), gateway=gateway, cpus=pins or None,
                 ready_timeout_s=ready_timeout_s) as stack:
         urls = {"model-server": stack.model_server_url, "gateway": stack.gateway_url}

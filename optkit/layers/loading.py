@@ -72,7 +72,7 @@ from .._config import LoadingConfig
 from .._exceptions import ModelLoadError, ModelNotReady, OptkitError
 from .._metrics import Histogram, HistogramSnapshot, counter, gauge, histogram_field
 from ..models import Model
-from ..v2._codec import DATATYPES
+from ..v2 import DATATYPES
 from ..models._repository import FAILED, LOADING, UNAVAILABLE, UNLOADING, ModelRepository
 
 __all__ = ["ModelLoader", "LoadingStatistics"]

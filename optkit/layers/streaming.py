@@ -50,7 +50,7 @@ from ._base import Layer
 from .._config import StreamingConfig
 from .._exceptions import OptkitError
 from .._metrics import counter, gauge
-from ..v2._codec import json_dumps
+from ..v2 import json_dumps
 
 __all__ = ["ResponseStreamer", "ChunkWriter", "StreamingStatistics"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from .._exceptions import ModelLoadError, ModelNotFound, ProtocolError
-from ..v2._codec import TensorSpec
+from ..v2 import TensorSpec
 
 __all__ = ["ModelConfig", "Model", "validate_model_name", "CONFIG_FILE"]
 

@@ -27,7 +27,7 @@ import joblib
 import numpy as np
 
 from .._exceptions import ModelLoadError
-from ..v2._codec import TensorSpec
+from ..v2 import TensorSpec
 from ._base import ModelConfig
 from ._numpy_mlp import save_mlp
 

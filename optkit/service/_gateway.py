@@ -53,10 +53,10 @@ from .._config import ServiceConfig
 from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
 from .._metrics import counter
 from ..models import validate_model_name
-from ..v2._codec import BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result, \
-    encode_binary_infer_request, encode_infer_request, json_loads, parse_infer_request, \
-    request_deadline, split_rows, validate_inputs
-from ..v2._stream import parse_generate_request
+from ..v2 import (BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result,
+                  encode_binary_infer_request, encode_infer_request, json_loads,
+                  parse_generate_request, parse_infer_request, request_deadline, split_rows,
+                  validate_inputs)
 from ..layers.balancing import BalancingStatistics, UpstreamBalancer
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,

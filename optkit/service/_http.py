@@ -24,7 +24,7 @@ from .._exceptions import ModelNotReady, OptkitError, PayloadTooLarge, ProtocolE
     QueueFull
 from .._metrics import counter, gauge, iter_families, to_plain
 from ..models import validate_model_name
-from ..v2._codec import BINARY_HEADER, InferRequest, encode_infer_response, error_body, json_dumps
+from ..v2 import BINARY_HEADER, InferRequest, encode_infer_response, error_body, json_dumps
 from ._openapi import OPENAPI_PATH, openapi_json
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",

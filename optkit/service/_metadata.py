@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 from .._metrics import counter, gauge
-from ..v2._codec import DATATYPES, TensorSpec
+from ..v2 import DATATYPES, TensorSpec
 
 __all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics", "row_bytes"]
 

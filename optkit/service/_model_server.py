@@ -40,10 +40,9 @@ from .._version import __version__
 from .._config import ServiceConfig
 from .._exceptions import InferenceError, ProtocolError
 from ..models import Model, ModelConfig
-from ..v2._codec import InferRequest, json_loads, parse_infer_request, \
-    request_deadline, split_rows, validate_inputs
-from ..v2._stream import parse_generate_request
-from ..models._repository import ModelRepository, RepositoryStatistics
+from ..v2 import (InferRequest, json_loads, parse_generate_request, parse_infer_request,
+                  request_deadline, split_rows, validate_inputs)
+from ..models import ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.loading import LoadingStatistics, ModelLoader
 from ..layers.streaming import ResponseStreamer, StreamingStatistics

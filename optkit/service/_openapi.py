@@ -31,6 +31,6 @@ def openapi_document() -> dict[str, Any]:
 @functools.cache
 def openapi_json() -> bytes:
     """The document serialized once, as served."""
-    from ..v2._codec import json_dumps
+    from ..v2 import json_dumps
 
     return json_dumps(openapi_document())

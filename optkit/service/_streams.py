@@ -45,8 +45,8 @@ import numpy as np
 from aiohttp import web
 
 from .._exceptions import InferenceError, OptkitError
-from ..v2._codec import BINARY_HEADER, InferRequest, json_dumps
-from ..v2._stream import binary_data_piece, encode_infer_response_frames, json_data_piece
+from ..v2 import (BINARY_HEADER, InferRequest, binary_data_piece, encode_infer_response_frames,
+                  json_data_piece, json_dumps)
 from ..layers.streaming import ChunkWriter, ResponseStreamer
 from ._http import infer_response
 

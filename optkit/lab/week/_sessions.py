@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from ...bench import load_run
 from .._comparison import Comparison
 
 __all__ = ["pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
@@ -162,8 +163,6 @@ def load_timeline(cmp: Comparison, *, load: str | None = None,
     ``(requests, events)``: requests has arm, t_s, latency_ms; events has arm, start_s,
     end_s, model, action — times in seconds from that trial's first request.
     """
-    from ...bench._results import load_run
-
     load = load or cmp.settings.loads[0]
     reqs, evs = [], []
     for folder in _trial_folders(cmp):
