@@ -99,7 +99,8 @@ def test_sign_flip_agrees_with_scipy(n, alternative):
 
 def test_sign_flip_monte_carlo_counts_the_observed():
     """Past max_exact, p = (1 + hits)/(1 + n_resamples): never below 1/(1 + n_resamples)."""
-    assert sign_flip_test([1.0] * 25, n_resamples=2000) == 1 / 2001
+    assert sign_flip_test([1.0] * 25, max_exact=20, n_resamples=2000) == 1 / 2001
+    assert sign_flip_test([1.0] * 25) == 2 / 2**25  # exact up to MAX_EXACT pairs
 
 
 def test_sign_flip_monte_carlo_approximates_exact_and_is_seeded():
@@ -284,7 +285,8 @@ def test_verdict_table_one_row_per_metric():
     assert tab.index.tolist() == ["throughput_rps", "p50_ms"]
     assert tab.loc["throughput_rps", "verdict"] == "improved"
     assert tab.loc["p50_ms", "verdict"] == "no change detected"
-    assert len(tab.columns) == len(stats.MetricVerdict.__dataclass_fields__) - 1
+    assert len(tab.columns) == len(stats.MetricVerdict.__dataclass_fields__)  # - metric + reading
+    assert tab.loc["p50_ms", "reading"].startswith("no change detected (a change beyond -")
 
 
 def test_percentile_curve_known_values():
@@ -295,3 +297,56 @@ def test_percentile_curve_known_values():
     assert q[0] == 0 and q[-1] == pytest.approx(0.9999) and np.all(np.diff(lat) >= 0)
     with pytest.raises(ValueError):
         percentile_curve([1.0, 2.0], [99.0])
+
+
+def _brute_force_p(d: np.ndarray, alternative: str) -> float:
+    """Every one of the 2^n sign vectors, summed in chunks: the reference for the exact test."""
+    n, hits, tol = d.size, 0, 1e-10 * float(np.abs(d).sum())
+    observed = float(d.sum())
+    bits = np.arange(n, dtype=np.int64)
+    for start in range(0, 2**n, 2**16):
+        codes = np.arange(start, min(start + 2**16, 2**n), dtype=np.int64)
+        signs = 1.0 - 2.0 * ((codes[:, None] >> bits) & 1)
+        sums = signs @ d
+        if alternative == "greater":
+            hits += int(np.count_nonzero(sums >= observed - tol))
+        elif alternative == "less":
+            hits += int(np.count_nonzero(sums <= observed + tol))
+        else:
+            hits += int(np.count_nonzero(np.abs(sums) >= abs(observed) - tol))
+    return hits / 2**n
+
+
+@pytest.mark.parametrize("alternative", ["two-sided"])  # one-sided: the same count, at n <= 9
+def test_sign_flip_is_exact_at_the_default_pairs(alternative):
+    """At 24 pairs (compare's default) the test counts every sign vector: it equals a brute
+    force over all 2^24 of them (it drew 9,999 at random before)."""
+    d = np.random.default_rng(24).normal(0.01, 0.05, stats.DEFAULT_PAIRS)
+    from optkit.lab._signflip import MAX_EXACT
+
+    assert stats.DEFAULT_PAIRS <= MAX_EXACT
+    assert sign_flip_test(d, alternative=alternative) == pytest.approx(
+        _brute_force_p(d, alternative), abs=1e-12)
+
+
+@pytest.mark.heavy  # scipy enumerates 2^24 permutations: ~80 s here (make heavy)
+def test_sign_flip_agrees_with_scipy_at_the_default_pairs():
+    """The known answer at 24 pairs from scipy.stats.permutation_test itself."""
+    d = np.random.default_rng(24).normal(0.01, 0.05, stats.DEFAULT_PAIRS)
+    ref = st.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), vectorized=True,
+                              permutation_type="samples", n_resamples=np.inf,
+                              batch=2**16).pvalue
+    assert sign_flip_test(d) == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [3, 8, 13, 16])
+def test_noise_quantile_is_the_quantile_of_every_sign_flip(n):
+    """The calibration's band equals the quantile read off all 2^n signed means (up to the
+    rounding tolerance the count allows ties: 1e-10 of the sum)."""
+    from optkit.lab._signflip import noise_quantile, signed_sums
+
+    d = np.random.default_rng(n).normal(0.0, 0.05, n)
+    means = np.abs(signed_sums(d)) / n
+    lower = np.quantile(means, 0.95, method="lower")
+    higher = np.quantile(means, 0.95, method="higher")
+    assert lower * (1 - 1e-9) <= noise_quantile(d) <= higher * (1 + 1e-9)

@@ -20,7 +20,8 @@ from ._churn import Churn, ChurnEvent, ChurnPlan
 from ._manifest import environment_manifest, git_commit, git_state
 from ._calibration import calibrate
 from ._comparison import Comparison
-from ._noise import load_deltas
+from ._noise import NoiseBand, load_deltas, noise_band
+from ._plan import Plan, plan_pairs
 from ._session import compare
 from ._settings import QUICK, STANDARD, CompareSettings, parse_load
 from ._simulate import simulate_trials
@@ -34,7 +35,7 @@ from .week import report
 __all__ = [
     # sessions and verdicts
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "parse_load",
-    "load_deltas",
+    "load_deltas", "noise_band", "NoiseBand", "plan_pairs", "Plan",
     # trials and arms
     "run_trial", "TrialResult", "ROW_COLUMNS", "load_trial", "memory_per_request_kb",
     "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "git_state", "ExternalArm",

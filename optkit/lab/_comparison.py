@@ -22,6 +22,7 @@ import pandas as pd
 
 from .._config import ServiceConfig
 from . import plotting
+from ._noise import NoiseBand
 from ._settings import CompareSettings
 from .stats import MetricVerdict, verdict_table
 
@@ -42,6 +43,8 @@ class Comparison:
     deltas_source: str
     elapsed_s: float
     latency_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    #: load -> the noise band its verdicts were judged against (and where it came from)
+    bands: dict[str, NoiseBand] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -96,6 +99,9 @@ class Comparison:
             "settings": self.settings.to_dict(),
             "provisional": self.provisional,
             "deltas": self.deltas, "deltas_source": self.deltas_source,
+            "bands": {load: {"source": band.source, "deltas": band.deltas,
+                             "sources": band.sources, "n_cal": band.n_cal,
+                             "created": band.created} for load, band in self.bands.items()},
             "elapsed_s": self.elapsed_s,
             "independent_trials": self.independent_trials(),
             "trials": {"total": int(len(self.trials)),

@@ -17,6 +17,7 @@ silently used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,40 +29,49 @@ from .._exceptions import LaunchError, OptkitError
 from ._arms import load_arm, preflight
 from ._comparison import Comparison
 from ._manifest import git_state
-from ._noise import load_deltas
+from ._noise import NoiseBand, noise_band
 from ._progress import progress_bar
 from ._settings import STANDARD, CompareSettings, parse_load
 from ._trial import run_trial
-from .stats import MetricVerdict, analyse, decide, holm, percentile_curve
+from .stats import MetricVerdict, analyse, decide, detectable_effect, holm, pct, percentile_curve
 
 __all__ = ["compare"]
 
 
 def _analyse_session(trials: pd.DataFrame, settings: CompareSettings, calibration: Any,
-                     log: Callable[[str], None] | None) -> dict[str, list[MetricVerdict]]:
-    """Verdicts per load, with Holm applied once over every (load, metric) test."""
+                     log: Callable[[str], None] | None
+                     ) -> tuple[dict[str, list[MetricVerdict]], dict[str, NoiseBand]]:
+    """Verdicts per load, with Holm applied once over every (load, metric) test, each judged
+    against its cell's noise band at the pairs it kept; and those bands."""
     per_load: dict[str, list[MetricVerdict]] = {}
+    bands: dict[str, NoiseBand] = {}
     for load_text in settings.loads:
         subset = trials[(trials["load"] == load_text) & (trials["pair"] >= 0)]
-        deltas, _ = load_deltas(calibration, load=load_text, n_pairs=settings.pairs)
+        kept = int(subset.groupby("pair")["valid"].all().sum()) if len(subset) else 0
+        band = noise_band(calibration, workload=settings.workload, load=load_text,
+                          n_pairs=max(2, kept))
+        bands[load_text] = band
         try:
             per_load[load_text] = analyse(subset, metrics=settings.analysed_metrics(),
-                                          deltas=deltas, seed=settings.seed)
+                                          deltas=band.deltas, sources=band.sources,
+                                          seed=settings.seed)
         except ValueError as exc:
             if log:
                 log(f"{load_text}: no analysis possible: {exc}")
             per_load[load_text] = []
     flat = [(load, i) for load, vs in per_load.items() for i in range(len(vs))]
     if not flat:
-        return per_load
+        return per_load, bands
     adjusted = holm([per_load[load][i].p_value for load, i in flat])
     for (load, i), p_adj in zip(flat, adjusted):
         v = per_load[load][i]
+        mde = detectable_effect(v.sd_d, v.n_pairs, delta=v.delta, family_size=len(flat))
         per_load[load][i] = dataclasses.replace(
             v, p_adjusted=float(p_adj),
+            mde_pct=float(pct(mde)) if math.isfinite(mde) else math.inf,
             verdict=decide(float(p_adj), v.ci_low, v.ci_high, v.delta,
                            higher_is_better=v.higher_is_better))
-    return per_load
+    return per_load, bands
 
 
 def compare(a: Any, b: Any, *, repository: str | Path,
@@ -151,13 +161,14 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     if bar is not None:
         bar.close()
     trials = pd.DataFrame(rows)
-    verdicts = _analyse_session(trials, settings, calibration, log)
-    deltas, source = load_deltas(calibration, load=settings.loads[0], n_pairs=settings.pairs)
+    verdicts, bands = _analyse_session(trials, settings, calibration, log)
+    first = bands[settings.loads[0]]
     curve_out = {load: {label: percentile_curve(np.concatenate(parts))
                         for label, parts in by_label.items()}
                  for load, by_label in curves.items()}
     comparison = Comparison(cfg_a, cfg_b, settings, trials, verdicts, pd.DataFrame(stats_rows),
-                            deltas, source, time.perf_counter() - started, curve_out)
+                            first.deltas, first.source, time.perf_counter() - started, curve_out,
+                            bands=bands)
     if out is not None:
         comparison.save(out)
     return comparison

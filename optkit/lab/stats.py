@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats as _st
 
 from .._quantiles import quantiles as _quantiles
-from ._signflip import min_pairs_for, sign_flip_test, signed_sums
+from ._signflip import MAX_EXACT, min_pairs_for, noise_quantile, sign_flip_test
 
 __all__ = [
     "DEFAULT_DELTAS",
@@ -49,10 +49,14 @@ __all__ = [
     "bca_interval",
     "calibrate_deltas",
     "decide",
+    "detectable_effect",
+    "detectable_range",
     "holm",
     "log_ratios",
     "min_pairs_for",
+    "pairs_for_power",
     "pct",
+    "scaled_delta",
     "percentile_curve",
     "sign_flip_test",
     "tukey_outliers",
@@ -252,9 +256,81 @@ def decide(
     return "within noise"
 
 
+def detectable_range(mde_pct: float) -> str:
+    """A detectable effect as the two changes it stands for: ``-8.6 % / +9.4 %`` (one log
+    distance either way: a 9.4 % rise and an 8.6 % fall are the same |ln(B/A)|)."""
+    if not math.isfinite(mde_pct):
+        return "no change (too few pairs)"
+    down = float(pct(-math.log1p(mde_pct / 100)))
+    return f"{down:+.1f} % / {mde_pct:+.1f} %"
+
+
+def scaled_delta(delta: float, n_cal: int | None, n: int) -> float:
+    """The noise band for a session of ``n`` pairs, from one measured at ``n_cal`` pairs.
+
+    The noise of a mean over n pairs shrinks like 1/sqrt(n), so fewer pairs get a wider band,
+    delta * sqrt(n_cal / n); more pairs keep the measured one (never narrower than measured).
+    """
+    if n_cal and n < n_cal:
+        return delta * math.sqrt(n_cal / n)
+    return delta
+
+
+def detectable_effect(sd_d: float, n: int, *, delta: float, family_size: int = 1,
+                      alpha: float = 0.05, confidence: float = 0.95,
+                      power: float = 0.80) -> float:
+    """The smallest true effect (|mean d|, log scale) a session finds with ``power``.
+
+    To be called improved (or regressed) the session's mean d must pass two bars: Holm
+    significance, at worst p <= alpha / family_size (the sign-flip test, read here as its t
+    approximation: |mean| > t(1 - alpha/2m) se), and a CI clear of the noise band (mean -
+    t(confidence) se > delta). With se = sd_d / sqrt(n), a true effect e clears the higher bar
+    c in a fraction ``power`` of sessions when e = c + z(power) se. No effect is detectable
+    when the sign-flip test cannot reach alpha / family_size at all with n pairs (2/2^n too
+    large): then ``inf``.
+
+    Args:
+        sd_d: standard deviation of the per-pair log ratio (from the session, or an A/A
+            calibration of the same cell).
+        n: pairs.
+        delta: the noise band at this n (log scale), see ``scaled_delta``.
+        family_size: tests under one Holm correction.
+    Returns:
+        the effect on the log scale (``pct`` turns it into %).
+    """
+    if n < 2 or sd_d < 0 or delta < 0 or family_size < 1:
+        raise ValueError(f"need n >= 2, sd_d >= 0, delta >= 0, family_size >= 1; got "
+                         f"{n}, {sd_d}, {delta}, {family_size}")
+    if 2.0 / 2.0**n > alpha / family_size:
+        return math.inf
+    se = sd_d / math.sqrt(n)
+    significant = float(_st.t.ppf(1 - alpha / (2 * family_size), n - 1)) * se
+    clear = delta + float(_st.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return max(significant, clear) + float(_st.norm.ppf(power)) * se
+
+
+def pairs_for_power(sd_d: float, effect: float, *, delta: float, n_cal: int | None = None,
+                    family_size: int = 1, alpha: float = 0.05, power: float = 0.80,
+                    max_pairs: int = 64) -> int | None:
+    """The fewest pairs with which a true effect of ``effect`` (log scale, e.g. ln 1.1) is
+    found with ``power``, the band ``delta`` measured at ``n_cal`` pairs scaled to each n;
+    None if ``max_pairs`` do not reach it."""
+    for n in range(max(2, min_pairs_for(alpha, family_size)), max_pairs + 1):
+        band = scaled_delta(delta, n_cal, n)
+        if detectable_effect(sd_d, n, delta=band, family_size=family_size, alpha=alpha,
+                             power=power) <= abs(effect):
+            return n
+    return None
+
+
 @dataclass(frozen=True)
 class MetricVerdict:
-    """Everything the analysis found about one metric; d and delta on the log scale."""
+    """Everything the analysis found about one metric; d and delta on the log scale.
+
+    ``mde_pct``: the smallest change this session would have found with 80 % power (from its
+    own sd of d, n, band and Holm family): what a "no change detected" rules out.
+    ``delta_source``: where the band came from (measured, scaled from fewer pairs, default).
+    """
 
     metric: str
     n_pairs: int
@@ -270,6 +346,19 @@ class MetricVerdict:
     verdict: Verdict
     higher_is_better: bool
     outlier_pairs: tuple[int, ...]
+    sd_d: float = math.nan
+    mde_pct: float = math.nan
+    delta_source: str = ""
+
+    def reading(self) -> str:
+        """The verdict in words, with what a null rules out: ``no change detected (a change
+        beyond ±4.1 % would have been seen)``."""
+        if self.verdict == "no change detected":
+            if math.isfinite(self.mde_pct):
+                return (f"no change detected (a change beyond {detectable_range(self.mde_pct)} "
+                        f"would have been seen)")
+            return f"no change detected ({self.n_pairs} pairs cannot reach significance here)"
+        return self.verdict
 
 
 def _paired(trials: pd.DataFrame) -> pd.DataFrame:
@@ -310,6 +399,8 @@ def analyse(
     alpha: float = 0.05,
     n_resamples: int = 9999,
     seed: int = 0,
+    family_size: int | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> list[MetricVerdict]:
     """Verdicts for each metric of one A/B session (one load) in the tidy trial table.
 
@@ -324,8 +415,12 @@ def analyse(
         deltas: per-metric delta overriding ``DEFAULT_DELTAS``: a float, or a record with a
             "delta" key, so ``calibrate_deltas``'s output can be passed as it is.
         confidence: CI level; alpha: family-wise significance level.
-        n_resamples: bootstrap resamples (and Monte Carlo sign vectors past 20 pairs).
+        n_resamples: bootstrap resamples (and Monte Carlo sign vectors past MAX_EXACT pairs).
         seed: seed of the resampling.
+        family_size: tests in the Holm family the verdicts will face, for each metric's
+            detectable effect (default: the metrics analysed here; a session over several
+            loads passes its whole family).
+        sources: metric -> where its delta came from, recorded in each verdict.
     Returns:
         one MetricVerdict per analysed metric, in the order of ``metrics``.
     Raises:
@@ -350,15 +445,21 @@ def analyse(
     if not rows:
         raise ValueError("no metric has 2 or more valid pairs to analyse")
     adjusted = holm([r[3] for r in rows])
+    family = family_size or len(rows)
     out = []
     for (name, higher, d, p, lo, hi, flagged), p_adj in zip(rows, adjusted):
         mean, delta = float(d.mean()), float(delta_of[name])
+        sd = float(d.std(ddof=1))
+        mde = detectable_effect(sd, int(d.size), delta=delta, family_size=family, alpha=alpha,
+                                confidence=confidence)
         out.append(MetricVerdict(
             metric=name, n_pairs=int(d.size), mean_d=mean, ci_low=lo, ci_high=hi,
             change_pct=float(pct(mean)), ci_low_pct=float(pct(lo)), ci_high_pct=float(pct(hi)),
             p_value=float(p), p_adjusted=float(p_adj), delta=delta,
             verdict=decide(float(p_adj), lo, hi, delta, higher_is_better=higher, alpha=alpha),
-            higher_is_better=higher, outlier_pairs=flagged,
+            higher_is_better=higher, outlier_pairs=flagged, sd_d=sd,
+            mde_pct=float(pct(mde)) if math.isfinite(mde) else math.inf,
+            delta_source=sources.get(name, "default") if sources else "",
         ))
     return out
 
@@ -369,7 +470,7 @@ def calibrate_deltas(
     metrics: Iterable[str] | None = None,
     rule: Literal["noise", "ci"] = "noise",
     confidence: float = 0.95,
-    max_exact: int = 20,
+    max_exact: int = MAX_EXACT,
     n_resamples: int = 9999,
     seed: int = 0,
 ) -> dict[str, dict]:
@@ -410,11 +511,10 @@ def calibrate_deltas(
             continue
         d = got[1]
         if d.size <= max_exact:
-            sums = signed_sums(d)
+            noise = noise_quantile(d, confidence)
         else:
             signs = np.random.default_rng(seed).integers(0, 2, size=(n_resamples, d.size)) * 2 - 1
-            sums = signs @ d
-        noise = float(np.quantile(np.abs(sums) / d.size, confidence))
+            noise = float(np.quantile(np.abs(signs @ d) / d.size, confidence))
         lo, hi = bca_interval(d, confidence=confidence, n_resamples=n_resamples, seed=seed)
         out[name] = {
             "delta": noise if rule == "noise" else max(abs(lo), abs(hi)), "rule": rule,
@@ -426,8 +526,8 @@ def calibrate_deltas(
 
 def verdict_table(verdicts: Iterable[MetricVerdict]) -> pd.DataFrame:
     """The verdicts as a DataFrame indexed by metric, for display (one row per metric)."""
-    rows = [asdict(v) for v in verdicts]
-    columns = list(MetricVerdict.__dataclass_fields__)
+    rows = [{**asdict(v), "reading": v.reading()} for v in verdicts]
+    columns = [*MetricVerdict.__dataclass_fields__, "reading"]
     return pd.DataFrame(rows, columns=columns).set_index("metric")
 
 

@@ -1,0 +1,75 @@
+"""Pairs chosen in advance for power (optkit/lab/_plan.py), from a cell's calibration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from optkit.lab import CompareSettings, plan_pairs
+from optkit.lab._plan import sd_upper
+from optkit.lab.stats import detectable_effect, pairs_for_power, scaled_delta
+
+CAL = {"cells": {"digits|closed:32": {"deltas": {
+    "throughput_rps": {"delta": 0.021, "sd_d": 0.05, "n_pairs": 24},
+    "p99_ms": {"delta": 0.05, "sd_d": 0.125, "n_pairs": 24}}}}}
+
+
+def test_the_plan_is_the_fewest_pairs_that_reach_every_effect() -> None:
+    """The chosen n is the largest of the per-metric needs, each the fewest pairs whose
+    detectable effect (sd at its upper 80 % bound, band scaled to n, Holm over the session's
+    4 tests) is within the effect sought; the table says what n can see for each metric."""
+    settings = CompareSettings(pairs=32, loads=("closed:32",))
+    plan = plan_pairs(settings, CAL, effects={"throughput_rps": 10, "p99_ms": -20})
+    need = [pairs_for_power(sd_upper(sd, 24), abs(math.log1p(e / 100)), delta=delta, n_cal=24,
+                            family_size=4, max_pairs=32)
+            for sd, delta, e in ((0.05, 0.021, 10), (0.125, 0.05, -20))]
+    assert plan.settings.pairs == max(need) and plan.reachable
+    assert "planned so that" in plan.note and plan.settings.loads == ("closed:32",)
+    def seen(n: int) -> float:  # what n pairs detect of throughput, as the plan reads it
+        return detectable_effect(sd_upper(0.05, 24), n, delta=scaled_delta(0.021, 24, n),
+                                 family_size=4)
+    assert seen(need[0]) <= math.log1p(0.10) < seen(need[0] - 1)  # the fewest that reach it
+    row = plan.table.set_index("metric").loc["throughput_rps"]
+    assert row["band source"] == "measured" and row["A/A sd of d"] == "5.0 %"
+
+
+def test_a_budget_too_small_says_so_before_the_session() -> None:
+    """With 6 pairs at most, a 5 % change is out of reach: the plan takes the budget and says
+    it is NOT enough; the table shows what 6 pairs can see."""
+    plan = plan_pairs(CompareSettings(pairs=6, loads=("closed:32",)), CAL,
+                      effects={"throughput_rps": 5}, max_pairs=8)
+    assert not plan.reachable and plan.settings.pairs == 8 and "NOT enough" in plan.note
+    assert "detectable at 8 pairs" in plan.table.columns
+
+
+def test_without_a_calibration_the_pairs_stay_as_set() -> None:
+    """No measured sd: nothing to plan from; the settings' pairs are kept and the note says
+    the bands are the defaults."""
+    plan = plan_pairs(CompareSettings(pairs=11, loads=("closed:1",)), CAL)
+    assert plan.settings.pairs == 11 and not plan.reachable and "not calibrated" in plan.note
+
+
+def test_more_tests_in_the_family_need_more_pairs() -> None:
+    """Holm over two loads (8 tests) asks at least as many pairs as over one (4)."""
+    one = plan_pairs(CompareSettings(pairs=32, loads=("closed:32",)), CAL)
+    cal = {"cells": {**CAL["cells"], "digits|closed:1": CAL["cells"]["digits|closed:32"]}}
+    two = plan_pairs(CompareSettings(pairs=32, loads=("closed:32", "closed:1")), cal)
+    assert two.settings.pairs >= one.settings.pairs
+
+
+def test_the_sd_bound_is_above_the_estimate_and_tightens_with_pairs() -> None:
+    """An upper confidence bound: wider than the estimate, less so with more pairs."""
+    assert sd_upper(0.05, 8) > sd_upper(0.05, 24) > 0.05
+    assert sd_upper(0.05, 1) == math.inf
+
+
+@pytest.mark.parametrize("family", [1, 4, 8])
+def test_detectable_effect_falls_with_pairs_and_is_infinite_below_holms_floor(family: int) -> None:
+    """More pairs see smaller effects; with too few for 2/2^n <= alpha/m nothing is seen."""
+    effects = [detectable_effect(0.05, n, delta=scaled_delta(0.02, 24, n), family_size=family)
+               for n in range(2, 40)]
+    finite = [e for e in effects if math.isfinite(e)]
+    assert finite and all(a >= b for a, b in zip(finite, finite[1:]))
+    floor = next(n for n in range(2, 40) if 2 / 2**n <= 0.05 / family)
+    assert math.isinf(effects[floor - 3]) and math.isfinite(effects[floor - 2])
