@@ -97,6 +97,25 @@ def test_target_table_judges_each_target_by_its_interval() -> None:
     assert "not measured" in set(small_table["status"])  # no open:2500 in that session
 
 
+def test_an_open_loop_target_counts_only_at_the_load_served() -> None:
+    """p99 < 10 ms at open:2500 is judged only where arm B answered >= 98 % of the offered
+    rate in every trial and dropped <= 1 % of it; otherwise the table says what was served."""
+    def fri(achieved: float, dropped: int) -> pd.Series:
+        cmp = _session("fri", 0.9, loads=("closed:32", "open:2500"))
+        t = cmp.trials
+        open_rows = t["load"] == "open:2500"
+        t.loc[open_rows, "p99_ms"] = 4.0  # well inside the bound, however it was served
+        t.loc[open_rows, ["offered_rps", "achieved_fraction", "dropped"]] = [2500.0, achieved,
+                                                                             dropped]
+        table = target_table(cmp).set_index("target")
+        return table.loc[table.index.str.startswith("p99 < 10 ms")].iloc[0]
+    assert fri(0.995, 0)["status"] == "met"
+    short = fri(0.76, 0)
+    assert short["status"] == "not met (load not served)"
+    assert "served 76.0 % of 2,500 req/s" in short["measured"]
+    assert "dropped 2.0 %" in fri(0.99, 100)["measured"]  # 100 of 2,500 x 2 s offered
+
+
 def test_next_steps_and_validity_come_from_the_record(week_dir: Path) -> None:
     """Wednesday's missing gain is named; validity rows point at the trial folders."""
     steps = next_steps(week_dir)

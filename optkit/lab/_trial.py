@@ -57,7 +57,8 @@ __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_
 ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
                "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "ttfb_p50_ms", "ttfb_p99_ms",
                "gateway_peak_mb", "model_server_peak_mb", "gateway_grown_mb",
-               "model_server_grown_mb", "errors", "valid", "invalid_reasons")
+               "model_server_grown_mb", "offered_rps", "achieved_fraction", "dropped", "errors",
+               "valid", "invalid_reasons")
 
 
 def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
@@ -231,6 +232,10 @@ class TrialResult:
                # the peak above the idle process: what the load itself made the tier hold
                "gateway_grown_mb": _grown(self.services.get("gateway")),
                "model_server_grown_mb": _grown(self.services.get("model-server")),
+               # open loop: what was offered, the share of it answered in the window, and the
+               # requests the generator dropped (a target is judged at the load served)
+               "offered_rps": s.get("offered_rps"), "achieved_fraction": s.get("achieved_fraction"),
+               "dropped": s.get("dropped"),
                "errors": int(s.get("errors_total") or 0), "valid": self.valid,
                "invalid_reasons": "; ".join(self.invalid_reasons)}
         unknown = set(overrides) - set(ROW_COLUMNS)

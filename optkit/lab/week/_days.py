@@ -15,14 +15,20 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..._config import LoadingConfig, ServiceConfig
 from ...models import build_repository
+from .._calibration import calibrate
+from .._noise import calibration_cells, cell_key
+from .._plan import Plan, plan_pairs
 from .._settings import QUICK, STANDARD, CompareSettings
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
-           "day_settings"]
+           "day_settings", "plan_day", "CALIBRATION_PAIRS"]
+
+#: A/A pairs measured per (workload, load) cell the first time a day judges it on a machine
+CALIBRATION_PAIRS = 16
 
 
 @dataclass(frozen=True)
@@ -110,3 +116,28 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
                                    loads=tuple(loads)[:1], seed=seed, **extra)
     return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
                                loads=tuple(loads), seed=seed, **extra)
+
+
+def plan_day(settings: CompareSettings, arm: Any, *, repository: str | Path,
+             calibration: str | Path | None, effects: Mapping[str, float] | None = None,
+             calibration_pairs: int = CALIBRATION_PAIRS, progress: bool = True) -> Plan:
+    """Fix a day's pairs before its session: measure the noise of every cell it judges that
+    the calibration lacks, then plan the pairs for power within the budget ``settings.pairs``.
+
+    A cell (workload, load) never calibrated on this machine is measured now: an A/A session
+    of ``arm`` (the day's starting config) with the day's own settings (workload, churn,
+    gates, timing) and ``calibration_pairs`` pairs, stored in ``calibration`` for every later
+    day and week. Quick mode (CI) measures nothing and keeps its few pairs: provisional.
+    """
+    if settings.quick:
+        return Plan(settings, plan_pairs(settings, calibration, effects=effects,
+                                         pairs=settings.pairs).table, False,
+                    f"quick mode: {settings.pairs} pairs, not planned; verdicts provisional")
+    if calibration is not None:
+        cells, _ = calibration_cells(calibration)
+        for load in settings.loads:
+            if cell_key(settings.workload, load) not in cells:
+                calibrate(arm, repository=repository, out=calibration, progress=progress,
+                          settings=dataclasses.replace(settings, loads=(load,),
+                                                       pairs=calibration_pairs))
+    return plan_pairs(settings, calibration, effects=effects, max_pairs=settings.pairs)

@@ -6,6 +6,7 @@ its saved trial folders) and compute nothing new: the notebooks call them so the
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pandas as pd
 
 from ...bench import load_run
 from .._comparison import Comparison
+from ..stats import detectable_range
 
 __all__ = ["pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
            "load_timeline", "headline", "key_figure", "conclusion"]
@@ -222,14 +224,20 @@ def headline(cmp: Comparison) -> pd.DataFrame:
             rows.append({"workload": cmp.settings.workload, "load": load, "metric": "(all)",
                          "change": "", "95 % CI": "",
                          "verdict": "no verdict: fewer than 2 valid pairs (see the log above)",
-                         "p (Holm)": "", "pairs": 0})
+                         "p (Holm)": "", "pairs": 0, "noise band": ""})
+        band = cmp.bands.get(load)
         for v in verdicts:
             rows.append({"workload": cmp.settings.workload, "load": load,
                          "metric": names.get(v.metric, v.metric),
                          "change": f"{v.change_pct:+.1f} %",
                          "95 % CI": f"{v.ci_low_pct:+.1f} % to {v.ci_high_pct:+.1f} %",
-                         "verdict": v.verdict, "p (Holm)": f"{v.p_adjusted:.1e}",
-                         "pairs": v.n_pairs})
+                         "verdict": v.reading(), "p (Holm)": f"{v.p_adjusted:.1e}",
+                         "pairs": v.n_pairs,
+                         "noise band": f"±{100 * v.delta:.1f} % ({v.delta_source or 'default'})"})
+        if band is not None and not band.measured and verdicts:
+            rows.append({"workload": cmp.settings.workload, "load": load, "metric": "(note)",
+                         "change": "", "95 % CI": "", "verdict": f"noise band: {band.source}",
+                         "p (Holm)": "", "pairs": "", "noise band": ""})
     frame = pd.DataFrame(rows)
     return frame.style.hide(axis="index") if not frame.empty else frame  # type: ignore[return-value]
 
@@ -261,9 +269,12 @@ def conclusion(cmp: Comparison) -> str:
         n = verdicts[0].n_pairs
         parts = []
         for v in verdicts:
+            beyond = (f"; a change beyond {detectable_range(v.mde_pct)} would have been seen"
+                      if v.verdict == "no change detected" and math.isfinite(v.mde_pct) else "")
             parts.append(f"{v.metric} {_WORDS[v.verdict]} ({v.change_pct:+.1f} %, 95 % CI "
                          f"{v.ci_low_pct:+.1f} to {v.ci_high_pct:+.1f} %, Holm p = "
-                         f"{v.p_adjusted:.3g}, noise band ±{100 * v.delta:.0f} %)")
+                         f"{v.p_adjusted:.3g}, noise band ±{100 * v.delta:.1f} % "
+                         f"{v.delta_source or 'default'}{beyond})")
         lines.append(f"{head} at {load}, {n} valid pairs: " + "; ".join(parts) + ".")
     means = cmp.means()
     if "throughput_rps" in means:
@@ -278,7 +289,9 @@ def conclusion(cmp: Comparison) -> str:
     invalid = sum(by_arm.values())
     lines.append(f"{len(cmp.trials)} trials in {cmp.elapsed_s:.0f} s, {invalid} invalid "
                  f"(A {by_arm['A']}, B {by_arm['B']}; kept on record, their pairs re-run); "
-                 f"noise thresholds from {cmp.deltas_source}.")
+                 f"noise bands: " + "; ".join(f"{load}: {band.source}"
+                                              for load, band in cmp.bands.items())
+                 + ("" if cmp.bands else f"{cmp.deltas_source}") + ".")
     lost = {load: n for load, n in cmp.pairs_lost().items() if n}
     if lost:
         lines.append(f"WARNING: pairs never valid after re-runs, analysed without them: {lost}.")

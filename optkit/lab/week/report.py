@@ -160,7 +160,11 @@ def target_table(cmp: Comparison, targets: Sequence[dict[str, Any]] = SEED_TARGE
     A level target is met when the whole CI of the integrated arm (B) is on the right side
     of the bound (mean alone is not enough); a gain target is met when the verdict's mean
     change reaches ``bound`` and its CI's lower end clears ``floor``. The baseline's value
-    (A) is shown beside it.
+    (A) is shown beside it. An open-loop target is judged at the load actually served: it
+    counts only when arm B answered at least ``SERVED`` of the offered rate in every valid
+    trial, and no more than 1 % of what it was offered was dropped (a dropped request never
+    got an answer: past 1 % the p99 of what was offered is no latency at all); otherwise the
+    table says what was served.
     """
     valid = cmp.trials[cmp.trials["valid"].astype(bool) & (cmp.trials["pair"] >= 0)]
     rows = []
@@ -182,6 +186,12 @@ def target_table(cmp: Comparison, targets: Sequence[dict[str, Any]] = SEED_TARGE
                          "ci": f"[{v.ci_low_pct:+.1f}, {v.ci_high_pct:+.1f}] %",
                          "baseline": "", "status": "met" if met else "not met"})
             continue
+        served = (_served(at[at["arm"] == "B"], cmp.settings.duration_s)
+                  if t["load"].startswith("open:") else None)
+        if served is not None:
+            rows.append({**row, "measured": served, "ci": "", "baseline": "",
+                         "status": "not met (load not served)"})
+            continue
         b = arm_interval(at[at["arm"] == "B"][t["metric"]])
         a = arm_interval(at[at["arm"] == "A"][t["metric"]])
         bound = t["bound"]
@@ -195,6 +205,27 @@ def target_table(cmp: Comparison, targets: Sequence[dict[str, Any]] = SEED_TARGE
                      "baseline": f"{a[0]:,.1f} {unit}" if a[3] else "",
                      "status": "met" if met else "not met"})
     return pd.DataFrame(rows, columns=["target", "measured", "ci", "baseline", "status"])
+
+
+#: the share of an open loop's offered rate an arm must answer for a target to be judged there
+SERVED = 0.98
+
+
+def _served(trials: pd.DataFrame, duration_s: float) -> str | None:
+    """None when every trial of an open-loop arm answered >= SERVED of what was offered and
+    dropped at most 1 % of it; else what was served, in words."""
+    if "achieved_fraction" not in trials or trials["achieved_fraction"].isna().all():
+        return "achieved rate not recorded"
+    worst = float(trials["achieved_fraction"].min())
+    offered = float(trials["offered_rps"].median())
+    dropped = float((trials["dropped"].fillna(0) / (trials["offered_rps"] * duration_s)).max())
+    if worst < SERVED:
+        return (f"served {100 * worst:.1f} % of {offered:,.0f} req/s offered in its worst trial "
+                f"(needs >= {100 * SERVED:.0f} %)")
+    if dropped > 0.01:
+        return (f"dropped {100 * dropped:.1f} % of {offered:,.0f} req/s offered in its worst "
+                f"trial (at most 1 %)")
+    return None
 
 
 def environment_of(run_dir: str | Path) -> dict[str, Any]:
