@@ -36,3 +36,11 @@ def test_autocorrelated_noise_widens_the_interval() -> None:
 def test_too_few_samples_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least 4"):
         trend(np.arange(3.0), np.zeros(3), bound_per_min=1.0)
+
+
+def test_a_pool_filling_up_fails_a_slope_test() -> None:
+    """The staircase of a pool reaching new peaks (25 -> 28 descriptors in single steps, as a
+    10-minute soak once showed) is not flat by slope: why connections are judged apart."""
+    t = np.arange(120, 600, 3.0)
+    stairs = 25 + (t > 150) + (t > 390) + (t > 400)
+    assert not trend(t, stairs.astype(float), bound_per_min=0.1)["flat"]
