@@ -27,7 +27,7 @@ from scipy import stats as st
 
 from ._descriptors import judge_pools
 
-__all__ = ["build_report", "write_report", "trend", "TIERS"]
+__all__ = ["build_report", "write_report", "trend", "resolvable_rss_slope", "TIERS"]
 
 MiB = 2**20
 TIERS = ("gateway", "model_server")
@@ -65,6 +65,12 @@ def trend(t_s: np.ndarray, y: np.ndarray, bound_per_min: float) -> dict[str, Any
             "flat": bool(lo <= 0.0 <= hi or hi < bound_per_min)}
 
 
+def resolvable_rss_slope(s: Any, minutes: float) -> float:
+    """The RSS bound (bytes/min) of a run measured over ``minutes``: the larger of
+    ``s.rss_bound_per_min`` and the band RSS wanders in spread over those minutes."""
+    return max(s.rss_bound_per_min, s.rss_band_bytes / minutes) if minutes > 0 else math.inf
+
+
 def build_report(soak: Any, samples: list[dict[str, Any]], s: Any, config: str, started: float,
                  books: Mapping[str, Any], bounds: Mapping[str, tuple[int, str]],
                  drain: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,9 +85,10 @@ def build_report(soak: Any, samples: list[dict[str, Any]], s: Any, config: str, 
               "by_kind": dict(soak.by_kind), "transport": dict(soak.transport)}
     t = np.array([r["t_s"] for r in samples])
     keep = t >= t[-1] * s.warmup_fraction if t.size else t
+    rss_bound = resolvable_rss_slope(s, float(np.ptp(t[keep])) / 60 if keep.sum() >= 2 else 0.0)
     trends: dict[str, Any] = {}
     for tier in TIERS:
-        for what, key, bound in (("rss", "rss", s.rss_bound_per_min),
+        for what, key, bound in (("rss", "rss", rss_bound),
                                  ("other_fds", "other", s.fd_bound_per_min)):
             y = np.array([r[f"{tier}_{key}"] for r in samples])
             trends[f"{tier}_{what}"] = (trend(t[keep], y[keep], bound) if keep.sum() >= 4
@@ -132,10 +139,15 @@ def write_report(out: Path, report: dict[str, Any], samples: list[dict[str, Any]
                      f"| {tr['slope_per_min'] / scale:+.4f} "
                      f"| [{lo / scale:+.4f}, {hi / scale:+.4f}] "
                      f"| {tr['bound_per_min'] / scale:.4f} | {'yes' if tr['flat'] else 'NO'} |")
-    lines += ["", f"Slopes after the first {report['settings']['warmup_fraction']:.0%} of the run "
-              "(warm-up); CI: least squares with Newey-West standard errors. `other_fds`: the "
-              "open descriptors that are not TCP connections (loop, pipes, files, listening "
-              "socket); connections are pools, judged against their bounds below.", "",
+    st = report["settings"]
+    lines += ["", f"Slopes after the first {st['warmup_fraction']:.0%} of the run (warm-up, its "
+              f"first {st['prime_s']:g} s at most sent closed-loop at the concurrency cap to "
+              "fill the pools); CI: least squares with Newey-West standard errors. RSS bound: "
+              f"the larger of {st['rss_bound_per_min'] / 1024:g} KiB/min and the "
+              f"{st['rss_band_bytes'] / MiB:g} MiB band RSS wanders in, spread over the measured "
+              "minutes (what a run this long can resolve). `other_fds`: the open descriptors "
+              "that are not TCP connections (loop, pipes, files, listening socket); "
+              "connections are pools, judged against their bounds below.", "",
               "| connections | first | peak | last | bound | left after the load | ok |",
               "|---|---|---|---|---|---|---|"]
     for name, p in report["pools"].items():
