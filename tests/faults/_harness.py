@@ -4,7 +4,7 @@
 
     with FaultStack(repository) as fs:            integrated.yaml (+ overrides), real processes
         with SteadyLoad(fs.gateway_url, ...) as load:   built-in generator, in its own process
-            t = fs.kill_model_server()            SIGKILL / SIGSTOP / SIGCONT, restart on the
+            t = fs.kill_model_server(catch=True)  SIGKILL / SIGSTOP / SIGCONT, restart on the
             fs.restart_model_server()             same port (the gateway still points there)
         tally = Tally.of(load.result())           one row per request the generator sent
         tally.reconcile()                         sent == answered + transport failures, exactly
@@ -52,6 +52,8 @@ __all__ = ["INTEGRATED", "integrated_config", "FaultStack", "SteadyLoad", "Tally
            "wait_settled"]
 
 INTEGRATED = Path(__file__).resolve().parents[2] / "experiments" / "integrated.yaml"
+#: how long a kill that must catch a request keeps the model server stopped, at most
+CATCH_WAIT_S = 0.5
 
 
 def integrated_config(**sections: Mapping[str, Any]) -> ServiceConfig:
@@ -119,17 +121,31 @@ class FaultStack:
     def pid(self, name: str = "model-server") -> int:
         return self.stack.services[name].pid
 
-    def kill_model_server(self) -> int:
+    def kill_model_server(self, *, catch: bool = False) -> int:
         """SIGKILL the model server alone; return when, in monotonic ns.
 
         Its children (the loader's worker processes) are not signalled: they must leave
         by themselves. Their pids are kept in ``orphans``; :meth:`close` reaps stragglers.
+
+        ``catch``: make sure the kill catches a client's request on its way. Under load one
+        usually is, but not surely: on a busy machine every request a client still waits
+        for may already be answered and on its way back (a run once caught none of 16). So
+        the server is first stopped (SIGSTOP, at most ``CATCH_WAIT_S``, well within the
+        gateway's upstream timeout) until the gateway holds a client request besides the
+        /stats read asking: its answer needs the stopped server, so only the kill ends it.
         """
         svc = self.stack.services["model-server"]
         self.orphans += _children(svc.pid)
-        at = time.monotonic_ns()
-        svc.process.send_signal(signal.SIGKILL)
-        svc.process.wait(5)
+        try:
+            if catch:
+                os.kill(svc.pid, signal.SIGSTOP)
+                wait_until(lambda: self.gateway_stats()["server"]["in_flight"] >= 2,
+                           "a client request held at the gateway by the stopped model server",
+                           timeout_s=CATCH_WAIT_S, every_s=0.005)
+        finally:  # a failed wait still kills: no stopped server is left behind
+            at = time.monotonic_ns()
+            svc.process.send_signal(signal.SIGKILL)
+            svc.process.wait(5)
         return at
 
     def orphans_alive(self) -> list[int]:
