@@ -1,6 +1,8 @@
 # optkit: two commands do everything on a fresh machine with Python 3.11.
 #   make week   create .venv, install, build the models, run the sprint week
 #   make test   create/use .venv, run the whole test suite (notebooks included)
+# and one more runs every heavy suite make test leaves out (CI runs both: .ci/run):
+#   make heavy  faults, fuzzing, the Ray engine, third-party servers, a short soak
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,7 +11,8 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := build/models
 WEEK_ARGS ?=
 
-.PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz external external-example
+.PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
+	external external-example third-party soak-short heavy
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -63,32 +66,82 @@ test: $(STAMP) wrk chromium
 	OPTKIT_QUICK=1 $(BIN)/python -m pytest -q -m "not heavy and (serial or load or comprehensive)" --nbmake tests notebooks
 
 # The fault-injection suite in full, heavy scenarios included (docs/reliability.md), and
-# the no-cross-talk check at full size (20,000 requests).
+# the no-cross-talk check at full size (20,000 requests). -rs: every skip says why.
 faults: $(STAMP)
-	$(BIN)/python -m pytest -q tests/faults tests/test_crosstalk.py
+	$(BIN)/python -m pytest -q -rs tests/faults tests/test_crosstalk.py
 
 # Schema-driven fuzzing of both tiers from the OpenAPI document (schemathesis, 150 examples
 # per operation per tier; the default run does 3) plus the two-tier bad-request corpus.
 fuzz: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_openapi.py tests/test_tier_agreement.py
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_openapi.py tests/test_tier_agreement.py
 
-# SOAK_MINUTES of mixed checked load with reloads; report in runs/soak (not part of make test).
+# SOAK_MINUTES of mixed checked load with reloads; report in SOAK_OUT (not part of make test).
+# It prints a progress line each minute.
 SOAK_MINUTES ?= 10
+SOAK_OUT ?= runs/soak
 soak: models
-	$(BIN)/optkit soak --minutes $(SOAK_MINUTES) --repository $(MODELS) --out runs/soak
+	$(BIN)/optkit soak --minutes $(SOAK_MINUTES) --repository $(MODELS) --out $(SOAK_OUT)
+
+# The short soak of make heavy: the same checks, HEAVY_SOAK_MINUTES long.
+HEAVY_SOAK_MINUTES ?= 4
+soak-short: models
+	$(BIN)/optkit soak --minutes $(HEAVY_SOAK_MINUTES) --repository $(MODELS) --out runs/soak-short
+
+# Installs from the package registry that heavy tests need. One that fails leaves its pip
+# output's last lines in build/third-party/<name>.failed (and no venv); the tests that need
+# it then skip, quoting that file: said, never silently passed.
+THIRD_PARTY := build/third-party
+SKLEARN_VERSION = $(shell $(BIN)/python -c 'import sklearn; print(sklearn.__version__)')
+MLSERVER_PIP := mlserver==1.7.1 mlserver-sklearn==1.7.1 uvloop<0.22
+KSERVE_PIP := kserve==0.21.0 joblib
+# $(call venv_from_pypi,NAME,REQUIREMENTS): .venv-NAME holding REQUIREMENTS and optkit's
+# scikit-learn (so the digits-sklearn pickle loads the same); reinstalled when they change.
+define venv_from_pypi
+	@mkdir -p $(THIRD_PARTY); want='$(2) scikit-learn==$(SKLEARN_VERSION)'; \
+	if [ "$$(cat .venv-$(1)/.optkit-requirements 2>/dev/null)" != "$$want" ]; then \
+	  echo "optkit: installing $(1) from PyPI into .venv-$(1): $$want"; \
+	  rm -rf .venv-$(1) $(THIRD_PARTY)/$(1).failed; \
+	  if $(PYTHON) -m venv .venv-$(1) > $(THIRD_PARTY)/$(1).log 2>&1 \
+	     && .venv-$(1)/bin/python -m pip install --quiet $$want >> $(THIRD_PARTY)/$(1).log 2>&1; \
+	  then echo "$$want" > .venv-$(1)/.optkit-requirements; \
+	  else tail -n 15 $(THIRD_PARTY)/$(1).log > $(THIRD_PARTY)/$(1).failed; rm -rf .venv-$(1); \
+	    echo "optkit: could not install $(1) (see $(THIRD_PARTY)/$(1).failed): its tests will skip"; \
+	  fi; \
+	fi
+endef
+
+third-party: $(STAMP)
+	$(call venv_from_pypi,mlserver,$(MLSERVER_PIP))
+	$(call venv_from_pypi,kserve,$(KSERVE_PIP))
 
 # The Ray load-generator engine (optional extra optkit[ray], ~250 MB): its heavy test on a local
 # Ray instance (about 30 s here, most of it Ray's start-up).
 ray-check: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[ray]'
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bench_ray.py
+	@mkdir -p $(THIRD_PARTY); rm -f $(THIRD_PARTY)/ray.failed
+	@$(BIN)/python -m pip install --quiet -e '.[ray]' > $(THIRD_PARTY)/ray.log 2>&1 \
+	  || { tail -n 15 $(THIRD_PARTY)/ray.log > $(THIRD_PARTY)/ray.failed; \
+	       echo "optkit: could not install optkit[ray] (see $(THIRD_PARTY)/ray.failed): its test will skip"; }
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_bench_ray.py
 
-# External arms (command / url) through a whole compare session, optkit bench against MLServer
-# and a failing week day, heavy tests included (~70 s),
-# and the worked example optkit model server vs MLServer (needs .venv-mlserver; ~2 min).
-external: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_external_arms.py \
+# External arms (command / url) through a whole compare session, optkit bench against
+# MLServer and KServe (from PyPI, their own venvs: make third-party) and a failing week day,
+# heavy tests included (~70 s), and the worked example optkit model server vs MLServer
+# (make external-example; ~2 min).
+external: $(STAMP) models third-party
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_external_arms.py \
 	    tests/test_bench_any_target.py
+
+# Every heavy suite, one after another (each runs even if one before it failed), then a
+# line per suite with its outcome and time (also in runs/heavy.txt); fails if any failed.
+HEAVY_SUITES := faults fuzz ray-check external soak-short
+heavy: $(STAMP) models
+	@mkdir -p runs; : > runs/heavy.txt; failed=0; \
+	for suite in $(HEAVY_SUITES); do \
+	  start=$$(date +%s); \
+	  if $(MAKE) --no-print-directory $$suite; then outcome=passed; else outcome=FAILED; failed=1; fi; \
+	  echo "make $$suite: $$outcome in $$(( $$(date +%s) - start )) s" >> runs/heavy.txt; \
+	done; \
+	echo "optkit heavy suites:"; sed 's/^/  /' runs/heavy.txt; exit $$failed
 
 external-example: models
 	$(BIN)/optkit compare experiments/external/optkit.yaml experiments/external/mlserver.yaml \

@@ -124,7 +124,9 @@ def iter_families(prefix: str, record: Any, *, label: str = "model") -> Iterator
     """Prometheus metric families for a statistics record, typed as declared.
 
     A mapping of records (one per model, say) becomes one family per field with
-    the mapping's key as the ``label`` label, not one family per key.
+    the mapping's key as the ``label`` label, not one family per key. A field declared
+    ``counter()`` or ``gauge()`` may hold a mapping of numbers (nested for several
+    labels, each a :class:`LabelledDict` naming its label): one family, a sample per key.
 
     Raises:
         TypeError: a numeric field has no declared kind.
@@ -162,12 +164,18 @@ class LabelledDict(dict):  # type: ignore[type-arg]
         return lambda: LabelledDict(label)
 
 
-def _walk(prefix: str, record: Any, labels: tuple[tuple[str, str], ...],
-          label: str) -> Iterator[tuple[str, str, str, tuple[tuple[str, str], ...], Any]]:
+def _walk(prefix: str, record: Any, labels: tuple[tuple[str, str], ...], label: str,
+          declared: tuple[str, str] | None = None,
+          ) -> Iterator[tuple[str, str, str, tuple[tuple[str, str], ...], Any]]:
     if isinstance(record, dict):
         key_label = getattr(record, "label", label)
         for key, value in record.items():
-            yield from _walk(prefix, value, labels + ((key_label, str(key)),), label)
+            keyed = labels + ((key_label, str(key)),)
+            if declared is not None and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                yield prefix, declared[0], declared[1], keyed, value  # a labelled count
+            else:
+                yield from _walk(prefix, value, keyed, label, declared)
         return
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
@@ -176,6 +184,8 @@ def _walk(prefix: str, record: Any, labels: tuple[tuple[str, str], ...],
         help_ = f.metadata.get(_HELP) or f.name.replace("_", " ")
         if isinstance(value, HistogramSnapshot):
             yield name, "histogram", help_, labels, value
+        elif isinstance(value, dict) and kind in ("counter", "gauge"):
+            yield from _walk(name, value, labels, label, (kind, help_))
         elif (dataclasses.is_dataclass(value) and not isinstance(value, type)) \
                 or isinstance(value, dict):
             yield from _walk(name, value, labels, label)

@@ -109,7 +109,8 @@ def _soak(args: argparse.Namespace) -> int:
     settings = lab.SoakSettings(minutes=args.minutes, rate=args.rate,
                                 concurrency=args.concurrency, reload_every_s=args.reload_every,
                                 sample_every_s=args.sample_every)
-    report = lab.run_soak(args.repository, args.out, config=args.config, settings=settings)
+    report = lab.run_soak(args.repository, args.out, config=args.config, settings=settings,
+                          log=lambda line: print(line, flush=True))  # a line a minute
     print(Path(args.out, "soak.md").read_text())
     return 0 if report["ok"] else 1
 

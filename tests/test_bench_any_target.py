@@ -19,6 +19,7 @@ from optkit.bench import LoadSpec
 from optkit.bench._engine import run_bench
 from optkit.bench._stub_server import StubServer
 from optkit.bench._workload import InputSpec
+from third_party import missing
 
 REPO = Path(__file__).resolve().parent.parent
 LOAD = LoadSpec(mode="closed", concurrency=2)
@@ -84,8 +85,8 @@ def test_third_party_server_is_measured_with_workload_inputs(server: str, tmp_pa
     """MLServer / KServe (from PyPI, own venvs) list no inputs: refused, then measured."""
     from optkit.lab._arms import load_arm
 
-    if not THIRD_PARTY[server].is_dir():
-        pytest.skip(f"no {THIRD_PARTY[server].name} (benchmarks/README.md says how to make it)")
+    if not (THIRD_PARTY[server] / "bin" / "python").exists():
+        pytest.skip(missing(server, f"no {THIRD_PARTY[server].name} (make third-party)"))
     arm = load_arm(REPO / "experiments" / "external" / f"{server}.yaml")
     with arm.launch(log_dir=tmp_path) as stack:
         proc = subprocess.run(

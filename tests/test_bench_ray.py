@@ -15,12 +15,13 @@ import pytest
 
 from optkit.bench import LoadSpec, StubServer, load_run, run_bench, schedule_offsets_ns
 from optkit.bench._ray import ray_available
+from third_party import missing
 
 pytestmark = [
     pytest.mark.heavy,
     pytest.mark.timeout(240),
     pytest.mark.skipif(not ray_available(),
-                       reason="Ray is not installed: pip install 'optkit[ray]' (make ray-check)"),
+                       reason=missing("ray", "pip install 'optkit[ray]' (make ray-check)")),
 ]
 
 

@@ -250,3 +250,56 @@ async def test_pooled_gateway_reuses_upstream_connections(repository: Path, pool
     else:
         assert len(peers) == 31 and pool["connections_opened"] == 31
         assert pool["connections_reused"] == 0
+
+
+async def test_every_inference_request_is_in_the_books_under_its_cause() -> None:
+    """Each inference request the gateway answers is counted, whatever step refused it:
+    the route's name, the metadata (unknown, or its upstream gone), the body, validation,
+    the upstream's own refusal, the upstream gone; /stats and /metrics show the cause."""
+    meta = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}], "outputs": []}
+
+    async def metadata(request: web.Request) -> web.Response:
+        if request.match_info["m"] not in ("m", "busy"):
+            return web.json_response({"error": "unknown model"}, status=404)
+        return web.json_response({"name": request.match_info["m"], **meta})
+
+    async def infer(request: web.Request) -> web.Response:
+        if request.match_info["m"] == "busy":
+            return web.json_response({"error": "model busy is LOADING"}, status=503)
+        return web.json_response({"model_name": "m", "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]})
+
+    app = web.Application()
+    app.router.add_get("/v2/models/{m}", metadata)
+    app.router.add_post("/v2/models/{m}/infer", infer)
+    upstream = TestServer(app, host="127.0.0.1")
+    await upstream.start_server()
+    gw = await _gateway(str(upstream.make_url("")), max_body_bytes=1024)
+    good = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32",
+                                     "data": [1]}]})
+    try:
+        sent = [("/v2/models/m/infer", good, 200),
+                ("/v2/models/m/infer", b"[", 400),                  # validation
+                ("/v2/models/..%2Fx/infer", good, 400),             # route
+                ("/v2/models/nope/infer", good, 404),               # metadata: unknown
+                ("/v2/models/m/infer", b" " * 2048, 413),           # body
+                ("/v2/models/busy/infer", good, 503)]               # upstream_answer
+        for path, body, status in sent:
+            resp = await gw.post(path, data=body)
+            assert resp.status == status, (path, await resp.text())
+        await upstream.close()  # gone: m's metadata is cached, other's is not
+        for path, status in [("/v2/models/m/infer", 502), ("/v2/models/other/infer", 502)]:
+            resp = await gw.post(path, data=good)
+            assert resp.status == status, (path, await resp.text())
+        server = orjson.loads(await (await gw.get("/stats")).read())["server"]
+        assert server["infer_requests"] == 8 and server["infer_ok"] == 1
+        assert server["infer_cancelled"] == 0
+        assert server["infer_refused"] == {
+            "body": {"413": 1}, "metadata": {"404": 1, "502": 1}, "route": {"400": 1},
+            "upstream": {"502": 1}, "upstream_answer": {"503": 1}, "validation": {"400": 1}}
+        text = await (await gw.get("/metrics")).text()
+        assert ('optkit_gateway_server_infer_refused_total{cause="metadata",status="502"} 1.0'
+                in text)
+    finally:
+        await gw.close()
+        await upstream.close()

@@ -80,3 +80,21 @@ def test_to_plain_keeps_the_nesting_for_json() -> None:
     doc = to_plain({"m": Record(done=1, waiting=0, delay_s=h.snapshot())})
     assert doc == {"m": {"done": 1, "waiting": 0, "name": "queue",
                          "delay_s": {"bounds": [1.0], "counts": [0, 1], "sum": 2.0, "count": 1}}}
+
+
+def test_a_counter_may_hold_labelled_counts() -> None:
+    """A counter field holding (nested) LabelledDicts of numbers is one family, a sample per
+    key, each key under its own label name; /stats sees the plain nested mapping."""
+    from optkit._metrics import LabelledDict
+
+    @dataclass(frozen=True)
+    class Books:
+        refused: dict = counter("refusals by cause and status")
+
+    inner = LabelledDict("status", {"400": 2, "413": 1})
+    record = Books(refused=LabelledDict("cause", {"body": inner}))
+    text = _render(record)
+    assert "# TYPE t_refused_total counter" in text
+    assert 't_refused_total{cause="body",status="400"} 2.0' in text
+    assert 't_refused_total{cause="body",status="413"} 1.0' in text
+    assert to_plain(record) == {"refused": {"body": {"400": 2, "413": 1}}}

@@ -166,16 +166,20 @@ async def test_concurrent_requests_all_correct(model_server: TestClient, digits:
 
 
 async def test_stats_and_metrics_count_requests(model_server: TestClient) -> None:
-    """/stats counts inference and client errors; /metrics renders them for Prometheus."""
+    """/stats counts inference and client errors, every inference request in the books
+    (the refused one under its cause); /metrics renders them for Prometheus."""
     await model_server.post(INFER, data=encode_infer_request({"pixels": np.zeros((3, 64), np.float32)}))
     await model_server.post(INFER, data=b"{")
     stats = await _json(await model_server.get("/stats"))
     server = stats["server"]
-    assert server["infer_requests"] == 1 and server["infer_rows"] == 3
+    assert server["infer_requests"] == 2 and server["infer_rows"] == 3
+    assert server["infer_ok"] == 1 and server["infer_refused"] == {"validation": {"400": 1}}
     assert server["client_errors"] == 1
     assert stats["repository"]["ready"] >= 1
     text = await (await model_server.get("/metrics")).text()
     assert "optkit_model_server_server_infer_rows_total 3.0" in text
+    assert ('optkit_model_server_server_infer_refused_total{cause="validation",status="400"} 1.0'
+            in text)
     # each statistic carries the type declared where it is defined, not one guessed from its name
     assert "# TYPE optkit_model_server_server_in_flight gauge" in text
     assert "# TYPE optkit_model_server_repository_ready gauge" in text

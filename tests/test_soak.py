@@ -36,3 +36,23 @@ def test_autocorrelated_noise_widens_the_interval() -> None:
 def test_too_few_samples_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least 4"):
         trend(np.arange(3.0), np.zeros(3), bound_per_min=1.0)
+
+
+def test_a_pool_filling_up_fails_a_slope_test() -> None:
+    """The staircase of a pool reaching new peaks (25 -> 28 descriptors in single steps, as a
+    10-minute soak once showed) is not flat by slope: why connections are judged apart."""
+    t = np.arange(120, 600, 3.0)
+    stairs = 25 + (t > 150) + (t > 390) + (t > 400)
+    assert not trend(t, stairs.astype(float), bound_per_min=0.1)["flat"]
+
+
+def test_a_short_run_resolves_only_slopes_above_its_rss_band() -> None:
+    """RSS wanders within a band; spread over a short window that band is a steep slope, so
+    a 4-minute soak (3.2 measured) is judged at 320 KiB/min, a 30-minute one at 64 KiB/min."""
+    from optkit.lab._soak import SoakSettings
+    from optkit.lab._soak_report import resolvable_rss_slope
+
+    s = SoakSettings()
+    assert resolvable_rss_slope(s, 3.2) == pytest.approx(1024 * 1024 / 3.2)
+    assert resolvable_rss_slope(s, 24.0) == 64 * 1024
+    assert resolvable_rss_slope(s, 0.0) == float("inf")

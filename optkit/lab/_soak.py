@@ -10,34 +10,43 @@
         stream   generate_stream on synthetic, 300-600 rows  every event's rows == row sums
         swap     soak-swap, version v answers v columns      version one that served meanwhile
       reloader  every reload_every_s: soak-swap v+1 written, loaded through the gateway
-      sampler   every sample_every_s: RSS and open fds of both tiers (/proc/<pid>/fd)
-    ─▶ soak.json, soak.md, soak.png: counts, misattributed answers, slope of RSS/fds with CI
+      sampler   every sample_every_s: RSS and open fds of both tiers (/proc/<pid>/fd), the
+                fds split into connections and the rest (_descriptors); each minute a
+                progress line (minute k of n, requests, errors, RSS, fds)
+      drain     after the load: wait until the pools' idle connections have all closed
+    ─▶ soak.json, soak.md, soak.png (_soak_report): counts, misattributed answers, the
+       gateway's books against the client's counts, slopes of RSS and non-connection fds
+       with CI, connections against their pools' bounds
 
 Every answer is checked against what its own request asked (known inputs, a local
 call of the same model), so an answer that went to the wrong client is counted
 ``misattributed``. Flat: after a warm-up, the least-squares slope of a series has a
 95 % confidence interval (Newey-West standard error: samples a few seconds apart are
-autocorrelated) that includes 0 or lies below a stated bound.
+autocorrelated) that includes 0 or lies below a stated bound. Connections are judged
+apart (a pool holds as many as the load's highest concurrency so far, and lets them go
+only when idle: a staircase while the load lasts, which no slope test tells from a leak):
+each within its pool's bound, and none left once the load has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
 import psutil
-from scipy import stats as st
 
 from .._config import load_config
+from ._descriptors import connections
+from ._soak_report import TIERS, build_report, trend, write_report
 from ..models import ModelConfig, digits_split, load_model
 from ..service import launch_stack
 from ..v2 import (BINARY_HEADER, TensorSpec, decode_infer_result, encode_binary_infer_request,
@@ -60,7 +69,14 @@ def process_figures(pid: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class SoakSettings:
     """One soak run. Bounds: ``rss_bound_per_min`` bytes and ``fd_bound_per_min`` fds per
-    minute are the largest slopes still called flat when the CI excludes 0."""
+    minute are the largest slopes still called flat when the CI excludes 0. A short run
+    resolves less: RSS wanders within a band (``rss_band_bytes``: the allocator takes and
+    returns memory as large answers come and go; measured up to 0.8 MiB over 10 minutes),
+    so the RSS bound of a run is the larger of ``rss_bound_per_min`` and that band spread
+    over its measured minutes (4 minutes: 320 KiB/min; 30 minutes: 64 KiB/min).
+    ``prime_s``: the first seconds (within the warm-up) are sent closed-loop at the
+    concurrency cap, not paced, so the pools and the allocator reach the peak the load
+    can drive them to before anything is measured."""
 
     minutes: float = 10.0
     rate: float = 150.0
@@ -69,37 +85,11 @@ class SoakSettings:
     sample_every_s: float = 3.0
     warmup_fraction: float = 0.2
     rss_bound_per_min: float = 64 * 1024
+    rss_band_bytes: float = 1024 * 1024
     fd_bound_per_min: float = 0.1
     seed: int = 0
     request_timeout_s: float = 30.0
-
-
-def trend(t_s: np.ndarray, y: np.ndarray, bound_per_min: float) -> dict[str, Any]:
-    """Least-squares slope of ``y`` per minute with a 95 % CI (Newey-West, Bartlett lags).
-
-    ``flat``: the CI includes 0, or its upper end is below ``bound_per_min``.
-    """
-    t = np.asarray(t_s, np.float64) / 60.0
-    y = np.asarray(y, np.float64)
-    n = t.size
-    if n < 4:
-        raise ValueError(f"need at least 4 samples for a slope, got {n}")
-    tc = t - t.mean()
-    sxx = float(tc @ tc)
-    slope = float(tc @ (y - y.mean()) / sxx) if sxx > 0 else 0.0
-    resid = y - y.mean() - slope * tc
-    u = tc * resid
-    lags = int(math.floor(4 * (n / 100.0) ** (2 / 9)))
-    s = float(u @ u)
-    for lag in range(1, lags + 1):
-        s += 2 * (1 - lag / (lags + 1)) * float(u[lag:] @ u[:-lag])
-    se = math.sqrt(max(s, 0.0)) / sxx if sxx > 0 else 0.0
-    half = float(st.t.ppf(0.975, n - 2)) * se
-    lo, hi = slope - half, slope + half
-    return {"slope_per_min": slope, "ci95": [lo, hi], "samples": n, "nw_lags": lags,
-            "bound_per_min": bound_per_min, "first": float(y[0]), "last": float(y[-1]),
-            "min": float(y.min()), "max": float(y.max()),
-            "flat": bool(lo <= 0.0 <= hi or hi < bound_per_min)}
+    prime_s: float = 20.0
 
 
 # -- the private repository and the oracle ------------------------------------------------------
@@ -265,14 +255,20 @@ class _Soak:
                 self.mismatch_samples.append(f"{kind}: {problem}")
 
     async def drive(self, session: Any, end: float) -> None:
-        """Paced arrivals; at most ``concurrency`` under way (a due send with none free waits)."""
+        """Paced arrivals; at most ``concurrency`` under way (a due send with none free waits).
+        First the priming: as fast as the slots allow, for ``prime_s`` (within the warm-up)."""
         kinds, weights = list(MIX), np.array(list(MIX.values()))
         slots = asyncio.Semaphore(self.s.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         start, n = time.monotonic(), 0
+        paced = start + min(self.s.prime_s, (end - start) * self.s.warmup_fraction)
+        primed = 0  # requests sent while priming; pacing starts after them
         while time.monotonic() < end:
-            due = start + n / self.s.rate
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if time.monotonic() < paced:
+                primed += 1
+            else:
+                due = paced + (n - primed) / self.s.rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
             await slots.acquire()
             kind = kinds[int(self.rng.choice(len(kinds), p=weights / weights.sum()))]
             task = asyncio.ensure_future(self.one(session, kind, n))
@@ -299,19 +295,90 @@ class _Soak:
                                  "seconds": round(time.monotonic() - t0, 3)})
 
 
-async def _sample(pids: dict[str, int], every_s: float, end: float,
-                  out: list[dict[str, Any]]) -> None:
-    t0 = time.monotonic()
+#: one tier to sample: its process, its own port, its upstream's port (None: it has none)
+Tier = tuple[int, int, "int | None"]
+
+
+def _figures(tiers: dict[str, Tier]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, (pid, port, upstream) in tiers.items():
+        held = connections(pid, port, upstream)
+        row[f"{name}_rss"] = psutil.Process(pid).memory_info().rss
+        row[f"{name}_fds"], row[f"{name}_other"] = held.fds, held.other
+        row[f"{name}_in"] = held.inbound
+        if upstream is not None:
+            row[f"{name}_out"] = held.outbound
+    return row
+
+
+def _progress(soak: _Soak, row: dict[str, Any], minute: int) -> str:
+    """One line: minute k of n, the requests so far, the errors, each tier's RSS and fds."""
+    c = soak.counts
+    tiers = [f"{tier.replace('_', ' ')} {row[f'{tier}_rss'] / MiB:.1f} MiB, "
+             f"{row[f'{tier}_fds']} fds ({row[f'{tier}_in']} in"
+             + (f", {row[f'{tier}_out']} out" if f"{tier}_out" in row else "")
+             + f", {row[f'{tier}_other']} other)" for tier in TIERS]
+    return (f"soak: minute {minute} of {soak.s.minutes:g}: {c['sent']:,} sent, "
+            f"{c['answered']:,} answered, {c['errors']} errors, {c['misattributed']} "
+            f"misattributed, {sum(soak.transport.values())} transport failures | "
+            + " | ".join(tiers))
+
+
+async def _sample(soak: _Soak, tiers: dict[str, Tier], end: float, out: list[dict[str, Any]],
+                  log: Callable[[str], None] | None) -> None:
+    t0, minute = time.monotonic(), 0
     while time.monotonic() < end:
-        row: dict[str, Any] = {"t_s": time.monotonic() - t0}
-        for name, pid in pids.items():
-            row[f"{name}_rss"], row[f"{name}_fds"] = process_figures(pid)
+        row: dict[str, Any] = {"t_s": time.monotonic() - t0, **_figures(tiers)}
         out.append(row)
-        await asyncio.sleep(every_s)
+        if log is not None and row["t_s"] >= 60 * (minute + 1):
+            minute = int(row["t_s"] // 60)
+            log(_progress(soak, row, minute))
+        await asyncio.sleep(soak.s.sample_every_s)
 
 
-async def _run(url: str, pids: dict[str, int], repo: Path,
-               settings: SoakSettings) -> tuple[_Soak, list[dict[str, Any]]]:
+async def _books(session: Any, url: str) -> dict[str, Any]:
+    async with session.get(url + "/stats") as resp:
+        return orjson.loads(await resp.read())["server"]
+
+
+def _books_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's inference books over the load: received, by status, refused by cause."""
+    by_status: collections.Counter[str] = collections.Counter()
+    refused: dict[str, int] = {}
+    ok = after["infer_ok"] - before["infer_ok"]
+    if ok:
+        by_status["200"] = ok
+    for cause, statuses in after["infer_refused"].items():
+        for status, n in statuses.items():
+            n -= before["infer_refused"].get(cause, {}).get(status, 0)
+            if n:
+                refused[f"{cause}/{status}"] = n
+                by_status[status] += n
+    return {"received": after["infer_requests"] - before["infer_requests"],
+            "by_status": dict(sorted(by_status.items())), "refused": refused,
+            "cancelled": after["infer_cancelled"] - before["infer_cancelled"]}
+
+
+async def _drain(tiers: dict[str, Tier], bound_s: float,
+                 log: Callable[[str], None] | None) -> dict[str, Any]:
+    """After the load: wait (at most ``bound_s``) until no tier holds a connection."""
+    if log is not None:
+        log(f"soak: load done; waiting up to {bound_s:g} s for the pools' idle connections "
+            "to close")
+    t0 = time.monotonic()
+    while True:
+        row = _figures(tiers)
+        left = {k: row[k] for k in row if k.endswith(("_in", "_out"))}
+        waited = time.monotonic() - t0
+        if not any(left.values()) or waited > bound_s:
+            return {"seconds": round(waited, 1), "bound_s": bound_s, "left": left,
+                    "fds": {t: row[f"{t}_fds"] for t in TIERS}}
+        await asyncio.sleep(0.5)
+
+
+async def _run(url: str, tiers: dict[str, Tier], repo: Path, settings: SoakSettings,
+               drain_s: float, log: Callable[[str], None] | None,
+               ) -> tuple[_Soak, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     import aiohttp
 
     soak = _Soak(url, repo, settings)
@@ -320,18 +387,43 @@ async def _run(url: str, pids: dict[str, int], repo: Path,
     timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
     connector = aiohttp.TCPConnector(limit=settings.concurrency + 2)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        before = await _books(session, url)
         await asyncio.gather(soak.drive(session, end), soak.reload(session, end),
-                             _sample(pids, settings.sample_every_s, end, samples))
-    return soak, samples
+                             _sample(soak, tiers, end, samples, log))
+        books = _books_between(before, await _books(session, url))
+    return soak, samples, books, await _drain(tiers, drain_s, log)
+
+
+def _bounds(config: dict[str, Any], s: SoakSettings) -> dict[str, tuple[int, str]]:
+    """Each connection series' bound, and why (see optkit.lab._descriptors)."""
+    clients = s.concurrency + 2
+    pooling = config["pooling"]
+    upstream = min(clients, pooling["limit"]) if pooling["enabled"] and pooling["limit"] \
+        else clients
+    why_up = (f"one upstream call at a time per client request, so no more than the client's "
+              f"connections ({clients})" + (f" and the pool's limit ({pooling['limit']})"
+                                            if pooling["enabled"] and pooling["limit"] else ""))
+    return {"gateway_in": (clients, f"the soak client's connector limit (concurrency "
+                                    f"{s.concurrency} + 2: a reload and a /stats read)"),
+            "gateway_out": (upstream, why_up),
+            "model_server_in": (upstream, "its only client is the gateway's pool (same bound)")}
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
 
 
 def run_soak(repository: str | Path, out_dir: str | Path, *,
-             config: str | Path | None = None,
-             settings: SoakSettings | None = None) -> dict[str, Any]:
+             config: str | Path | None = None, settings: SoakSettings | None = None,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one soak and write ``soak.json``, ``soak.md`` and ``soak.png`` to ``out_dir``.
 
+    ``log``, if given, gets a progress line each minute and one when the load is done.
     Returns the report; ``report["ok"]`` is False when any answer was lost, wrong or
-    failed, or a series is not flat.
+    failed, the gateway's books disagree with the client, a series is not flat, or a
+    pool held more connections than its bound or kept one after the load.
     """
     s = settings or SoakSettings()
     out = Path(out_dir)
@@ -340,90 +432,17 @@ def run_soak(repository: str | Path, out_dir: str | Path, *,
     base = load_config(config).to_dict()
     base["loading"]["models"] = ["digits-mlp", "synthetic", "synthetic-wide", SWAP]
     started = time.time()
+    pooling = base["pooling"]
+    # idle pooled connections close after keepalive_timeout, found by a sweep that runs
+    # every keepalive_timeout: gone within two of them
+    drain_s = 2 * float(pooling["keepalive_timeout"] or 0) + 5 if pooling["enabled"] else 5.0
     with launch_stack(base, repository=repo, workdir=out / "stack") as stack:
-        pids = {"gateway": stack.services["gateway"].pid,
-                "model_server": stack.services["model-server"].pid}
-        soak, samples = asyncio.run(_run(stack.url, pids, repo, s))
-    report = _report(soak, samples, s, base.get("name", "config"), started)
-    _write(out, report, samples)
+        gw, ms = stack.services["gateway"], stack.services["model-server"]
+        tiers: dict[str, Tier] = {"gateway": (gw.pid, _port(gw.url), _port(ms.url)),
+                                  "model_server": (ms.pid, _port(ms.url), None)}
+        soak, samples, books, drain = asyncio.run(_run(stack.url, tiers, repo, s, drain_s, log))
+    report = build_report(soak, samples, s, base.get("name", "config"), started, books,
+                          _bounds(base, s), drain)
+    write_report(out, report, samples)
     return report
 
-
-def _report(soak: _Soak, samples: list[dict[str, Any]], s: SoakSettings, config: str,
-            started: float) -> dict[str, Any]:
-    c = soak.counts
-    transport = sum(soak.transport.values())
-    counts = {"sent": c["sent"], "answered": c["answered"], "correct": c["correct"],
-              "errors": c["errors"], "misattributed": c["misattributed"],
-              "transport_failures": transport,
-              "unaccounted": c["sent"] - c["answered"] - transport,
-              "by_status": {str(k): v for k, v in sorted(soak.by_status.items())},
-              "by_kind": dict(soak.by_kind), "transport": dict(soak.transport)}
-    t = np.array([r["t_s"] for r in samples])
-    keep = t >= t[-1] * s.warmup_fraction if t.size else t
-    trends: dict[str, Any] = {}
-    for tier in ("gateway", "model_server"):
-        for what, bound in (("rss", s.rss_bound_per_min), ("fds", s.fd_bound_per_min)):
-            y = np.array([r[f"{tier}_{what}"] for r in samples])
-            trends[f"{tier}_{what}"] = (trend(t[keep], y[keep], bound) if keep.sum() >= 4
-                                        else {"flat": False, "error": "too few samples"})
-    ok = (c["correct"] == c["sent"] and counts["unaccounted"] == 0
-          and all(tr["flat"] for tr in trends.values()))
-    return {"ok": ok, "config": config, "started_utc": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "settings": asdict(s), "counts": counts, "trends": trends,
-            "reloads": soak.reloads, "final_swap_version": soak.version,
-            "mismatch_samples": soak.mismatch_samples, "cpus": os.cpu_count()}
-
-
-def _write(out: Path, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_bytes(orjson.dumps({**report, "samples": samples},
-                                                 option=orjson.OPT_INDENT_2))
-    c = report["counts"]
-    lines = [f"# Soak: {report['settings']['minutes']:g} min, config `{report['config']}`, "
-             f"started {report['started_utc']}", "",
-             f"**{'PASS' if report['ok'] else 'FAIL'}**: sent {c['sent']}, answered "
-             f"{c['answered']}, correct {c['correct']}, errors {c['errors']} "
-             f"(by status {c['by_status']}), transport failures {c['transport_failures']}, "
-             f"misattributed {c['misattributed']}, unaccounted {c['unaccounted']}; "
-             f"reloads {len(report['reloads'])} (final soak-swap version "
-             f"{report['final_swap_version']}).", "",
-             "| series | first | last | slope / min | 95 % CI | bound / min | flat |",
-             "|---|---|---|---|---|---|---|"]
-    for name, tr in report["trends"].items():
-        if "slope_per_min" not in tr:
-            lines.append(f"| {name} | | | | | | {tr.get('error')} |")
-            continue
-        scale, unit = (MiB, " MiB") if name.endswith("rss") else (1, "")
-        lo, hi = tr["ci95"]
-        lines.append(f"| {name} | {tr['first'] / scale:.2f}{unit} | {tr['last'] / scale:.2f}{unit} "
-                     f"| {tr['slope_per_min'] / scale:+.4f} "
-                     f"| [{lo / scale:+.4f}, {hi / scale:+.4f}] "
-                     f"| {tr['bound_per_min'] / scale:.4f} | {'yes' if tr['flat'] else 'NO'} |")
-    lines += ["", f"Slopes after the first {report['settings']['warmup_fraction']:.0%} of the run "
-              "(warm-up); CI: least squares with Newey-West standard errors. ![](soak.png)", ""]
-    (out / "soak.md").write_text("\n".join(lines))
-    _plot(out / "soak.png", samples)
-
-
-def _plot(path: Path, samples: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not samples:
-        return
-    t = np.array([r["t_s"] for r in samples]) / 60
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    for tier in ("gateway", "model_server"):
-        ax1.plot(t, np.array([r[f"{tier}_rss"] for r in samples]) / MiB, label=tier)
-        ax2.plot(t, [r[f"{tier}_fds"] for r in samples], label=tier)
-    ax1.set_ylabel("RSS (MiB)")
-    ax2.set_ylabel("open fds")
-    ax2.set_xlabel("minutes")
-    ax1.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -36,6 +36,15 @@ status and binary/retried headers passed through; an upstream dying mid-body cut
 the client's response (no clean end). ``generate_stream`` is validated here like
 infer (same 400s as the model server), then its events relayed as they come (or
 buffered when streaming is off). Requests riding the batcher are answered buffered.
+
+Books. Every inference request is counted as it arrives (``server.infer_requests``),
+however it ends; an error answer is counted under the step that gave it
+(``server.infer_refused{cause, status}``, see ``_http``)::
+
+    route ─▶ metadata ─▶ body ─▶ validation ─▶ queue ─▶ upstream ─▶ upstream_answer
+    bad      unknown     413     400           503 full  502 gone   the upstream's own
+    name     (404), or                         504 past  504 slow   refusal, passed on
+             not fetched (upstream gone: 502)  deadline             (503 LOADING, ...)
 """
 
 from __future__ import annotations
@@ -62,8 +71,8 @@ from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse, UpstreamStream)
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
-from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
-    infer_response, json_response, model_ref, read_body
+from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
+    build_app, infer_response, json_response, model_ref, read_body
 from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta, row_bytes
 
 __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
@@ -211,6 +220,7 @@ class Gateway:
         return headers
 
     def _passthrough(self, resp: UpstreamResponse) -> web.Response:
+        at_step("upstream_answer")  # an error status now is the upstream's own answer
         return web.Response(status=resp.status, body=resp.body,
                             headers=self._answer_headers(resp))
 
@@ -234,8 +244,11 @@ class Gateway:
     async def infer(self, request: web.Request) -> web.StreamResponse:
         name, version = model_ref(request)
         # the model first, as the model server does: an unknown one is a 404 whatever the body
+        at_step("metadata")
         meta = await self.metadata.get(name, version)
+        at_step("body")
         body = await read_body(request, self._limit)
+        at_step("validation")
         head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
         validate_inputs(req, meta.inputs, meta.max_batch_size)
@@ -243,9 +256,8 @@ class Gateway:
             unknown = set(req.outputs) - set(meta.outputs)
             if unknown:
                 raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
-        counters = self.counters
-        counters.infer_requests += 1
-        counters.infer_rows += req.batch_size
+        at_step("upstream")  # the batcher's queue included: its refusals count as "queue"
+        self.counters.infer_rows += req.batch_size
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
         if head_len is not None:
             headers[BINARY_HEADER] = str(head_len)
@@ -272,11 +284,14 @@ class Gateway:
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         """Validated like the model server does it, then the upstream's events relayed."""
         name, version = model_ref(request)
+        at_step("metadata")
         meta = await self.metadata.get(name, version)
+        at_step("body")
         body = await read_body(request, self._limit)
+        at_step("validation")
         req = parse_generate_request(body, meta.inputs,
                                      max_rows=self.config.streaming.max_stream_rows)
-        self.counters.infer_requests += 1
+        at_step("upstream")
         self.counters.infer_rows += req.batch_size
         return await self._forward(request, name, version, "/generate_stream", body,
                                    {"Content-Type": "application/json"}, sse=True)

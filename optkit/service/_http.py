@@ -6,11 +6,28 @@ error into a JSON ``{"error": ...}`` body with the right status: an
 :class:`OptkitError` maps to its ``status`` (a full queue adds ``Retry-After``),
 aiohttp's own HTTP errors (413) keep theirs, a path no route serves is a JSON 404
 or 405, and anything unexpected becomes a 500 that never takes the server down.
+
+The inference books. On the inference routes (``infer``, ``generate_stream``) the
+guard also keeps books that close whatever step answered::
+
+    infer_requests  every one received ─┬─ infer_ok         answered 2xx
+                                        ├─ infer_refused    answered 4xx/5xx, by cause
+                                        │                   (the step it had reached) and status
+                                        ├─ infer_cancelled  its client left first
+                                        └─ still in flight
+
+A handler names the step a request has reached with :func:`at_step` ("metadata",
+"body", "validation", "upstream", ...); a refusal is counted under the last step
+named, except a queue's own refusals (:class:`QueueFull`, :class:`DeadlineExceeded`),
+which are always ``queue``. The step lives in a context variable: the handler runs in
+the guard's own task, so what it sets is what the guard reads, and no other request
+sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
@@ -20,15 +37,15 @@ from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from .._exceptions import ModelNotReady, OptkitError, PayloadTooLarge, ProtocolError, \
-    QueueFull
-from .._metrics import counter, gauge, iter_families, to_plain
+from .._exceptions import DeadlineExceeded, ModelNotReady, OptkitError, PayloadTooLarge, \
+    ProtocolError, QueueFull
+from .._metrics import LabelledDict, counter, gauge, iter_families, to_plain
 from ..models import validate_model_name
 from ..v2 import BINARY_HEADER, InferRequest, encode_infer_response, error_body, json_dumps
 from ._openapi import OPENAPI_PATH, openapi_json
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
-           "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
+           "at_step", "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
            "STATS_KEY"]
 
 log = logging.getLogger("optkit.service")
@@ -46,8 +63,12 @@ class ServerStatistics:
     cancelled: int = counter("requests whose client went away (or a drain timed out)")
     client_errors: int = counter("answers with a 4xx status")
     server_errors: int = counter("answers with a 5xx status")
-    infer_requests: int = counter("inference requests that passed validation")
-    infer_rows: int = counter("rows in those requests")
+    infer_requests: int = counter("inference requests received, however they were answered")
+    infer_ok: int = counter("inference requests answered 2xx")
+    infer_refused: dict[str, dict[str, int]] = counter(
+        "inference requests answered 4xx/5xx, by cause (the step that refused) and status")
+    infer_cancelled: int = counter("inference requests whose client left before the answer")
+    infer_rows: int = counter("rows in the inference requests that passed validation")
     model_calls: int = counter("calls into a model (or upstream inference calls)")
     uptime_s: float = gauge("seconds since the server started")
     open_connections: int = gauge("client connections open now (a leak shows as growth)")
@@ -58,13 +79,17 @@ class ServerCounters:
     """Plain counters updated on the hot path; a typed record only when scraped."""
 
     __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
-                 "server_errors", "infer_requests", "infer_rows", "model_calls", "started_at",
-                 "connections", "busy")
+                 "server_errors", "infer_requests", "infer_ok", "infer_refused",
+                 "infer_cancelled", "infer_rows", "model_calls", "started_at", "connections",
+                 "busy")
 
     def __init__(self) -> None:
         self.accepted = self.completed = self.in_flight = self.cancelled = 0
         self.client_errors = self.server_errors = 0
-        self.infer_requests = self.infer_rows = self.model_calls = 0
+        self.infer_requests = self.infer_ok = self.infer_cancelled = 0
+        self.infer_rows = self.model_calls = 0
+        #: (cause, status) -> inference requests refused there; changed only by refuse()
+        self.infer_refused: dict[tuple[str, int], int] = {}
         self.started_at = time.time()
         #: counts the open client connections; set by the runner once its server exists
         self.connections: Callable[[], int] = lambda: 0
@@ -77,11 +102,21 @@ class ServerCounters:
         answered): no other can join its batch this loop iteration. Unknown: False."""
         return self.busy() == 1
 
+    def refuse(self, cause: str, status: int) -> None:
+        """Count an inference request answered ``status`` (4xx/5xx) at step ``cause``."""
+        key = (cause, status)
+        self.infer_refused[key] = self.infer_refused.get(key, 0) + 1
+
     def snapshot(self) -> ServerStatistics:
+        refused: LabelledDict = LabelledDict("cause")
+        for (cause, status), n in sorted(self.infer_refused.items()):
+            refused.setdefault(cause, LabelledDict("status"))[str(status)] = n
         return ServerStatistics(
             accepted=self.accepted, completed=self.completed, in_flight=self.in_flight,
             cancelled=self.cancelled, client_errors=self.client_errors,
             server_errors=self.server_errors, infer_requests=self.infer_requests,
+            infer_ok=self.infer_ok, infer_refused=refused,
+            infer_cancelled=self.infer_cancelled,
             infer_rows=self.infer_rows, model_calls=self.model_calls,
             uptime_s=time.time() - self.started_at, open_connections=self.connections(),
             tasks=_task_count())
@@ -128,8 +163,23 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(body=error_body(message), status=status, content_type="application/json")
 
 
-def guard(handler: Handler, counters: ServerCounters) -> Handler:
+#: the step the handling request has reached (see the module docstring); set by at_step
+_step: contextvars.ContextVar[str] = contextvars.ContextVar("optkit_step", default="route")
+#: refusals that are a queue's own whatever step the request was at
+_QUEUE_REFUSALS = (QueueFull, DeadlineExceeded)
+
+
+def at_step(step: str) -> None:
+    """Name the step the request being handled has reached: a refusal from here on is
+    counted under this cause. Called from a handler (or code it awaits in its own task)."""
+    _step.set(step)
+
+
+def guard(handler: Handler, counters: ServerCounters, *, infer: bool = False) -> Handler:
     """Wrap a handler: count the request and answer any failure as JSON.
+
+    ``infer``: an inference route; its requests are also entered in the inference
+    books (the module docstring), each refusal under the step that gave it.
 
     This is what an aiohttp middleware would do, as one wrapper per route instead:
     measured here, the middleware chain (two more coroutine frames on every resume
@@ -140,14 +190,22 @@ def guard(handler: Handler, counters: ServerCounters) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         counters.accepted += 1
         counters.in_flight += 1
+        if infer:
+            counters.infer_requests += 1
+            _step.set("route")
+        cause = None
         try:
             response = await handler(request)
         except OptkitError as exc:
             response = error_response(exc)
+            if isinstance(exc, _QUEUE_REFUSALS):
+                cause = "queue"
         except web.HTTPException as exc:
             if exc.status < 400:
                 counters.in_flight -= 1
                 counters.completed += 1
+                if infer:
+                    counters.infer_ok += 1
                 raise
             response = _error(exc.status, exc.reason if exc.status != 413 else
                               f"request body too large: {exc.text}")
@@ -156,6 +214,8 @@ def guard(handler: Handler, counters: ServerCounters) -> Handler:
         except asyncio.CancelledError:  # the client went away, or a drain timed out
             counters.in_flight -= 1
             counters.cancelled += 1
+            if infer:
+                counters.infer_cancelled += 1
             raise
         except Exception as exc:  # a bug must answer 500, not kill the server
             if isinstance(exc, ConnectionError) and _client_gone(request):
@@ -164,6 +224,8 @@ def guard(handler: Handler, counters: ServerCounters) -> Handler:
                 # closed connection fails quietly; raised, it would be logged as a 500)
                 counters.in_flight -= 1
                 counters.cancelled += 1
+                if infer:
+                    counters.infer_cancelled += 1
                 return _error(400, "the client closed the connection")
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = _error(500, f"internal error: {type(exc).__name__}")
@@ -176,6 +238,10 @@ def guard(handler: Handler, counters: ServerCounters) -> Handler:
                 counters.server_errors += 1
             else:
                 counters.client_errors += 1
+            if infer:
+                counters.refuse(cause or _step.get(), status)
+        elif infer:
+            counters.infer_ok += 1
         return response
 
     return guarded
@@ -198,13 +264,13 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
     app[STATS_KEY] = counters
     router = app.router
 
-    def add(method: str, path: str, handler: Handler) -> None:
-        router.add_route(method, path, guard(handler, counters))
+    def add(method: str, path: str, handler: Handler, *, infer: bool = False) -> None:
+        router.add_route(method, path, guard(handler, counters, infer=infer))
 
     # inference first: the router tries resources in order, and this is the hot path
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        add("POST", base + "/infer", component.infer)
-        add("POST", base + "/generate_stream", component.generate_stream)
+        add("POST", base + "/infer", component.infer, infer=True)
+        add("POST", base + "/generate_stream", component.generate_stream, infer=True)
     add("GET", "/v2/health/live", component.live)
     add("GET", "/v2/health/ready", component.ready)
     add("GET", "/v2", component.server_metadata)

@@ -47,8 +47,8 @@ from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.loading import LoadingStatistics, ModelLoader
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._streams import stream_generate, stream_infer
-from ._http import ServerCounters, ServerStatistics, binary_header_length, build_app, \
-    infer_response, json_response, model_ref, read_body
+from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
+    build_app, infer_response, json_response, model_ref, read_body
 
 __all__ = ["ModelServer", "ModelServerStatistics", "create_model_server", "MODEL_SERVER_KEY"]
 
@@ -143,10 +143,14 @@ class ModelServer:
         # in the gateway's order: the model's metadata (404), the body checked against it
         # (400, even for a model not loaded), and only then the model itself (503)
         name, version = model_ref(request)
+        at_step("metadata")
         cfg = self.repository.config(name, version)
+        at_step("body")
         body = await read_body(request, self._limit)
+        at_step("validation")
         req = parse_infer_request(body, binary_header_length(request))
         _check_infer(req, cfg)
+        at_step("loading")
         model = await self.loader.acquire(name, version)  # counted in flight: never evicted
         try:
             if model.config is not cfg:  # another version was installed meanwhile
@@ -158,9 +162,8 @@ class ModelServer:
     async def _infer(self, request: web.Request, name: str, model: Model,
                      req: InferRequest) -> web.StreamResponse:
         cfg = model.config
-        counters = self.counters
-        counters.infer_requests += 1
-        counters.infer_rows += req.batch_size
+        at_step("model")  # its batcher's queue included: that queue's refusals are "queue"
+        self.counters.infer_rows += req.batch_size
         inputs = {item.name: item.array for item in req.inputs}
         if self._streamer.config.enabled:  # large answers in chunks, rows in sub-batches
             return await stream_infer(self._streamer, request, name, cfg.version, req, inputs,
@@ -186,10 +189,14 @@ class ModelServer:
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         """``generate_stream``: rows scored in sub-batches, one Server-Sent Event each."""
         name, version = model_ref(request)
+        at_step("metadata")
         cfg = self.repository.config(name, version)  # checked in infer's order
+        at_step("body")
         body = await read_body(request, self._limit)
+        at_step("validation")
         max_rows = self.config.streaming.max_stream_rows
         req = parse_generate_request(body, cfg.inputs, max_rows=max_rows)
+        at_step("loading")
         model = await self.loader.acquire(name, version)
         try:
             if model.config is not cfg:
@@ -201,9 +208,8 @@ class ModelServer:
     async def _generate_stream(self, request: web.Request, name: str, model: Model,
                                req: InferRequest) -> web.StreamResponse:
         cfg, streaming = model.config, self.config.streaming
-        counters = self.counters
-        counters.infer_requests += 1
-        counters.infer_rows += req.batch_size
+        at_step("model")
+        self.counters.infer_rows += req.batch_size
         sub_rows = min(streaming.sub_batch_rows, cfg.max_batch_size or streaming.sub_batch_rows)
         return await stream_generate(self._streamer, request, name, cfg.version, req,
                                      lambda part: self._compute(request, name, model, part, req),

@@ -4,11 +4,15 @@
 
     with FaultStack(repository) as fs:            integrated.yaml (+ overrides), real processes
         with SteadyLoad(fs.gateway_url, ...) as load:   built-in generator, in its own process
-            t = fs.kill_model_server()            SIGKILL / SIGSTOP / SIGCONT, restart on the
+            t = fs.kill_model_server(catch=True)  SIGKILL / SIGSTOP / SIGCONT, restart on the
             fs.restart_model_server()             same port (the gateway still points there)
         tally = Tally.of(load.result())           one row per request the generator sent
         tally.reconcile()                         sent == answered + transport failures, exactly
         tally.failed_outside([(t0, t1)])          failures outside the fault's window: none
+
+    books = Books.between(before, after)          a tier's inference books over the run:
+    books.reconcile(tally, preflight=1)           received == what clients sent, exactly,
+                                                  and each status the clients saw, exactly
 
     storm = burst(fs.gateway_url, [Shot(path, body, cancel_after_s=0.01), ...])
     storm.reconcile()                             sent == answered + cancelled + transport
@@ -43,11 +47,13 @@ from optkit.bench._records import ERROR_KINDS, TRANSPORT_ERRORS
 from optkit.service import Stack, launch_stack
 from optkit.service._launcher import launch_service
 
-__all__ = ["INTEGRATED", "integrated_config", "FaultStack", "SteadyLoad", "Tally", "get_json",
-           "post_json", "wait_until", "Shot", "BurstTally", "burst", "server_counts",
+__all__ = ["INTEGRATED", "integrated_config", "FaultStack", "SteadyLoad", "Tally", "Books",
+           "get_json", "post_json", "wait_until", "Shot", "BurstTally", "burst", "server_counts",
            "wait_settled"]
 
 INTEGRATED = Path(__file__).resolve().parents[2] / "experiments" / "integrated.yaml"
+#: how long a kill that must catch a request keeps the model server stopped, at most
+CATCH_WAIT_S = 0.5
 
 
 def integrated_config(**sections: Mapping[str, Any]) -> ServiceConfig:
@@ -115,17 +121,31 @@ class FaultStack:
     def pid(self, name: str = "model-server") -> int:
         return self.stack.services[name].pid
 
-    def kill_model_server(self) -> int:
+    def kill_model_server(self, *, catch: bool = False) -> int:
         """SIGKILL the model server alone; return when, in monotonic ns.
 
         Its children (the loader's worker processes) are not signalled: they must leave
         by themselves. Their pids are kept in ``orphans``; :meth:`close` reaps stragglers.
+
+        ``catch``: make sure the kill catches a client's request on its way. Under load one
+        usually is, but not surely: on a busy machine every request a client still waits
+        for may already be answered and on its way back (a run once caught none of 16). So
+        the server is first stopped (SIGSTOP, at most ``CATCH_WAIT_S``, well within the
+        gateway's upstream timeout) until the gateway holds a client request besides the
+        /stats read asking: its answer needs the stopped server, so only the kill ends it.
         """
         svc = self.stack.services["model-server"]
         self.orphans += _children(svc.pid)
-        at = time.monotonic_ns()
-        svc.process.send_signal(signal.SIGKILL)
-        svc.process.wait(5)
+        try:
+            if catch:
+                os.kill(svc.pid, signal.SIGSTOP)
+                wait_until(lambda: self.gateway_stats()["server"]["in_flight"] >= 2,
+                           "a client request held at the gateway by the stopped model server",
+                           timeout_s=CATCH_WAIT_S, every_s=0.005)
+        finally:  # a failed wait still kills: no stopped server is left behind
+            at = time.monotonic_ns()
+            svc.process.send_signal(signal.SIGKILL)
+            svc.process.wait(5)
         return at
 
     def orphans_alive(self) -> list[int]:
@@ -332,6 +352,86 @@ class Tally:
         return {"sent": self.sent, "answered": self.answered, "ok": self.ok,
                 "failed": self.failed, "by_status": self.by_status,
                 "transport": self.by_transport}
+
+
+@dataclass
+class Books:
+    """One tier's inference books between two ``/stats`` snapshots (``server`` sections).
+
+    ``requests`` every inference request the tier received; each ended ``ok`` (2xx),
+    ``refused`` (by cause, the step that refused it, and status) or ``cancelled`` (its
+    client left first), or is still in flight.
+    """
+
+    requests: int
+    ok: int
+    cancelled: int
+    refused: dict[tuple[str, int], int]
+
+    @classmethod
+    def between(cls, before: Mapping[str, Any], after: Mapping[str, Any]) -> "Books":
+        def flat(server: Mapping[str, Any]) -> dict[tuple[str, int], int]:
+            return {(cause, int(status)): int(n)
+                    for cause, by_status in server["infer_refused"].items()
+                    for status, n in by_status.items()}
+
+        old, new = flat(before), flat(after)
+        refused = {k: n - old.get(k, 0) for k, n in new.items() if n != old.get(k, 0)}
+        return cls(*(int(after[k]) - int(before[k])
+                     for k in ("infer_requests", "infer_ok", "infer_cancelled")), refused)
+
+    @property
+    def in_flight(self) -> int:
+        return self.requests - self.ok - self.cancelled - sum(self.refused.values())
+
+    def by_status(self) -> dict[int, int]:
+        """What the tier answered, by status (2xx counted as 200), as a client counts."""
+        out: collections.Counter[int] = collections.Counter({200: self.ok} if self.ok else {})
+        for (_, status), n in self.refused.items():
+            out[status] += n
+        return dict(sorted(out.items()))
+
+    def by_cause(self) -> dict[str, int]:
+        out: collections.Counter[str] = collections.Counter()
+        for (cause, _), n in self.refused.items():
+            out[cause] += n
+        return dict(sorted(out.items()))
+
+    def reconcile(self, *tallies: "Tally | BurstTally", preflight: int = 0,
+                  others: Mapping[int, int] | None = None) -> None:
+        """The books agree exactly with what the clients saw, every client answered.
+
+        ``tallies``: every client's count over the same span (generator runs, bursts);
+        ``preflight``: requests the generator sent before its window (its ``check_infer``,
+        one per model, answered 200); ``others``: any further inference requests sent
+        over the span, by the status their client saw.
+        """
+        seen: collections.Counter[int] = collections.Counter({200: preflight} if preflight
+                                                             else {})
+        seen.update(others or {})
+        for tally in tallies:
+            assert not isinstance(tally, BurstTally) or tally.cancelled == 0, tally
+            seen.update(tally.by_status)
+            assert sum(tally.by_status.values()) == tally.sent, tally  # each one answered
+        assert self.in_flight == 0 and self.cancelled == 0, self
+        assert self.requests == sum(seen.values()), (self, dict(seen))
+        assert self.by_status() == dict(sorted(seen.items())), (self, dict(seen))
+
+    def reconcile_leavers(self, *tallies: "Tally | BurstTally", preflight: int = 0) -> None:
+        """As :meth:`reconcile` where some clients left before their answer (bursts with
+        ``cancel_after_s``): every request sent was received; the tier answered or cancelled
+        each; a client that left was either cancelled here or answered after it had gone."""
+        sent = preflight + sum(t.sent for t in tallies)
+        answered = preflight + sum(sum(t.by_status.values()) for t in tallies)
+        left = sum(getattr(t, "cancelled", 0) for t in tallies)
+        assert all(not getattr(t, "transport", 0) for t in tallies), tallies
+        assert self.in_flight == 0 and self.refused == {}, self
+        assert self.requests == sent, (self, sent)
+        assert self.ok - answered == left - self.cancelled >= 0, (self, answered, left)
+
+    def summary(self) -> dict[str, Any]:
+        return {"received": self.requests, "ok": self.ok, "cancelled": self.cancelled,
+                "refused": {f"{c}/{s}": n for (c, s), n in sorted(self.refused.items())}}
 
 
 # -- bursts of raw clients: storms of cancellations, floods beyond a queue ----------------

@@ -7,7 +7,8 @@ upstream and answered 200, marked ``optkit-retried: 1``; without it (the heavy
 ``no-resend`` case, ``make faults``) they are 502s, or requests sent to the victim
 before the gateway saw it die, and nothing else fails. The killed upstream shows as
 ejected in ``/stats`` and ``/metrics`` while it is down; restarted on its port, it is
-probed back and takes traffic again. Counted exactly from the generator's records.
+probed back and takes traffic again. Counted exactly from the generator's records, and
+the gateway's books agree with them request for request.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from _harness import SteadyLoad, Tally, get_json, post_json, wait_until
+from _harness import Books, SteadyLoad, Tally, get_json, post_json, wait_until
 from optkit._config import ServiceConfig
 from optkit.service._launcher import ServiceProcess, _free_port, _wait_ready, launch_service, \
     start_service
@@ -109,6 +110,7 @@ def test_one_of_three_killed_under_load(replicas: Replicas) -> None:
     assert replicas.gateway is not None
     gw = replicas.gateway.url
     victim = 1
+    before = get_json(gw + "/stats")["server"]
     with SteadyLoad(gw, concurrency=CONCURRENCY, duration_s=2.5) as load:
         load.wait_sending(200)
         served_before = [get_json(s.url + "/stats")["server"]["infer_requests"]
@@ -127,6 +129,7 @@ def test_one_of_three_killed_under_load(replicas: Replicas) -> None:
                 f'"{replicas.servers[victim].url}"}} 0.0')
         assert line in metrics
     tally = Tally.of(load.result())
+    books = Books.between(before, get_json(gw + "/stats")["server"])
     replicas.restart(victim)  # on its port: probed back, then it takes traffic again
     wait_until(lambda: replicas.upstream(victim)["state"] == "healthy", "the victim readmitted")
     back = replicas.upstream(victim)
@@ -143,6 +146,10 @@ def test_one_of_three_killed_under_load(replicas: Replicas) -> None:
           "answered after a resend:", retried, "resends:", stats["resends"],
           "victim:", {k: back[k] for k in ("ejections", "probes", "readmissions", "resent_away")})
     assert tally.by_transport == {}, tally.summary()
+    # the gateway's books: each request (a resent one once) and the generator's check,
+    # answered as the client saw it; a 502 only from an upstream call
+    books.reconcile(tally, preflight=1)
+    assert set(books.by_cause()) <= {"upstream"}, books
     # the only failures possible are requests in flight at the kill, or sent to the victim
     # before the gateway saw it die (502s); resent, there are none
     window = [(kill_at, ejected_by)]

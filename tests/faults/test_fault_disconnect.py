@@ -5,7 +5,9 @@ crashes; the steady load is untouched (every one of its requests 200); each tier
 request counters reconcile exactly (accepted = completed + cancelled); nothing leaks (the
 gateway's open client connections and asyncio tasks return to their count before the
 storm; the model server holds no more than the gateway's pool); and work nobody waits
-for is skipped where it can be (the batchers' ``cancelled`` counter grows).
+for is skipped where it can be (the batchers' ``cancelled`` counter grows). The gateway's
+inference books hold every request sent, exactly: each answered or cancelled there, and
+every client that left either cancelled there or answered after it had gone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import numpy as np
 import pytest
 
-from _harness import FaultStack, Shot, SteadyLoad, Tally, burst, post_json, \
+from _harness import Books, FaultStack, Shot, SteadyLoad, Tally, burst, get_json, post_json, \
     server_counts, wait_settled, wait_until
 from optkit.v2._codec import BINARY_HEADER, encode_binary_infer_request, encode_infer_request
 
@@ -53,6 +55,8 @@ def _storm(fs: FaultStack, *, clients: int, rounds: int, duration_s: float) -> N
                                  encode_infer_request({"x": np.ones((1, 16), np.float32)}))[0]
                == 200, "synthetic-wide serving through the gateway", 30)
     gw0, ms0 = server_counts(fs.gateway_url), server_counts(fs.model_server_url)
+    books0 = {url: get_json(url + "/stats")["server"] for url in (fs.gateway_url,
+                                                                   fs.model_server_url)}
     storms = []
     with SteadyLoad(fs.gateway_url, concurrency=8, duration_s=duration_s) as load:
         load.wait_sending()
@@ -64,11 +68,14 @@ def _storm(fs: FaultStack, *, clients: int, rounds: int, duration_s: float) -> N
                        tasks=gw0["tasks"] + 2)
     ms1 = wait_settled(fs.model_server_url, connections=pool_limit + 1,
                        tasks=ms0["tasks"] - ms0["open_connections"] + pool_limit + 3)
+    gw_books, ms_books = (Books.between(books0[url], get_json(url + "/stats")["server"])
+                          for url in (fs.gateway_url, fs.model_server_url))
 
     print("steady:", steady.summary())
     print("storms:", storms)
     print("gateway before/after:", gw0, gw1)
     print("model server before/after:", ms0, ms1)
+    print("gateway books:", gw_books.summary(), "model server books:", ms_books.summary())
     for tally in storms:
         tally.reconcile()
         assert tally.cancelled >= clients // 3, tally  # the mid-stream third at least
@@ -81,6 +88,10 @@ def _storm(fs: FaultStack, *, clients: int, rounds: int, duration_s: float) -> N
         assert accepted == (after["completed"] - before["completed"]
                             + after["cancelled"] - before["cancelled"]), (before, after)
         assert after["server_errors"] == before["server_errors"], (before, after)
+    # the gateway's books: every request sent (steady, its check, the storms) received and
+    # answered or cancelled; clients who left = cancelled here + answered after they left
+    gw_books.reconcile_leavers(steady, *storms, preflight=1)
+    assert ms_books.refused == {} and ms_books.in_flight == 0, ms_books
     gone = sum(t.cancelled for t in storms)
     # a tier's handler is cancelled only when its batcher dropped the item (aiohttp lets
     # a handler finish after its client left): never more than the clients who left

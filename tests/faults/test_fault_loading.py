@@ -6,13 +6,16 @@ index); a successful new version is swapped in under load without losing a reque
 and answers switch atomically: each answer is the old version's or the new one's,
 each exactly what that version computes for the request's own rows, and a client
 sending one request after another never sees the old version again once it saw the new.
+The gateway's books hold every request the generator and the checkers sent, all 200.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _harness import FaultStack, SteadyLoad, Tally, post_json
+from _harness import Books, FaultStack, SteadyLoad, Tally, get_json, post_json
 from optkit.models import ModelConfig
 from optkit.v2._codec import TensorSpec, decode_infer_result, encode_infer_request
 
@@ -60,6 +63,7 @@ class _Checker:
         self.url, self.stop = url, threading.Event()
         self.seen: list[list[str]] = [[] for _ in range(clients)]
         self.problems: list[str] = []
+        self.by_status: collections.Counter[int] = collections.Counter()  # every answer
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
                         for i in range(clients)]
 
@@ -71,8 +75,11 @@ class _Checker:
                                          headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
+                    self.by_status[resp.status] += 1
                     res = decode_infer_result(resp.read())
             except Exception as exc:  # any failure is a broken promise, kept for the assert
+                if isinstance(exc, urllib.error.HTTPError):
+                    self.by_status[exc.code] += 1
                 self.problems.append(f"client {i}: {exc!r}")
                 continue
             width = int(res.model_version or 0)
@@ -95,8 +102,10 @@ class _Checker:
 
 def _under_load(fs: FaultStack, name: str, action: Any, *,
                 duration_s: float) -> tuple[Tally, _Checker, Any]:
-    """Run ``action()`` while the generator and the checker clients send to ``name``."""
+    """Run ``action()`` while the generator and the checker clients send to ``name``;
+    the gateway's books must hold exactly what both sent, answered as they saw it."""
     url = f"{fs.gateway_url}/v2/models/{name}/infer"
+    before = get_json(fs.gateway_url + "/stats")["server"]
     with SteadyLoad(fs.gateway_url, model=name, workload=SYNTHETIC, concurrency=8,
                     duration_s=duration_s) as load:
         load.wait_sending()
@@ -106,8 +115,11 @@ def _under_load(fs: FaultStack, name: str, action: Any, *,
             time.sleep(0.4)  # traffic on whatever serves after the action
         result = load.result()
     tally = Tally.of(result)
+    books = Books.between(before, get_json(fs.gateway_url + "/stats")["server"])
     tally.reconcile()
-    print("counts:", tally.summary())  # shown with -s: the figures docs/reliability.md cites
+    print("counts:", tally.summary(), "checkers:", dict(checker.by_status))
+    print("gateway books:", books.summary())  # shown with -s: docs/reliability.md cites them
+    books.reconcile(tally, preflight=1, others=checker.by_status)
     return tally, checker, outcome
 
 

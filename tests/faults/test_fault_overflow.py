@@ -5,7 +5,9 @@ model: every flooding request is answered, either 200 or 503 with ``Retry-After`
 a JSON error, nothing else; the 503s are exactly the batchers' ``rejected`` count; the
 steady load is untouched (its queue is another model's); the tiers' memory stays
 bounded (RSS sampled from ``/proc/<pid>/status`` before, at the peak and after); and
-once the flood is gone the flooded model serves again at once.
+once the flood is gone the flooded model serves again at once. The gateway's books hold
+every request exactly, each 503 under its cause: its own queue (``queue``) or the
+model server's, passed through (``upstream_answer``), matching each tier's ``rejected``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from _harness import FaultStack, Shot, SteadyLoad, Tally, burst, post_json, server_counts
+from _harness import Books, FaultStack, Shot, SteadyLoad, Tally, burst, get_json, post_json, \
+    server_counts
 from optkit.v2._codec import encode_infer_request
 
 #: the most the gateway's or model server's RSS may grow through a flood: the flood's
@@ -41,6 +44,8 @@ def _flood(fs: FaultStack, *, clients: int, rounds: int, duration_s: float) -> N
                 peak[n] = max(peak[n], fs.figures(n)[0])
 
     gw0, ms0 = server_counts(fs.gateway_url), server_counts(fs.model_server_url)
+    books0 = {url: get_json(url + "/stats")["server"] for url in (fs.gateway_url,
+                                                                   fs.model_server_url)}
     sampler = threading.Thread(target=sample, daemon=True)
     floods = []
     with SteadyLoad(fs.gateway_url, concurrency=8, duration_s=duration_s) as load:
@@ -52,11 +57,14 @@ def _flood(fs: FaultStack, *, clients: int, rounds: int, duration_s: float) -> N
         steady = Tally.of(load.result())
     sampler.join(5)
     gw1, ms1 = server_counts(fs.gateway_url), server_counts(fs.model_server_url)
+    gw_books, ms_books = (Books.between(books0[url], get_json(url + "/stats")["server"])
+                          for url in (fs.gateway_url, fs.model_server_url))
     rss1 = {n: fs.figures(n)[0] for n in names}
     print("steady:", steady.summary())
     print("floods:", floods)
     print("rejected: gateway", gw1["batch_rejected"] - gw0["batch_rejected"], "model server",
           ms1["batch_rejected"] - ms0["batch_rejected"])
+    print("gateway books:", gw_books.summary(), "model server books:", ms_books.summary())
     print("RSS MiB before/peak/after:",
           {n: [round(x[n] / 2**20, 1) for x in (rss0, peak, rss1)] for n in names})
 
@@ -72,6 +80,13 @@ def _flood(fs: FaultStack, *, clients: int, rounds: int, duration_s: float) -> N
     assert refused == (gw1["batch_rejected"] - gw0["batch_rejected"]
                        + ms1["batch_rejected"] - ms0["batch_rejected"]), (gw0, gw1, ms0, ms1)
     assert gw1["server_errors"] - gw0["server_errors"] == refused
+    # the books: every request of the floods, the steady load and its check, answered as
+    # the clients saw it; each 503 under the queue that refused it, as that queue counted
+    gw_books.reconcile(steady, *floods, preflight=1)
+    assert gw_books.refused.get(("queue", 503), 0) == gw1["batch_rejected"] - gw0["batch_rejected"]
+    assert gw_books.refused.get(("upstream_answer", 503), 0) == \
+        ms_books.refused.get(("queue", 503), 0) == ms1["batch_rejected"] - ms0["batch_rejected"]
+    assert set(gw_books.refused) <= {("queue", 503), ("upstream_answer", 503)}, gw_books
     steady.reconcile()
     assert steady.ok == steady.sent > 0, steady.summary()  # another model's queue: untouched
     for n in names:

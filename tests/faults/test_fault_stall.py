@@ -5,7 +5,8 @@ Promised: requests that reach the stalled upstream are answered 504 (JSON) once
 at the gateway waits at most one more upstream timeout (its own call), so every answer
 comes within two (plus scheduling slack); nothing grows without bound meanwhile (the
 gateway's batch queue, its upstream connections, its memory and file descriptors are
-sampled); after SIGCONT every request succeeds again. Counts reconcile exactly.
+sampled); after SIGCONT every request succeeds again. Counts reconcile exactly: the client's, and
+the gateway's own books with them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _harness import FaultStack, SteadyLoad, Tally
+from _harness import Books, FaultStack, SteadyLoad, Tally
 
 
 def _sample(fs: FaultStack) -> dict[str, Any]:
@@ -43,8 +44,10 @@ def _stall(fs: FaultStack, *, duration_s: float, stall_s: float, concurrency: in
     tally = Tally.of(result)
     after = fs.gateway_stats()["server"]
 
+    books = Books.between(before, after)
     tally.reconcile()
     print("counts:", tally.summary())  # shown with -s: the figures docs/reliability.md cites
+    print("gateway books:", books.summary())
     assert tally.by_transport == {}, tally.summary()
     assert set(tally.by_status) <= {200, 504} and tally.by_status.get(504, 0) > 0, tally.summary()
     # a 504 belongs to the stall: the request was under way at some point while stopped
@@ -69,6 +72,10 @@ def _stall(fs: FaultStack, *, duration_s: float, stall_s: float, concurrency: in
     assert max(s["rss"] for s in samples) < samples[0]["rss"] + 64 * 2**20, samples
     assert after["server_errors"] - before["server_errors"] == tally.failed
     assert after["cancelled"] == before["cancelled"]
+    # the books: every request (and the generator's check) answered as the client saw it,
+    # each 504 the upstream call's (or its metadata fetch's, had the cache entry expired)
+    books.reconcile(tally, preflight=1)
+    assert set(books.by_cause()) <= {"upstream", "metadata"}, books
     final = fs.gateway_stats()
     assert final["server"]["in_flight"] == 1  # this very /stats request
     assert sum(b["queued"] for b in final["batching"].values()) == 0
