@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := build/models
 WEEK_ARGS ?=
 
-.PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz external external-example
+.PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz external external-example mlserver vs-mlserver
 
 calibrate: models
 	rm -f runs/calibration.json
@@ -90,12 +90,27 @@ ray-check: $(STAMP)
 # and the worked example optkit model server vs MLServer (needs .venv-mlserver; ~2 min).
 external: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_external_arms.py \
-	    tests/test_bench_any_target.py
+	    tests/test_bench_any_target.py tests/test_vs_mlserver.py
 
 external-example: models
 	$(BIN)/optkit compare experiments/external/optkit.yaml experiments/external/mlserver.yaml \
 	    --workload experiments/external/workload.yaml --pairs 4 --warmup 1 --duration 2 \
 	    --load closed:8 --calibration none --out runs/external-vs-mlserver
+
+# MLServer 1.7.1 (its newest release) in a venv of its own, apart from optkit's, with optkit's
+# scikit-learn so the joblib loads the same way, and uvloop < 0.22 (0.22 breaks its worker
+# processes: SeldonIO/MLServer#2286, open for 1.7.1).
+.venv-mlserver/bin/mlserver: | $(STAMP)
+	$(PYTHON) -m venv .venv-mlserver
+	.venv-mlserver/bin/python -m pip install --quiet mlserver==1.7.1 mlserver-sklearn==1.7.1 \
+	    "scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')" \
+	    "uvloop<0.22"
+
+mlserver: .venv-mlserver/bin/mlserver
+
+# optkit's model server vs MLServer's best, a paired verdict (benchmarks/README.md; ~15 min)
+vs-mlserver: models wrk mlserver
+	$(BIN)/python benchmarks/vs_mlserver.py $(VS_MLSERVER_ARGS)
 
 clean:
 	rm -rf build runs $(VENV)
