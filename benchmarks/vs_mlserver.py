@@ -173,6 +173,35 @@ def describe(h: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe_screening(rows: list[dict]) -> str:
+    """The screening as a Markdown table, fastest preset first (median req/s, valid trials)."""
+    table: dict[str, list[dict]] = {}
+    for r in rows:
+        table.setdefault(r["arm"], []).append(r)
+
+    def median(rs: list[dict], key: str) -> float:
+        return statistics.median([r[key] for r in rs if r["valid"]] or [0.0])
+
+    lines = ["| preset | valid | req/s median (min-max) | p99 ms median |", "|---|---|---|---|"]
+    for name, rs in sorted(table.items(), key=lambda kv: -median(kv[1], "throughput_rps")):
+        rps = [r["throughput_rps"] for r in rs if r["valid"]] or [0.0]
+        lines.append(f"| {name} | {sum(r['valid'] for r in rs)}/{len(rs)} | "
+                     f"{median(rs, 'throughput_rps'):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
+                     f"{median(rs, 'p99_ms'):.1f} |")
+    return "\n".join(lines)
+
+
+def write(out: Path, doc: dict[str, Any]) -> None:
+    """summary.json (everything) and summary.md (the tables), rewritten after every step."""
+    (out / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    parts = [describe(h) for h in doc["verdicts"]]
+    if doc["screening"]:
+        parts.append(f"Screening ({doc['screening']['rounds']} round(s), best: "
+                     f"{doc['screening']['best']}):\n\n" + describe_screening(
+                         doc["screening"]["trials"]))
+    (out / "summary.md").write_text("\n\n".join(parts) + "\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,24 +257,26 @@ def run(args: argparse.Namespace) -> int:
         doc["screening"] = {"rule": "highest median req/s over valid trials, valid in most "
                                     "rounds; these trials are not reused by the verdict",
                             "rounds": args.screen, "best": best.stem, "trials": rows}
+        print(describe_screening(rows))
         print(f"screening: MLServer's best is {best.stem}")
+        write(out, doc)
         against = [best, *[p for p in against if p != best]]
     against = against or [arm_path(BEST_KNOWN)]
     status = 0
     for path in against:
         cmp = lab.compare(path, optkit_arm, repository=args.repository, settings=settings,
-                          calibration=args.calibration, progress=sys.stderr.isatty(), log=print,
+                          calibration=args.calibration, log=print,
                           out_dir=out / f"{optkit_arm.name}-vs-{lab.load_arm(path).name}")
         h = headline(cmp)
         doc["verdicts"].append(h)
         print(describe(h))
+        write(out, doc)
         if any(settings.pairs - lost < 2 for lost in cmp.pairs_lost().values()):
             print(f"vs_mlserver: fewer than 2 valid pairs against {cmp.a.name}: no verdict",
                   file=sys.stderr)
             status = 1
     doc["elapsed_s"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    (out / "summary.md").write_text("\n\n".join(describe(h) for h in doc["verdicts"]) + "\n")
+    write(out, doc)
     print(f"results in {out} ({doc['elapsed_s']:.0f} s)")
     return status
 
