@@ -12,7 +12,8 @@ MODELS := build/models
 WEEK_ARGS ?=
 
 .PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
-	external external-example third-party soak-short heavy
+	external external-example third-party soak-short heavy \
+	mlserver vs-mlserver
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -126,10 +127,10 @@ ray-check: $(STAMP)
 # External arms (command / url) through a whole compare session, optkit bench against
 # MLServer and KServe (from PyPI, their own venvs: make third-party) and a failing week day,
 # heavy tests included (~70 s), and the worked example optkit model server vs MLServer
-# (make external-example; ~2 min).
+# (make external-example; ~2 min), and vs_mlserver.py's arms and a short verdict.
 external: $(STAMP) models third-party
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_external_arms.py \
-	    tests/test_bench_any_target.py
+	    tests/test_bench_any_target.py tests/test_vs_mlserver.py
 
 # Every heavy suite, one after another (each runs even if one before it failed), then a
 # line per suite with its outcome and time (also in runs/heavy.txt); fails if any failed.
@@ -147,6 +148,14 @@ external-example: models
 	$(BIN)/optkit compare experiments/external/optkit.yaml experiments/external/mlserver.yaml \
 	    --workload experiments/external/workload.yaml --pairs 4 --warmup 1 --duration 2 \
 	    --load closed:8 --calibration none --out runs/external-vs-mlserver
+
+# MLServer alone (its venv as make third-party makes it), for make vs-mlserver.
+mlserver: $(STAMP)
+	$(call venv_from_pypi,mlserver,$(MLSERVER_PIP))
+
+# optkit's model server vs MLServer's best, a paired verdict (benchmarks/README.md; ~15 min)
+vs-mlserver: models wrk mlserver
+	$(BIN)/python benchmarks/vs_mlserver.py $(VS_MLSERVER_ARGS)
 
 clean:
 	rm -rf build runs $(VENV)

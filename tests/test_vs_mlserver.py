@@ -1,0 +1,168 @@
+"""benchmarks/vs_mlserver.py: its arm files are arms, and it reaches a verdict end to end.
+
+The script is loaded from its file (``benchmarks/`` is not a package). Without MLServer, the
+end-to-end runs put optkit's own model-server arm on both sides: they check the plumbing
+(screening, session, headline, files) and claim nothing. The run against MLServer itself
+needs ``.venv-mlserver`` (``make mlserver``) and is heavy (``make external``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+import yaml
+
+import optkit.lab as lab
+from optkit.bench import Workload
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "vs_mlserver.py"
+ARMS = REPO / "benchmarks" / "vs-mlserver"
+OPTKIT_ARM = ARMS / "optkit-2w-batching.yaml"
+ARTEFACT = REPO / "build" / "models" / "digits-sklearn" / "1" / "model.joblib"
+TINY = ["--pairs", "2", "--warmup", "0", "--duration", "1"]
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vs_mlserver", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _needs_wrk_and_models() -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("no wrk on PATH: the script measures with wrk (`make wrk`)")
+    if not ARTEFACT.is_file():
+        pytest.skip(f"no {ARTEFACT.relative_to(REPO)}: `make models`")
+
+
+def _run(*args: str, timeout: float = 170) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_arm_files_are_valid_arms() -> None:
+    """Every file is a command arm on per-trial ports, serving the same joblib, loopback only."""
+    files = sorted(p for p in ARMS.glob("*.yaml") if p.name != "workload.yaml")
+    assert {"optkit-2w-batching", "mlserver-default", "mlserver-pw0-batch-lean"} <= {
+        p.stem for p in files}
+    for path in files:
+        arm = lab.load_arm(path)
+        assert isinstance(arm, lab.ExternalArm) and arm.kind == "command" and arm.independent
+        assert arm.name == path.stem and "{port}" in arm.url and "{port}" in arm.ready_url
+        assert arm.ready_url.endswith("/v2/models/digits-sklearn/ready")
+        assert arm.cwd is not None and Path(arm.cwd).is_dir()
+        if not arm.name.startswith("mlserver-"):
+            continue
+        # gRPC and metrics on port 0 (the kernel's pick), HTTP and Prometheus files per trial:
+        # back-to-back trials never meet on a port or a file
+        folder = Path(arm.cwd)
+        settings = json.loads((folder / "settings.json").read_text())
+        assert settings["host"] == "127.0.0.1"
+        assert settings["grpc_port"] == 0 and settings["metrics_port"] == 0
+        assert arm.env["MLSERVER_HTTP_PORT"] == "{port}"
+        assert "{port}" in arm.env["MLSERVER_METRICS_DIR"]
+        model = json.loads((folder / "digits-sklearn" / "model-settings.json").read_text())
+        assert model["name"] == "digits-sklearn"
+        assert (folder / "digits-sklearn" / model["parameters"]["uri"]).resolve() == ARTEFACT
+    workload = Workload.resolve(ARMS / "workload.yaml")
+    assert workload.models == ("digits-sklearn",) and workload.rows == (1,)
+
+
+def test_presets_hold_what_their_names_say() -> None:
+    """default: MLServer's defaults; pw0-batch-lean: no pool, batching, lean; optkit: 2 workers."""
+    def read(name: str) -> tuple[dict, dict]:
+        folder = ARMS / f"mlserver-{name}"
+        return (json.loads((folder / "settings.json").read_text()),
+                json.loads((folder / "digits-sklearn" / "model-settings.json").read_text()))
+
+    settings, model = read("default")
+    assert set(settings) == {"host", "grpc_port", "metrics_port"}
+    assert "max_batch_size" not in model
+    settings, model = read("pw0-batch-lean")
+    assert settings["parallel_workers"] == 0 and settings["debug"] is False
+    assert settings["metrics_endpoint"] is None and settings["gzip_enabled"] is False
+    assert model["max_batch_size"] == 32 and model["max_batch_time"] == 0.002
+    command = list(lab.load_arm(OPTKIT_ARM).command)
+    assert command[command.index("--workers") + 1] == "2"
+    config = (ARMS / command[command.index("--config") + 1]).resolve()
+    assert config == REPO / "benchmarks" / "optkit-batching.yaml"
+    assert yaml.safe_load(config.read_text())["batching"]["enabled"] is True
+
+
+def test_a_missing_mlserver_venv_is_named(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """An MLServer arm without its venv stops before any trial, saying how to make it."""
+    doc = yaml.safe_load((ARMS / "mlserver-default.yaml").read_text())
+    doc.update(cwd=str(ARMS / "mlserver-default"), command=[str(tmp_path / "bin" / "mlserver"),
+                                                            "start", "."])
+    arm = tmp_path / "mlserver-nowhere.yaml"
+    arm.write_text(yaml.safe_dump(doc))
+    _needs_wrk_and_models()  # the script checks those first
+    assert _script().main(["--against", str(arm), *TINY, "--out", str(tmp_path / "out")]) == 2
+    assert "make mlserver" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_session_reaches_a_verdict_with_its_ci(tmp_path: Path) -> None:
+    """optkit's arm against itself (A/A): 2 pairs, a ratio inside its CI, every file written."""
+    _needs_wrk_and_models()
+    done = _run("--against", str(OPTKIT_ARM), *TINY, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "needs >= 8" in done.stdout  # 2 pairs can never pass Holm: said, not hidden
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    (verdict,) = doc["verdicts"]
+    assert verdict["a"] == "optkit-2w-batching" and verdict["b"] == "optkit-2w-batching-B"
+    for metric in ("throughput_rps", "p99_ms"):
+        m = verdict[metric]
+        assert m["pairs"] == 2 and m["ci"][0] <= m["ratio"] <= m["ci"][1]
+        assert m["verdict"] == "no change detected"  # Holm p >= 0.5 with 2 pairs
+    trials = pd.read_csv(next(tmp_path.glob("*-vs-*")) / "trials.csv")
+    assert len(trials) == verdict["trials"] >= 4 and doc["settings"]["engine"] == "wrk"
+    assert (tmp_path / "summary.md").read_text().startswith("**optkit-2w-batching-B")
+
+
+@pytest.mark.slow
+def test_screening_picks_the_highest_median(tmp_path: Path) -> None:
+    """The screening step runs each arm per round and names the one with the most req/s."""
+    _needs_wrk_and_models()
+    one = yaml.safe_load(OPTKIT_ARM.read_text())
+    command = one["command"]
+    command[command.index("--workers") + 1] = "1"
+    one.update(name="optkit-1w", command=command, cwd=str(ARMS))
+    arm_1w = tmp_path / "optkit-1w.yaml"
+    arm_1w.write_text(yaml.safe_dump(one))
+    settings = lab.CompareSettings(pairs=2, warmup_s=0, duration_s=1, engine="wrk",
+                                   workload=str(ARMS / "workload.yaml"))
+    best, rows = _script().screen([OPTKIT_ARM, arm_1w], rounds=1, settings=settings,
+                                  repository=REPO / "build" / "models", out=tmp_path / "screen",
+                                  log=lambda _: None)
+    assert sorted(r["arm"] for r in rows) == ["optkit-1w", "optkit-2w-batching"]
+    assert all(r["valid"] for r in rows), rows
+    top = max(rows, key=lambda r: r["throughput_rps"])
+    assert best.stem == top["arm"]
+
+
+@pytest.mark.heavy  # MLServer's start-up is ~5 s a trial, its worker pool ~10 s to stop
+def test_against_mlserver_default_and_best(tmp_path: Path) -> None:
+    """Both MLServer presets that matter run as arms, back to back, with their venv recorded."""
+    _needs_wrk_and_models()
+    if not (REPO / ".venv-mlserver" / "bin" / "mlserver").exists():
+        pytest.skip("no .venv-mlserver: `make mlserver` (benchmarks/README.md)")
+    done = _run("--against", "default", "--against", "pw0-batch-lean", *TINY,
+                "--out", str(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["mlserver_venv"]["mlserver"] == "1.7.1"
+    assert [v["a"] for v in doc["verdicts"]] == ["mlserver-default", "mlserver-pw0-batch-lean"]
+    assert all(v["invalid_trials"] == 0 for v in doc["verdicts"]), doc["verdicts"]
