@@ -125,3 +125,69 @@ def test_a_port_taken_before_the_model_server_binds_is_retried(
                 assert resp.status == 200
     finally:
         squatter.close()
+
+
+# -- how a server process starts: forked from pre-imported modules, or a fresh interpreter ----
+
+def test_both_starts_fail_alike_with_the_log(tmp_path: Path) -> None:
+    """A server that cannot bind exits the same way either start: the same status, the
+    same last words in its log."""
+    from optkit.service._launcher import start_service
+    (tmp_path / "bad.yaml").write_text("server: {host: 256.0.0.1}\n")
+    ends = {}
+    for start in ("fork", "exec"):
+        (tmp_path / start).mkdir()
+        svc = start_service("gateway", ["--upstream", "http://127.0.0.1:9"],
+                            workdir=tmp_path / start, config_path=tmp_path / "bad.yaml",
+                            start=start)  # type: ignore[arg-type]
+        ends[start] = (svc.process.wait(30), svc.log_tail(1))
+    assert ends["fork"] == ends["exec"] and ends["fork"][0] != 0, ends
+    assert "256.0.0.1" in (tmp_path / "fork" / "gateway.log").read_text()
+
+
+@pytest.mark.parametrize("sig, status", [(15, 0), (9, -9)])
+def test_a_forked_server_answers_and_ends_as_a_fresh_one(repository: Path, sig: int,
+                                                         status: int) -> None:
+    """Forked: it serves, SIGTERM drains to status 0, SIGKILL reads -9 (as Popen says)."""
+    with launch_stack(None, repository=repository, start="fork") as stack:
+        body = encode_infer_request({"pixels": np.zeros((1, 64), np.float32)})
+        req = urllib.request.Request(stack.url + INFER, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+        proc = stack.services["model-server"].process
+        assert proc.poll() is None and proc.returncode is None
+        proc.send_signal(sig)
+        assert proc.wait(15) == status and proc.poll() == status
+
+
+def test_an_unknown_start_is_refused(tmp_path: Path) -> None:
+    from optkit.service._launcher import start_service
+    with pytest.raises(LaunchError, match="'fork' or 'exec'"):
+        start_service("gateway", [], workdir=tmp_path, config_path=tmp_path / "c.yaml",
+                      start="thread")  # type: ignore[arg-type]
+
+
+def test_forked_servers_left_running_stop_with_the_lab_and_main_is_not_rerun(
+        repository: Path, tmp_path: Path) -> None:
+    """A script that starts a forked stack and exits without stopping it: the servers are
+    stopped at its exit (nothing left behind, no hang), and the children never ran the
+    script's own top level again (multiprocessing's forkserver would import ``__main__``)."""
+    marks = tmp_path / "marks.txt"
+    pids = tmp_path / "pids.txt"
+    script = tmp_path / "leaves.py"
+    script.write_text(
+        "import os\n"
+        f"open({str(marks)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "from optkit.service import launch_stack\n"
+        f"stack = launch_stack(None, repository={str(repository)!r}, start='fork')\n"
+        f"open({str(pids)!r}, 'w').write(' '.join(map(str, stack.pids.values())))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(marks.read_text().split()) == 1  # the top level ran once, in the script
+    left = [int(p) for p in pids.read_text().split()]
+    assert len(left) == 2
+    for pid in left:
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z", f"pid {pid} left running"

@@ -79,6 +79,8 @@ __all__ = ["ModelLoader", "LoadingStatistics"]
 
 log = logging.getLogger("optkit.loading")
 _LOAD_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: how long closing waits for loader workers to leave (one mid-read finishes its read first)
+_CLOSE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,16 +406,24 @@ class ModelLoader(Layer):
 
     # -- lifecycle --------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Cancel loads under way (a worker mid-read finishes its read and is dropped)."""
+        """Cancel loads under way and let the workers go: a worker mid-read finishes its
+        read and is dropped. Returns when they are gone, or after ``_CLOSE_WAIT_S`` (a
+        worker still reading then leaves on its own when this process exits)."""
         self._closed = True
         tasks = list(self._pending.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in (self._threads, self._processes):
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+        pools = [p for p in (self._threads, self._processes) if p is not None]
         self._threads = self._processes = None
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.wait_for(asyncio.gather(
+                *(asyncio.to_thread(pool.shutdown, wait=True) for pool in pools)), _CLOSE_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("loader workers still busy after %.0f s; leaving them to exit with "
+                        "this process", _CLOSE_WAIT_S)
 
     def statistics(self) -> LoadingStatistics:
         cfg = self.config
