@@ -148,3 +148,17 @@ def test_wrk_engine_agrees_with_builtin_on_a_known_server() -> None:
     assert wrk.summary["engine"] == "wrk" and wrk.records == {}
     assert wrk.summary["throughput_rps"] == pytest.approx(own.summary["throughput_rps"], rel=0.3)
     assert wrk.summary["p50_ms"] == pytest.approx(own.summary["p50_ms"], rel=0.3)
+
+
+@pytest.mark.skipif(wrk_available() is None, reason="wrk is not installed")
+def test_wrk_warm_up_of_part_of_a_second_is_cut_at_its_time() -> None:
+    """wrk counts whole seconds; a 0.3 s warm-up is interrupted at 0.3 s, not run for 1 s:
+    the server sees about 0.3 s of warm-up traffic on top of the 1 s window."""
+    with StubServer(service_ms=SERVICE_MS) as server:
+        result = run_bench(server.url, LoadSpec.closed(8, engine="wrk"), warmup_s=0.3,
+                           duration_s=1)
+        served = server.requests
+    window = result.summary["requests"]
+    assert result.summary["valid"], result.summary["invalid_reasons"]
+    warm_up = served - window
+    assert 0 < warm_up < 0.7 * window, (warm_up, window)  # a whole second would be ~= window

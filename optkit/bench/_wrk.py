@@ -5,7 +5,9 @@
     bodies.txt (PATH<TAB>BODY per line) ──▶ wrk -s v2.lua -c N -d S URL -- bodies.txt
                                               └─ done(): "OPTKIT_JSON {...}" ──▶ summary
 
-wrk runs twice: a warm-up run (discarded) and the measured run. It keeps no
+wrk runs twice: a warm-up run (discarded) and the measured run. wrk counts whole
+seconds; a warm-up that is not one is ended by SIGINT at its time (its figures are
+not read), so a 0.5 s warm-up costs 0.5 s, not 1. It keeps no
 per-request records, so a wrk result has a summary only (no ``records.npz``, no
 per-window throughput). Its CPU comes from ``wait4``'s resource usage of the
 measured run. wrk 4 has no arrival schedule, so it only runs the closed loop.
@@ -13,8 +15,10 @@ measured run. wrk 4 has no arrival schedule, so it only runs the closed loop.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,6 +55,32 @@ def _wait_bounded(proc: subprocess.Popen[bytes], limit_s: float) -> tuple[int, f
             proc.wait()
             raise BenchError(f"wrk did not finish within {limit_s:.0f} s; killed it")
         time.sleep(0.02)
+
+
+def _warm_up(binary: str, url: str, script: Path, bodies: Path, load: LoadSpec,
+             seconds: float, timeout_s: float, threads: int) -> None:
+    """A discarded warm-up of ``seconds`` (a fraction of one too): wrk for the whole second
+    above, interrupted when the time is up."""
+    whole = max(1, math.ceil(seconds))
+    if whole == seconds:
+        _wrk_once(binary, url, script, bodies, load, seconds, timeout_s, threads)
+        return
+    threads = max(1, min(threads, load.concurrency))
+    cmd = [binary, f"-t{threads}", f"-c{load.concurrency}", f"-d{whole}s",
+           f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url, "--", str(bodies)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # wrk stops its threads and prints (unread)
+    try:
+        code, _ = _wait_bounded(proc, timeout_s + 10)
+        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    finally:
+        if proc.stderr:
+            proc.stderr.close()
+    if code not in (0, -signal.SIGINT):
+        raise BenchError(f"wrk warm-up failed (exit {code}): {err.strip()[-400:]}")
 
 
 def _wrk_once(binary: str, url: str, script: Path, bodies: Path, load: LoadSpec,
@@ -91,7 +121,7 @@ def run_wrk(target: Target, pool: BodyPool, load: LoadSpec, *, meta: Mapping[str
             for model, body in zip(pool.models, pool.bodies):
                 f.write(target.infer_path(pool.model_names[model]).encode() + b"\t" + body + b"\n")
         if warmup_s > 0:
-            _wrk_once(binary, url, script, bodies, load, warmup_s, timeout_s, threads)
+            _warm_up(binary, url, script, bodies, load, warmup_s, timeout_s, threads)
         ws = time.monotonic_ns()
         doc, cpu_s, wall = _wrk_once(binary, url, script, bodies, load, duration_s,
                                      timeout_s, threads)
