@@ -40,6 +40,7 @@ import multiprocessing.popen_forkserver
 import multiprocessing.spawn
 import multiprocessing.util  # registers its exit hook before ours: ours then runs first
 import os
+import runpy
 import shutil
 import signal
 import socket
@@ -79,11 +80,11 @@ def _run_forked(argv: list[str], env: dict[str, str], log_path: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["optkit", *argv]
-    from optkit.cli import main
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    raise SystemExit(code)  # multiprocessing's exit: its finalizers, then the status
+    # The program ``python -m optkit`` runs, as that command runs it (its modules are already
+    # imported here): the launcher starts the CLI as a process either way, never imports it.
+    # It ends by SystemExit; multiprocessing's exit then runs its finalizers and passes the
+    # status on.
+    runpy.run_module("optkit", run_name="__main__", alter_sys=True)
 
 
 class _Forked:
