@@ -83,3 +83,54 @@ def test_detectable_effect_falls_with_pairs_and_is_infinite_below_holms_floor(fa
     assert finite and all(a >= b for a, b in zip(finite, finite[1:]))
     floor = next(n for n in range(2, 40) if 2 / 2**n <= 0.05 / family)
     assert math.isinf(effects[floor - 3]) and math.isfinite(effects[floor - 2])
+
+
+# -- plan_day: which cells a day measures before it plans ------------------------------------
+
+def _cell(settings: CompareSettings, load: str) -> dict:
+    return {"workload": settings.workload, "load": load, "settings": settings.to_dict(),
+            "deltas": {"throughput_rps": {"delta": 0.03, "sd_d": 0.05, "n_pairs": 16}}}
+
+
+@pytest.mark.parametrize("stored, measured", [
+    ("same", []),                      # measured the same way: reused
+    ("missing", ["closed:16"]),        # never measured here
+    ("other gates", ["closed:16"]),    # measured with the stability gate on: again
+    ("other warm-up", ["closed:16"]),  # measured after a 0.5 s warm-up: again
+    ("no settings", []),               # an older file that did not record them: kept
+])
+def test_a_day_measures_the_cells_it_lacks_or_that_were_measured_another_way(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, stored: str, measured: list[str]) -> None:
+    import json
+    import dataclasses
+    from optkit.lab.week import _days
+    day = _days.day_settings(quick=False, pairs=24, warmup_s=1.0, duration_s=2.0,
+                             loads=["closed:16"], seed=0, workload="large-output",
+                             engine="builtin", gates={"check_stability": False})
+    other = {"same": day, "other gates": dataclasses.replace(day, gates=None),
+             "other warm-up": dataclasses.replace(day, warmup_s=0.5)}
+    cells = {}
+    if stored in other:
+        cells["large-output|closed:16"] = _cell(other[stored], "closed:16")
+    elif stored == "no settings":
+        cells["large-output|closed:16"] = {k: v for k, v in _cell(day, "closed:16").items()
+                                           if k != "settings"}
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"schema_version": 2, "cells": cells}, default=str))
+    calls: list[tuple[str, ...]] = []
+
+    def fake_calibrate(arm, *, repository, out, progress, settings):  # records, then stores
+        calls.append(settings.loads)
+        assert settings.pairs == _days.CALIBRATION_PAIRS and settings.workload == "large-output"
+        doc = json.loads(path.read_text())
+        doc["cells"]["large-output|closed:16"] = _cell(settings, "closed:16")
+        path.write_text(json.dumps(doc, default=str))
+
+    monkeypatch.setattr(_days, "calibrate", fake_calibrate)
+    plan = _days.plan_day(day, "batching", repository=tmp_path, calibration=path)
+    assert [load for loads in calls for load in loads] == measured
+    assert plan.settings.pairs >= 16  # planned from the cell, never below its 16 pairs
+    again: list[tuple[str, ...]] = []
+    monkeypatch.setattr(_days, "calibrate", lambda *a, **k: again.append(k["settings"].loads))
+    _days.plan_day(day, "batching", repository=tmp_path, calibration=path)
+    assert again == []  # once measured this way, the next week reuses it

@@ -12,12 +12,14 @@ the project's experiments live, and how a day's session is set (standard or quic
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..._config import LoadingConfig, ServiceConfig
+from ...bench import ValidityGates
 from ...models import build_repository
 from .._calibration import calibrate
 from .._noise import calibration_cells, cell_key
@@ -25,10 +27,22 @@ from .._plan import Plan, plan_pairs
 from .._settings import QUICK, STANDARD, CompareSettings
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
-           "day_settings", "plan_day", "CALIBRATION_PAIRS"]
+           "day_settings", "plan_day", "CALIBRATION_PAIRS", "PROCEDURE", "procedure"]
 
 #: A/A pairs measured per (workload, load) cell the first time a day judges it on a machine
 CALIBRATION_PAIRS = 16
+#: what a trial does, as far as its noise goes: a cell measured another way is measured again
+PROCEDURE = ("warmup_s", "duration_s", "engine", "gates", "churn")
+
+
+def procedure(settings: CompareSettings | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a session's settings that shapes a trial's noise, in a form that compares
+    equal after a round trip through the calibration file (gates None: the defaults)."""
+    doc = settings.to_dict() if isinstance(settings, CompareSettings) else dict(settings)
+    out = {key: doc.get(key) for key in PROCEDURE}
+    if out["gates"] is None:
+        out["gates"] = dataclasses.asdict(ValidityGates())
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
 @dataclass(frozen=True)
@@ -124,8 +138,9 @@ def plan_day(settings: CompareSettings, arm: Any, *, repository: str | Path,
     """Fix a day's pairs before its session: measure the noise of every cell it judges that
     the calibration lacks, then plan the pairs for power within the budget ``settings.pairs``.
 
-    A cell (workload, load) never calibrated on this machine is measured now: an A/A session
-    of ``arm`` (the day's starting config) with the day's own settings (workload, churn,
+    A cell (workload, load) never calibrated on this machine, or measured with another
+    trial procedure (warm-up, window, engine, gates, churn: :data:`PROCEDURE`), is measured
+    now: an A/A session of ``arm`` (the day's starting config) with the day's own settings (workload, churn,
     gates, timing) and ``calibration_pairs`` pairs, stored in ``calibration`` for every later
     day and week. Quick mode (CI) measures nothing and keeps its few pairs: provisional.
     """
@@ -136,7 +151,9 @@ def plan_day(settings: CompareSettings, arm: Any, *, repository: str | Path,
     if calibration is not None:
         cells, _ = calibration_cells(calibration)
         for load in settings.loads:
-            if cell_key(settings.workload, load) not in cells:
+            cell = cells.get(cell_key(settings.workload, load))
+            if cell is None or (cell.get("settings") is not None
+                                and procedure(cell["settings"]) != procedure(settings)):
                 calibrate(arm, repository=repository, out=calibration, progress=progress,
                           settings=dataclasses.replace(settings, loads=(load,),
                                                        pairs=calibration_pairs))
