@@ -134,3 +134,29 @@ def test_a_day_measures_the_cells_it_lacks_or_that_were_measured_another_way(
     monkeypatch.setattr(_days, "calibrate", lambda *a, **k: again.append(k["settings"].loads))
     _days.plan_day(day, "batching", repository=tmp_path, calibration=path)
     assert again == []  # once measured this way, the next week reuses it
+
+
+def test_a_gate_that_cannot_act_on_a_load_does_not_make_it_measured_again() -> None:
+    """Friday's digits session allows overload (for its open loop); at closed:32 under wrk,
+    which keeps no windows, that changes nothing, so Monday's cell serves Friday and the
+    other way round. At open:2500 it changes what counts as valid: another procedure."""
+    import json
+    from optkit.lab.week._days import day_settings, procedure
+    mon = day_settings(quick=False, pairs=16, warmup_s=1.0, duration_s=2.0, loads=["closed:32"],
+                       seed=0, engine="wrk")
+    fri = day_settings(quick=False, pairs=16, warmup_s=1.0, duration_s=2.0,
+                       loads=["closed:32", "open:2500"], seed=5, engine="wrk",
+                       gates={"allow_overload": True})
+    stored = json.loads(json.dumps(fri.to_dict(), default=str))  # as the calibration file has it
+    assert procedure(stored, "closed:32") == procedure(mon, "closed:32")
+    assert procedure(stored, "open:2500") != procedure(mon, "open:2500")
+    builtin = dataclasses_replace(mon, engine="builtin")  # windows: the stability gate acts
+    assert procedure(dataclasses_replace(fri, engine="builtin"), "closed:32") != \
+        procedure(builtin, "closed:32")
+    assert procedure(dataclasses_replace(mon, warmup_s=0.5), "closed:32") != \
+        procedure(mon, "closed:32")
+
+
+def dataclasses_replace(settings, **changes):  # noqa: D103
+    import dataclasses
+    return dataclasses.replace(settings, **changes)

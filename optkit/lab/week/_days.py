@@ -24,7 +24,7 @@ from ...models import build_repository
 from .._calibration import calibrate
 from .._noise import calibration_cells, cell_key
 from .._plan import Plan, plan_pairs
-from .._settings import QUICK, STANDARD, CompareSettings
+from .._settings import QUICK, STANDARD, CompareSettings, parse_load
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
            "day_settings", "plan_day", "CALIBRATION_PAIRS", "PROCEDURE", "procedure"]
@@ -32,16 +32,26 @@ __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_reposi
 #: A/A pairs measured per (workload, load) cell the first time a day judges it on a machine
 CALIBRATION_PAIRS = 16
 #: what a trial does, as far as its noise goes: a cell measured another way is measured again
-PROCEDURE = ("warmup_s", "duration_s", "engine", "gates", "churn")
+PROCEDURE = ("warmup_s", "duration_s", "engine", "churn", "gates")
 
 
-def procedure(settings: CompareSettings | Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a session's settings that shapes a trial's noise, in a form that compares
-    equal after a round trip through the calibration file (gates None: the defaults)."""
+def procedure(settings: CompareSettings | Mapping[str, Any], load: str) -> dict[str, Any]:
+    """What a session's trials at ``load`` do, as far as their noise goes: warm-up, window,
+    the engine that runs the load, churn, and the gates as they act on that load (wrk keeps
+    no windows, so no stability gate; a closed loop has no achieved rate or timetable). Two
+    sessions that differ only in a gate that cannot act on the load measure it alike."""
     doc = settings.to_dict() if isinstance(settings, CompareSettings) else dict(settings)
-    out = {key: doc.get(key) for key in PROCEDURE}
-    if out["gates"] is None:
-        out["gates"] = dataclasses.asdict(ValidityGates())
+    spec = parse_load(load, engine=doc.get("engine") or "auto")
+    gates = dataclasses.asdict(ValidityGates(**(doc.get("gates") or {})))
+    if spec.mode == "closed":
+        gates["check_stability"] = gates["check_stability"] and not gates["allow_overload"]
+        for name in ("min_achieved_fraction", "max_schedule_lag_p99_ms", "allow_overload"):
+            gates.pop(name)
+    if spec.engine == "wrk" or not gates.get("check_stability", True):
+        for name in ("check_stability", "max_window_cv", "min_windows"):
+            gates.pop(name, None)
+    out = {"warmup_s": doc.get("warmup_s"), "duration_s": doc.get("duration_s"),
+           "engine": spec.engine, "churn": doc.get("churn"), "gates": gates}
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
@@ -152,8 +162,9 @@ def plan_day(settings: CompareSettings, arm: Any, *, repository: str | Path,
         cells, _ = calibration_cells(calibration)
         for load in settings.loads:
             cell = cells.get(cell_key(settings.workload, load))
-            if cell is None or (cell.get("settings") is not None
-                                and procedure(cell["settings"]) != procedure(settings)):
+            measured_as = cell.get("settings") if cell is not None else None
+            if cell is None or (measured_as is not None
+                                and procedure(measured_as, load) != procedure(settings, load)):
                 calibrate(arm, repository=repository, out=calibration, progress=progress,
                           settings=dataclasses.replace(settings, loads=(load,),
                                                        pairs=calibration_pairs))
