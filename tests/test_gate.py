@@ -178,6 +178,8 @@ def test_bad_refs_and_bad_repository_exit_2_before_any_checkout(project: Path,
     assert proc.returncode == 2 and "git rev-parse" in proc.stderr, proc.stderr
     proc = _gate(project, tmp_path / "o3", "--base", "base")
     assert proc.returncode == 2 and "--head" in proc.stderr
+    proc = _gate(project, tmp_path / "o4", "--base", "base", "--head", "head", "--pairs", "5")
+    assert proc.returncode == 2 and "5 pairs can never reach alpha 0.1" in proc.stderr
     assert len(_git(project, "worktree", "list").splitlines()) == 1  # none left behind
 
 

@@ -29,7 +29,7 @@ from ._gate_spec import GateSpec
 from ._manifest import environment_manifest
 from ._noise import NoiseBand
 from ._session import compare
-from .stats import MetricVerdict, decide, detectable_effect, holm, pct
+from .stats import MetricVerdict, decide, detectable_effect, holm, min_pairs_for, pct
 
 __all__ = ["GateCheck", "GateResult", "judge", "run_gate", "EXIT_PASSED", "EXIT_REGRESSED",
            "EXIT_ERROR"]
@@ -163,6 +163,12 @@ def run_gate(spec: GateSpec, *, base: str | None = None, head: str | None = None
 
     if (arms is None) == (base is None or head is None):
         raise GateError("give two git refs (base and head) or two arms, not both or neither")
+    family = len(spec.settings.loads) * len(spec.gate)
+    fewest = min_pairs_for(spec.alpha, family)
+    if spec.settings.pairs < fewest:  # a gate that can never fail would pass everything
+        raise GateError(f"{spec.settings.pairs} pairs can never reach alpha {spec.alpha:g} "
+                        f"over {family} gated tests (exact sign-flip p >= 2/2^pairs): use at "
+                        f"least {fewest} pairs")
     started = time.perf_counter()
     out = Path(out_dir) if out_dir else None
     sides: tuple[Checkout, Checkout] | None = None
