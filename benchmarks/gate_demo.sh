@@ -21,13 +21,14 @@ git tag gate-base
 "$ROOT/.venv/bin/python" - "$SPIN_US" <<'PY'
 import pathlib, sys
 path = pathlib.Path("optkit/service/_model_server.py")
-anchor = "        name, version = model_ref(request)\n"
+anchor = "        req = parse_infer_request(body, binary_header_length(request))\n"
 text = path.read_text()
 assert text.count(anchor) == 1, "the infer handler moved: update the demo's anchor"
 spin = (f"        _until = time.perf_counter() + {float(sys.argv[1]) / 1e6!r}  # gate demo\n"
         "        while time.perf_counter() < _until:\n            pass\n")
 path.write_text(text.replace(anchor, anchor + spin))
 PY
+[ $? = 0 ] || exit 2
 git -c user.email=demo@optkit -c user.name=demo commit -qam "demo: the model server's request path ${SPIN_US} µs slower"
 git tag gate-head
 cd "$ROOT"

@@ -188,6 +188,8 @@ def _gate(args: argparse.Namespace) -> int:
         if args.pairs is not None:
             spec = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings,
                                                                           pairs=args.pairs))
+        if args.calibrate_pairs is not None:
+            spec = dataclasses.replace(spec, calibrate_pairs=args.calibrate_pairs)
         if args.simulate:
             rates = lab.gate_error_rates(spec, sessions=args.simulate_sessions or 300)
             print(rates.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
@@ -328,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--out", default="runs/gate", help="gate.md, gate.json, gate-junit.xml "
                       "and the session's files")
     gate.add_argument("--pairs", type=int, default=None, help="override the file's pairs")
+    gate.add_argument("--calibrate-pairs", type=int, default=None, metavar="N",
+                      help="first N A/A pairs of base vs base: this runner's noise bands")
     gate.add_argument("--quick", action="store_true",
                       help="short trials (a smoke of the gate itself): provisional")
     gate.add_argument("--work-dir", default=None, help="where the checkouts go (default: tmp)")

@@ -221,15 +221,22 @@ def test_a_slower_head_is_regressed_and_exits_1(project: Path, tmp_path: Path) -
     assert len(_git(project, "worktree", "list").splitlines()) == 1  # checkouts removed
 
 
-@pytest.mark.heavy  # ~20 s: a second whole gate (`make gate-check`)
+@pytest.mark.heavy  # ~30 s: a second whole gate and its A/A noise session (`make gate-check`)
 def test_the_same_ref_twice_passes_and_exits_0(project: Path, tmp_path: Path) -> None:
-    """A/A: head against itself, two checkouts of one commit: no regression, exit 0."""
+    """A/A: head against itself, two checkouts of one commit, its bands measured first on
+    this machine (base vs base): no regression, exit 0, the measured bands used and kept."""
     out = tmp_path / "aa"
-    proc = _gate(project, out, "--base", "head", "--head", "head")
+    proc = _gate(project, out, "--base", "head", "--head", "head", "--calibrate-pairs", "4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((out / "gate.json").read_text())
     assert doc["status"] == "passed" and all(c["passed"] for c in doc["checks"])
-    assert "✅ stub gate: passed" in (out / "gate.md").read_text()
+    md = (out / "gate.md").read_text()
+    assert "✅ stub gate: passed" in md and "Noise measured here first" in md
+    cell = json.loads((out / "calibration.json").read_text())["cells"]["digits|closed:4"]
+    assert cell["n_pairs"] == 4 and "throughput_rps" in cell["deltas"]
+    assert all("A/A noise band (scaled" in c["band_source"] or "declared" in c["band_source"]
+               or "measured" in c["band_source"] for c in doc["checks"])
+    assert doc["noise_session"]["trials"]["total"] >= 8
 
 
 @pytest.mark.heavy  # ~60 s of simulated gates (`make gate-check`)

@@ -6,7 +6,8 @@
                                   (or two arm files / optkit configs, as `optkit compare`)
         compare(base, head): pairs, order a coin flip each (AB/BA), a fresh service per trial
         judge(): the gated metrics only, Holm over them (every load), each against its
-                 allowed band = max(declared regression, the cell's A/A noise band)
+                 allowed band = max(declared regression, the cell's A/A noise band: the
+                 runner's calibration, or measured first, base vs base: _gate_noise)
                  ─▶ regressed beyond its band ─▶ exit 1;  all judged, none regressed ─▶ 0;
                     could not run or judge (bad ref, no valid pairs) ─▶ exit 2
 
@@ -23,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ._arms import load_arm
 from ._comparison import Comparison
 from ._gate_refs import Checkout, GateError, checkouts
+from ._gate_noise import measure_noise
 from ._gate_spec import GateSpec
 from ._manifest import environment_manifest
 from ._noise import NoiseBand
@@ -121,6 +124,8 @@ class GateResult:
     error: str | None = None
     elapsed_s: float = 0.0
     rates: Any = None  # the simulated false-alarm rate and power (optkit.lab._gate_sim)
+    #: the A/A session (base vs base) that measured the bands first, when the spec asked
+    noise_session: Comparison | None = None
     runner: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -140,12 +145,20 @@ class GateResult:
         return [c for c in self.checks if not c.passed]
 
 
-def _session(spec: GateSpec, a: Any, b: Any, *, repository: str | Path,
-             out_dir: Path | None, log: Callable[[str], None] | None,
-             progress: bool) -> Comparison:
-    return compare(a, b, repository=repository, settings=spec.settings,
-                   calibration=spec.calibration, out_dir=out_dir / "session" if out_dir else None,
-                   progress=progress, log=log)
+def _sessions(spec: GateSpec, a: Any, b: Any, *, repository: str | Path,
+              out_dir: Path | None, log: Callable[[str], None] | None,
+              progress: bool) -> tuple[Comparison, Comparison | None]:
+    """(the A/B session, the A/A one that measured its bands first, if the spec asks)."""
+    calibration: Any = spec.calibration
+    aa = None
+    if spec.calibrate_pairs:
+        calibration, aa = measure_noise(load_arm(a), spec.settings, pairs=spec.calibrate_pairs,
+                                        repository=repository, calibration=spec.calibration,
+                                        out_dir=out_dir, progress=progress, log=log)
+    cmp = compare(a, b, repository=repository, settings=spec.settings,
+                  calibration=calibration, out_dir=out_dir / "session" if out_dir else None,
+                  progress=progress, log=log)
+    return cmp, aa
 
 
 def run_gate(spec: GateSpec, *, base: str | None = None, head: str | None = None,
@@ -163,6 +176,8 @@ def run_gate(spec: GateSpec, *, base: str | None = None, head: str | None = None
 
     if (arms is None) == (base is None or head is None):
         raise GateError("give two git refs (base and head) or two arms, not both or neither")
+    if spec.calibrate_pairs < 0 or spec.calibrate_pairs == 1:
+        raise GateError(f"calibrate_pairs must be 0 (off) or >= 2, got {spec.calibrate_pairs}")
     family = len(spec.settings.loads) * len(spec.gate)
     fewest = min_pairs_for(spec.alpha, family)
     if spec.settings.pairs < fewest:  # a gate that can never fail would pass everything
@@ -172,9 +187,10 @@ def run_gate(spec: GateSpec, *, base: str | None = None, head: str | None = None
     started = time.perf_counter()
     out = Path(out_dir) if out_dir else None
     sides: tuple[Checkout, Checkout] | None = None
+    aa: Comparison | None = None
     if arms is not None:
-        cmp = _session(spec, arms[0], arms[1], repository=repository, out_dir=out, log=log,
-                       progress=progress)
+        cmp, aa = _sessions(spec, arms[0], arms[1], repository=repository, out_dir=out,
+                            log=log, progress=progress)
     else:
         with checkouts(repo, base or "", head or "", setup=spec.setup_commands,
                        setup_timeout_s=spec.setup_timeout_s, work_dir=work_dir, keep=keep,
@@ -183,9 +199,10 @@ def run_gate(spec: GateSpec, *, base: str | None = None, head: str | None = None
                 log(f"base {sides[0].label} ({sides[0].ref}), head {sides[1].label} "
                     f"({sides[1].ref}): {spec.settings.pairs} pairs x "
                     f"{len(spec.settings.loads)} load(s)")
-            cmp = _session(spec, spec.arm(sides[0].path, sides[0].label),
-                           spec.arm(sides[1].path, sides[1].label),
-                           repository=sides[0].path, out_dir=out, log=log, progress=progress)
+            cmp, aa = _sessions(spec, spec.arm(sides[0].path, sides[0].label),
+                                spec.arm(sides[1].path, sides[1].label),
+                                repository=sides[0].path, out_dir=out, log=log,
+                                progress=progress)
     means = {(str(load), str(arm)): row.dropna().to_dict()
              for (load, arm), row in cmp.means().iterrows()}
     checks = judge(cmp.verdicts, spec.gate, bands=cmp.bands, means=means,
@@ -194,7 +211,7 @@ def run_gate(spec: GateSpec, *, base: str | None = None, head: str | None = None
     missing = [f"{m} at {load}" for load in spec.settings.loads for m in spec.gate
                if (load, m) not in judged]
     result = GateResult(spec, checks, base=cmp.a.name, head=cmp.b.name, comparison=cmp,
-                        checkouts=sides, missing=missing,
+                        checkouts=sides, missing=missing, noise_session=aa,
                         runner={k: v for k, v in environment_manifest(git={}).items()
                                 if k in ("cpu_model", "cpu_count", "platform", "python")})
     if simulate_sessions and checks:

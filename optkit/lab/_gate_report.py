@@ -85,6 +85,19 @@ def _rates(result: GateResult) -> list[str]:
             f"{100 * first.cv:.1f} % as measured here): " + "; ".join(lines) + "."]
 
 
+def _noise(result: GateResult) -> list[str]:
+    """The A/A session that measured the bands, when the gate ran one: what noise alone did."""
+    aa = result.noise_session
+    if aa is None:
+        return []
+    table = aa.verdict_table()
+    gated = table[table["metric"].isin(list(result.spec.gate))] if len(table) else table
+    seen = "; ".join(f"{r.metric} at {r.load} {r.change_pct:+.1f} % [{r.ci_low_pct:+.1f}, "
+                     f"{r.ci_high_pct:+.1f}]" for r in gated.itertuples())
+    return [f"- **Noise measured here first**: base against itself, {aa.settings.pairs} A/A "
+            f"pairs per load ({_duration(aa.elapsed_s)}); what noise alone did: {seen}."]
+
+
 def markdown(result: GateResult) -> str:
     """The Markdown a pull request shows: headline, verdict table with CIs, what it rests on."""
     spec, cmp = result.spec, result.comparison
@@ -110,6 +123,7 @@ def markdown(result: GateResult) -> str:
               f"{len(result.checks)} gated tests (exact sign-flip p) and the whole 95 % BCa "
               f"interval beyond the allowed band; *detectable* = the change this gate finds "
               f"with 80 % power (what a pass rules out)."]
+    lines += _noise(result)
     lines += _rates(result)
     if result.missing:
         lines += [f"- **Not judged**: {', '.join(result.missing)} (too few valid pairs or no "
@@ -153,6 +167,8 @@ def to_json(result: GateResult) -> dict[str, Any]:
         "missing": result.missing, "error": result.error,
         "rates": result.rates.to_dict(orient="records") if result.rates is not None else None,
         "session": result.comparison.to_json() if result.comparison is not None else None,
+        "noise_session": (result.noise_session.to_json()
+                          if result.noise_session is not None else None),
     }
 
 

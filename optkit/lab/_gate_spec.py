@@ -19,6 +19,7 @@ A small YAML file beside the code (``perf-gate.yaml``), read strictly::
     warmup_s: 1
     duration_s: 2
     calibration: runs/calibration.json # the runner's A/A noise band (optional)
+    calibrate_pairs: 0                 # > 0: measure it first, base vs base (_gate_noise)
     gate:                              # the gated metrics: the regression each may show, in %
       throughput_rps: 0                #   0: only the noise band counts
       p99_ms: 5
@@ -48,8 +49,8 @@ from .stats import EXTRA_METRICS, METRICS
 __all__ = ["GateSpec", "load_gate_spec", "DEFAULT_GATE"]
 
 _KEYS = {"name", "setup", "setup_timeout_s", "service", "workload", "loads", "pairs",
-         "warmup_s", "duration_s", "calibration", "gate", "alpha", "seed", "max_reruns",
-         "engine"}
+         "warmup_s", "duration_s", "calibration", "calibrate_pairs", "gate", "alpha", "seed",
+         "max_reruns", "engine"}
 _SERVICE_KEYS = {"command", "url", "ready_url", "env", "startup_timeout_s", "stop_timeout_s"}
 
 #: gated when a file names no metrics: throughput may not drop beyond the noise band, p99
@@ -76,6 +77,7 @@ class GateSpec:
     service: Mapping[str, Any] | None = None
     settings: CompareSettings = field(default_factory=CompareSettings)
     calibration: str | None = None
+    calibrate_pairs: int = 0
     gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
     alpha: float = DEFAULT_GATE_ALPHA
     path: Path | None = None
@@ -100,6 +102,7 @@ class GateSpec:
                 "setup_timeout_s": self.setup_timeout_s,
                 "service": dict(self.service) if self.service else None,
                 "settings": self.settings.to_dict(), "calibration": self.calibration,
+                "calibrate_pairs": self.calibrate_pairs,
                 "gate": dict(self.gate), "alpha": self.alpha,
                 "path": str(self.path) if self.path else None}
 
@@ -174,6 +177,9 @@ def load_gate_spec(source: str | Path | Mapping[str, Any] | None = None, *,
     calibration = doc.text("calibration", None) if "calibration" in doc else None
     if calibration and path is not None and not Path(calibration).is_absolute():
         calibration = str(path.parent / calibration)
+    calibrate_pairs = doc.integer("calibrate_pairs", 0, allow_zero=True)
+    if calibrate_pairs == 1:
+        raise doc.fail("calibrate_pairs", "0 (off) or at least 2", calibrate_pairs)
     loads = doc.strings("loads", ("closed:8",))
     changes: dict[str, Any] = {
         "pairs": doc.integer("pairs", DEFAULT_GATE_PAIRS), "loads": tuple(loads),
@@ -189,5 +195,5 @@ def load_gate_spec(source: str | Path | Mapping[str, Any] | None = None, *,
     settings = dataclasses.replace(CompareSettings(), **changes)  # __post_init__ checks them
     return GateSpec(name=doc.text("name", "performance gate"), setup=setup,
                     setup_timeout_s=doc.number("setup_timeout_s", 900.0), service=service,
-                    settings=settings, calibration=calibration,
+                    settings=settings, calibration=calibration, calibrate_pairs=calibrate_pairs,
                     gate={m: float(v) for m, v in gate.items()}, alpha=alpha, path=path)
