@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import signal
 import sys
 import time
 import types
@@ -183,8 +184,14 @@ def _gate(args: argparse.Namespace) -> int:
     from .lab import _gate_report as report
 
     spec = None
+
+    def interrupted(signum: int, frame: Any) -> None:  # CI cancels with SIGTERM: clean up
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # worktrees removed, services stopped
     try:
-        spec = lab.load_gate_spec(args.spec, quick=args.quick)
+        spec = lab.load_gate_spec(args.spec or Path(args.repo) / "perf-gate.yaml",
+                                  quick=args.quick)
         if args.pairs is not None:
             spec = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings,
                                                                           pairs=args.pairs))
@@ -318,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser("gate", help="base vs head on this runner, paired: exit 1 when "
                           "a gated metric regressed beyond its band, 2 when it could not judge")
-    gate.add_argument("--spec", default="perf-gate.yaml",
-                      help="the gate file: service, loads, pairs, gated metrics and bands")
+    gate.add_argument("--spec", default=None, help="the gate file: service, loads, pairs, "
+                      "gated metrics and bands (default: perf-gate.yaml in --repo)")
     gate.add_argument("--base", default=None, help="git ref of the base (e.g. origin/main)")
     gate.add_argument("--head", default=None, help="git ref of the head (e.g. HEAD)")
     gate.add_argument("--repo", default=".", help="the git repository of the refs")

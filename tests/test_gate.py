@@ -84,7 +84,8 @@ def _gate(project: Path, out: Path, *args: str, timeout: float = 120
     return subprocess.run([sys.executable, "-m", "optkit", "gate", "--repo", str(project),
                            "--spec", str(project / "perf-gate.yaml"), "--out", str(out),
                            "--simulate-sessions", "20", *args],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=project, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def _verdicts(effect: float, *, seed: int = 0, pairs: int = 12) -> dict:
@@ -193,10 +194,10 @@ def test_checkouts_are_set_up_once_and_removed(project: Path, tmp_path: Path) ->
         assert (base.path / "set-up").read_text() == "ok" and (head.path / "set-up").exists()
         assert (base.path / "delay_ms.txt").read_text() == "2\n"
     assert not base.path.exists() and len(_git(project, "worktree", "list").splitlines()) == 1
-    failing = lambda _: [[sys.executable, "-c", "import sys; print('no'); sys.exit(4)"]]  # noqa: E731
-    with pytest.raises(GateError, match=r"base setup: .* exited with code 4"):
-        with checkouts(project, "base", "head", setup=failing, work_dir=tmp_path / "w2"):
-            pass
+    failing = lambda _: [[sys.executable, "-c", "import sys; print('no'); sys.exit(4)"]]
+    with pytest.raises(GateError, match=r"base setup: .* exited with code 4"), \
+            checkouts(project, "base", "head", setup=failing, work_dir=tmp_path / "w2"):
+        pass
     assert len(_git(project, "worktree", "list").splitlines()) == 1
 
 
@@ -249,3 +250,25 @@ def test_default_gate_meets_its_targets_on_the_simulator() -> None:
     caught = gate_error_rates(spec, sessions=1000, effects=(-0.10,), seed=8)
     assert caught.iloc[0]["ci_low"] >= 0.90, caught
     assert math.isclose(aa.iloc[0]["cv"], 0.04)
+
+
+@pytest.mark.heavy  # ~20 s: a whole gate of two arm files (`make gate-check`)
+def test_two_arm_files_are_gated_like_two_refs(tmp_path: Path) -> None:
+    """--arms: two command arm files (the stub at 1 ms and at 2 ms): regressed, exit 1."""
+    arms = []
+    for name, ms in (("fast", "1"), ("slow", "2")):
+        arm = {"kind": "command", "name": name, "url": "http://127.0.0.1:{port}",
+               "command": [sys.executable, "-m", "optkit.bench._stub_server", "--port",
+                           "{port}", "--service-ms", ms, "--lifetime-s", "120"]}
+        arms.append(tmp_path / f"{name}.yaml")
+        arms[-1].write_text(yaml.safe_dump(arm))
+    spec = tmp_path / "perf-gate.yaml"
+    spec.write_text(yaml.safe_dump({k: v for k, v in GATE.items()
+                                    if k not in ("setup", "service")}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "optkit", "gate", "--spec", str(spec),
+                           "--arms", *map(str, arms), "--out", str(tmp_path / "out"),
+                           "--simulate-sessions", "0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "`fast` vs `slow`" in (tmp_path / "out" / "gate.md").read_text()

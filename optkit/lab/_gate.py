@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ._arms import load_arm
 from ._comparison import Comparison
-from ._gate_refs import Checkout, GateError, checkouts
 from ._gate_noise import measure_noise
+from ._gate_refs import Checkout, GateError, checkouts
 from ._gate_spec import GateSpec
 from ._manifest import environment_manifest
 from ._noise import NoiseBand

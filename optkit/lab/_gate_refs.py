@@ -57,7 +57,7 @@ class Checkout:
 def _git(repo: Path, *args: str, timeout_s: float = GIT_TIMEOUT_S) -> str:
     try:
         proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+                              timeout=timeout_s, stdin=subprocess.DEVNULL, check=False)
     except FileNotFoundError:
         raise GateError("git is not installed (comparing refs needs it)") from None
     except subprocess.TimeoutExpired:
@@ -92,7 +92,7 @@ def _run_setup(checkout: Checkout, commands: Sequence[Sequence[str]], log_path: 
             try:
                 proc = subprocess.run(list(command), cwd=checkout.path, stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      timeout=timeout_s)
+                                      timeout=timeout_s, check=False)
             except FileNotFoundError:
                 raise GateError(f"{checkout.side} setup: {command[0]!r} not found") from None
             except subprocess.TimeoutExpired:
