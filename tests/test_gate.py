@@ -129,7 +129,8 @@ def test_judge_gates_only_declared_metrics_with_their_bands() -> None:
     slow = _verdicts(-0.20, seed=4)
     checks = judge(slow, {"throughput_rps": 0.0})
     assert [(c.metric, c.verdict) for c in checks] == [("throughput_rps", "regressed")]
-    assert checks[0].band_source.startswith("A/A noise band")
+    assert checks[0].band_source == ("the lab's default noise band (no A/A calibration of "
+                                     "this cell)")
     assert checks[0].change_pct < -10 and checks[0].ci_high_pct < -checks[0].band_pct
     assert checks[0].p_adjusted == pytest.approx(slow["closed:8"][0].p_value)  # family of 1
     lenient = judge(slow, {"throughput_rps": 40.0})
@@ -235,17 +236,19 @@ def test_the_same_ref_twice_passes_and_exits_0(project: Path, tmp_path: Path) ->
     assert "✅ stub gate: passed" in md and "Noise measured here first" in md
     cell = json.loads((out / "calibration.json").read_text())["cells"]["digits|closed:4"]
     assert cell["n_pairs"] == 4 and "throughput_rps" in cell["deltas"]
-    assert all("A/A noise band (scaled" in c["band_source"] or "declared" in c["band_source"]
-               or "measured" in c["band_source"] for c in doc["checks"])
+    assert all(c["band_source"].startswith(("A/A noise band, scaled (calibration given: 4",
+                                            "A/A noise band, measured", "declared"))
+               for c in doc["checks"]), [c["band_source"] for c in doc["checks"]]
     assert doc["noise_session"]["trials"]["total"] >= 8
 
 
-@pytest.mark.heavy  # ~60 s of simulated gates (`make gate-check`)
+@pytest.mark.heavy  # ~50 s of simulated gates (`make gate-check`)
 def test_default_gate_meets_its_targets_on_the_simulator() -> None:
     """At the defaults (20 pairs, alpha 0.01, throughput and p99 gated, one load): false
-    alarms <= 1 % (exact 95 % upper bound), a 10 % regression caught >= 90 % (lower bound)."""
+    alarms <= 1 % (exact 95 % upper bound over 3,000 A/A gates: the rate is ~0.5 %, which
+    1,000 gates cannot bound below 1 %), a 10 % regression caught >= 90 % (lower bound)."""
     spec = load_gate_spec({})
-    aa = gate_error_rates(spec, sessions=1000, effects=(0.0,), seed=7)
+    aa = gate_error_rates(spec, sessions=3000, effects=(0.0,), seed=7)
     assert aa.iloc[0]["ci_high"] <= 0.01, aa
     caught = gate_error_rates(spec, sessions=1000, effects=(-0.10,), seed=8)
     assert caught.iloc[0]["ci_low"] >= 0.90, caught

@@ -90,9 +90,10 @@ def judge(verdicts: Mapping[str, Sequence[MetricVerdict]], gate: Mapping[str, fl
         declared = math.log1p(gate[v.metric] / 100.0)
         allowed = max(declared, v.delta)
         band = bands.get(load) if bands else None
-        noise_source = (f"A/A noise band ({band.sources.get(v.metric, 'default')}; "
-                        f"{band.source})" if band else
-                        f"A/A noise band ({v.delta_source or 'default'})")
+        kind = band.sources.get(v.metric, "default") if band else v.delta_source or "default"
+        noise_source = ("the lab's default noise band (no A/A calibration of this cell)"
+                        if kind == "default" else
+                        f"A/A noise band, {kind} ({band.source if band else 'given'})")
         source = f"declared ({gate[v.metric]:g} %)" if declared >= v.delta else noise_source
         mde = detectable_effect(v.sd_d, v.n_pairs, delta=allowed, family_size=len(gated),
                                 alpha=alpha) if v.n_pairs >= 2 and math.isfinite(v.sd_d) \

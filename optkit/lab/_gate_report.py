@@ -116,9 +116,12 @@ def markdown(result: GateResult) -> str:
              "| Holm p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(c) for c in result.checks]
     lines += [""]
-    sources = sorted({f"{c.metric} at {c.load}: {c.band_source}" for c in result.checks})
+    sources: dict[str, list[str]] = {}
+    for c in result.checks:
+        sources.setdefault(c.band_source, []).append(f"{c.metric} at {c.load}")
     lines += ["- **Allowed band** = the wider of the declared regression and the A/A noise "
-              "band of the cell: " + "; ".join(sources) + "."]
+              "band of the cell: " + "; ".join(f"{', '.join(where)}: {source}"
+                                                for source, where in sources.items()) + "."]
     lines += [f"- **Verdict**: *regressed* = Holm-significant at α = {spec.alpha:g} over the "
               f"{len(result.checks)} gated tests (exact sign-flip p) and the whole 95 % BCa "
               f"interval beyond the allowed band; *detectable* = the change this gate finds "
