@@ -2,7 +2,7 @@
 #   make week   create .venv, install, build the models, run the sprint week
 #   make test   create/use .venv, run the whole test suite (notebooks included)
 # and one more runs every heavy suite make test leaves out (CI runs both: .ci/run):
-#   make heavy  faults, fuzzing, the Ray engine, third-party servers, a short soak
+#   make heavy  faults, fuzzing, the Ray engine, third-party servers, a short soak, the gate
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +13,7 @@ WEEK_ARGS ?=
 
 .PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
 	external external-example third-party soak-short heavy \
-	mlserver vs-mlserver
+	mlserver vs-mlserver gate-check gate-demo
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -132,9 +132,19 @@ external: $(STAMP) models third-party
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_external_arms.py \
 	    tests/test_bench_any_target.py tests/test_vs_mlserver.py
 
+# The performance gate's tests, heavy ones included: an A/A gate of a real two-commit repo
+# and 2,000 simulated gates against the targets (false alarms <= 1 %, power >= 90 %; ~1 min).
+gate-check: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_gate.py tests/test_gate_workflow.py
+
+# optkit gate on optkit's own model server both ways (docs/gate.md; ~15 min): a 10 % slower
+# request path must exit 1, the same ref twice 0; summaries in runs/gate-demo/.
+gate-demo: $(STAMP)
+	benchmarks/gate_demo.sh
+
 # Every heavy suite, one after another (each runs even if one before it failed), then a
 # line per suite with its outcome and time (also in runs/heavy.txt); fails if any failed.
-HEAVY_SUITES := faults fuzz ray-check external soak-short
+HEAVY_SUITES := faults fuzz ray-check external soak-short gate-check
 heavy: $(STAMP) models
 	@mkdir -p runs; : > runs/heavy.txt; failed=0; \
 	for suite in $(HEAVY_SUITES); do \

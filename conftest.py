@@ -26,7 +26,7 @@ INTEGRATION_MODULES = frozenset({
     "test_fault_soak", "test_tier_agreement", "test_openapi",
     "test_crosstalk", "test_fault_disconnect", "test_fault_overflow",
     "test_fault_balancing", "test_model_server_workers", "test_external_arms",
-    "test_bench_any_target", "test_descriptors", "test_vs_mlserver",
+    "test_bench_any_target", "test_descriptors", "test_vs_mlserver", "test_gate",
 })
 
 #: test modules that assert bounds on time, rate or CPU, or run work under load: ``make test``
@@ -39,6 +39,7 @@ SERIAL_MODULES = frozenset({
     "test_model_server_workers", "test_external_arms", "test_soak", "test_crosstalk",
     "test_fault_kill", "test_fault_stall", "test_fault_loading", "test_fault_soak",
     "test_fault_disconnect", "test_fault_overflow", "test_fault_balancing", "test_vs_mlserver",
+    "test_gate",
 })
 
 _counts: collections.Counter[str] = collections.Counter()

@@ -11,6 +11,8 @@
     optkit soak [--minutes N] ...
     optkit compare A.yaml B.yaml [--pairs N] [--load closed:32] [--load open:2000] [--quick] [--out DIR]
     optkit calibrate CONFIG.yaml [--pairs N] [--load ...] [--out FILE]
+    optkit gate --base REF --head REF [--spec perf-gate.yaml] [--out DIR]  (1: regressed)
+    optkit gate --arms A.yaml B.yaml [--spec ...]  |  optkit gate --simulate [--spec ...]
     optkit week [--days mon,tue] [--quick] [--out DIR]
     optkit check-reports RUN_FOLDER [--screenshots DIR]   (the HTML reports, in headless Chromium)
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import signal
 import sys
 import time
 import types
@@ -175,6 +178,54 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate(args: argparse.Namespace) -> int:
+    """A performance gate: exit 0 passed, 1 a gated metric regressed, 2 could not judge."""
+    lab = _lab()
+    from .lab import _gate_report as report
+
+    spec = None
+
+    def interrupted(signum: int, frame: Any) -> None:  # CI cancels with SIGTERM: clean up
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # worktrees removed, services stopped
+    try:
+        spec = lab.load_gate_spec(args.spec or Path(args.repo) / "perf-gate.yaml",
+                                  quick=args.quick)
+        if args.pairs is not None:
+            spec = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings,
+                                                                          pairs=args.pairs))
+        if args.calibrate_pairs is not None:
+            spec = dataclasses.replace(spec, calibrate_pairs=args.calibrate_pairs)
+        if args.simulate:
+            rates = lab.gate_error_rates(spec, sessions=args.simulate_sessions or 300)
+            print(rates.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+            return 0
+        if args.arms is None and (args.base is None or args.head is None):
+            raise lab.GateError("give --base REF and --head REF (git refs of --repo), or "
+                                "--arms A B (arm files or optkit configs)")
+        result = lab.run_gate(spec, base=args.base, head=args.head, arms=args.arms,
+                              repo=args.repo, repository=args.repository, out_dir=args.out,
+                              work_dir=args.work_dir, keep=args.keep,
+                              simulate_sessions=200 if args.simulate_sessions is None
+                              else args.simulate_sessions,
+                              progress=sys.stderr.isatty(),
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    except OptkitError as exc:
+        message = f"optkit gate: error: {exc}"
+        print(message, file=sys.stderr)
+        report.write_outputs(args.out, report.error_markdown(spec, str(exc)),
+                             {"schema_version": 1, "status": "error", "exit_code": 2,
+                              "error": str(exc)})
+        return 2
+    md = report.markdown(result)
+    report.write_outputs(args.out, md, report.to_json(result), report.junit_xml(result))
+    print(md)
+    print(f"optkit gate: {result.status} (exit {result.exit_code}); {args.out}/gate.md, "
+          f"gate.json, gate-junit.xml", file=sys.stderr)
+    return result.exit_code
+
+
 def _week(args: argparse.Namespace) -> int:
     week = _lab().week
     days = args.days.split(",") if args.days else None
@@ -271,6 +322,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_options(cal)
     cal.add_argument("--out", default="runs/calibration.json")
     cal.set_defaults(func=_calibrate)
+
+    gate = sub.add_parser("gate", help="base vs head on this runner, paired: exit 1 when "
+                          "a gated metric regressed beyond its band, 2 when it could not judge")
+    gate.add_argument("--spec", default=None, help="the gate file: service, loads, pairs, "
+                      "gated metrics and bands (default: perf-gate.yaml in --repo)")
+    gate.add_argument("--base", default=None, help="git ref of the base (e.g. origin/main)")
+    gate.add_argument("--head", default=None, help="git ref of the head (e.g. HEAD)")
+    gate.add_argument("--repo", default=".", help="the git repository of the refs")
+    gate.add_argument("--arms", nargs=2, default=None, metavar=("A", "B"),
+                      help="instead of refs: two arm files or optkit configs")
+    gate.add_argument("--repository", default="build/models",
+                      help="model repository for optkit-config arms")
+    gate.add_argument("--out", default="runs/gate", help="gate.md, gate.json, gate-junit.xml "
+                      "and the session's files")
+    gate.add_argument("--pairs", type=int, default=None, help="override the file's pairs")
+    gate.add_argument("--calibrate-pairs", type=int, default=None, metavar="N",
+                      help="first N A/A pairs of base vs base: this runner's noise bands")
+    gate.add_argument("--quick", action="store_true",
+                      help="short trials (a smoke of the gate itself): provisional")
+    gate.add_argument("--work-dir", default=None, help="where the checkouts go (default: tmp)")
+    gate.add_argument("--keep", action="store_true", help="keep the checkouts after")
+    gate.add_argument("--simulate", action="store_true",
+                      help="print the gate's simulated false-alarm rate and power; run nothing")
+    gate.add_argument("--simulate-sessions", type=int, default=None,
+                      help="simulated gates behind the rates (default 200; 0: skip)")
+    gate.set_defaults(func=_gate)
 
     wk = sub.add_parser("week", help="execute the day notebooks into a run folder")
     wk.add_argument("--days", default=None, help="comma-separated, e.g. mon,tue (default: all)")

@@ -5,6 +5,8 @@
     arms (optkit configs, commands, URLs) ──run_trial──▶ one fresh service, warm-up, window, gates
     compare(A, B): n pairs, A/B order by a seeded coin ──▶ d = ln(B/A) per pair
         ──▶ sign-flip p, BCa CI, Holm, noise band δ (calibrate) ──▶ improved / regressed / ...
+    run_gate(spec, base=REF, head=REF)     two git checkouts as arms of one session; exit 1
+                                           when a gated metric regressed beyond its band
     throughput_at_slo, latency_vs_load      open-loop searches and curves
     week/                                   the days, the runner, the roll-up and the reports
     stats, plotting                         pure statistics, and figures drawn from results
@@ -20,6 +22,10 @@ from ._churn import Churn, ChurnEvent, ChurnPlan
 from ._manifest import environment_manifest, git_commit, git_state
 from ._calibration import calibrate
 from ._comparison import Comparison
+from ._gate import GateCheck, GateResult, judge, run_gate
+from ._gate_refs import GateError
+from ._gate_sim import gate_error_rates
+from ._gate_spec import GateSpec, load_gate_spec
 from ._noise import NoiseBand, load_deltas, noise_band
 from ._plan import Plan, plan_pairs
 from ._session import compare
@@ -40,6 +46,9 @@ __all__ = [
     "run_trial", "TrialResult", "ROW_COLUMNS", "load_trial", "memory_per_request_kb",
     "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "git_state", "ExternalArm",
     "ExternalStack", "load_arm", "is_arm", "preflight", "ChurnPlan", "ChurnEvent", "Churn",
+    # the performance gate
+    "run_gate", "GateResult", "GateCheck", "GateSpec", "GateError", "load_gate_spec", "judge",
+    "gate_error_rates",
     # searches, soak, smoke, simulation
     "throughput_at_slo", "compare_at_slo", "latency_vs_load", "SloSearch", "SoakSettings",
     "run_soak", "run_smoke", "simulate_trials",
