@@ -25,7 +25,8 @@ from typing import Any, Mapping
 from xml.etree import ElementTree as ET
 
 from ._comparison import jsonable
-from ._gate import GateCheck, GateResult
+from ._gate import GateResult
+from ._gate_judge import GateCheck
 from ._gate_spec import GateSpec
 from .stats import detectable_range
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 from scipy import stats as _st
 
-from ._gate import GateCheck, judge
+from ._gate_judge import GateCheck, judge
 from ._gate_spec import GateSpec
 from ._simulate import simulate_trials
 from .stats import analyse
