@@ -104,6 +104,7 @@ def test_a_day_measures_the_cells_it_lacks_or_that_were_measured_another_way(
     import json
     import dataclasses
     from optkit.lab.week import _days
+    monkeypatch.delenv("OPTKIT_QUICK", raising=False)  # make test sets it: a real day here
     day = _days.day_settings(quick=False, pairs=24, warmup_s=1.0, duration_s=2.0,
                              loads=["closed:16"], seed=0, workload="large-output",
                              engine="builtin", gates={"check_stability": False})
@@ -136,12 +137,14 @@ def test_a_day_measures_the_cells_it_lacks_or_that_were_measured_another_way(
     assert again == []  # once measured this way, the next week reuses it
 
 
-def test_a_gate_that_cannot_act_on_a_load_does_not_make_it_measured_again() -> None:
+def test_a_gate_that_cannot_act_on_a_load_does_not_make_it_measured_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Friday's digits session allows overload (for its open loop); at closed:32 under wrk,
     which keeps no windows, that changes nothing, so Monday's cell serves Friday and the
     other way round. At open:2500 it changes what counts as valid: another procedure."""
     import json
     from optkit.lab.week._days import day_settings, procedure
+    monkeypatch.delenv("OPTKIT_QUICK", raising=False)  # make test sets it: real days here
     mon = day_settings(quick=False, pairs=16, warmup_s=1.0, duration_s=2.0, loads=["closed:32"],
                        seed=0, engine="wrk")
     fri = day_settings(quick=False, pairs=16, warmup_s=1.0, duration_s=2.0,
