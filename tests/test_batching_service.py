@@ -152,8 +152,12 @@ async def test_expired_deadline_is_504_and_never_runs(repository: Path) -> None:
 
 
 async def test_a_client_gone_while_queued_is_never_run(repository: Path) -> None:
-    """A client that disconnects while its request waits: the request is dropped, counted."""
-    config = _config(executor="thread", cost_a_us=300_000.0)
+    """A client that disconnects while its request waits: the request is dropped, counted.
+
+    The first request's model call lasts 2 s so the second surely arrives while it runs and
+    queues behind it (with 0.3 s, a CPU-starved test process sometimes sent the second after
+    the first had finished: it then ran alone and never queued)."""
+    config = _config(executor="thread", cost_a_us=2_000_000.0)
     client = await _serve(create_model_server(repository, config))
     try:
         first = asyncio.ensure_future(client.post(SYN, data=_body(_rows(0, 1), "a")))
