@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 #: from it and ``_MODULES``; tests/test_package.py checks the typing block below against both.
 _FACE: dict[str, tuple[str, ...]] = {
     "._config": ("ServiceConfig", "ServerConfig", "PoolingConfig", "BatchingConfig",
-                 "StreamingConfig", "LoadingConfig", "BalancingConfig", "load_config"),
+                 "StreamingConfig", "LoadingConfig", "BalancingConfig", "GatewayConfig",
+                 "load_config"),
     "._exceptions": ("OptkitError", "ConfigError", "ProtocolError", "PayloadTooLarge",
                      "ModelNotFound", "ModelNotReady", "ModelLoadError", "InferenceError",
                      "UpstreamError", "UpstreamUnavailable", "UpstreamTimeout", "PoolTimeout",
@@ -57,8 +58,9 @@ __all__ = ["__version__", *_LAZY]
 
 if _TYPE_CHECKING:  # what the names resolve to, for type checkers and editors
     from . import bench, lab, layers, models, service, v2
-    from ._config import (BalancingConfig, BatchingConfig, LoadingConfig, PoolingConfig,
-                          ServerConfig, ServiceConfig, StreamingConfig, load_config)
+    from ._config import (BalancingConfig, BatchingConfig, GatewayConfig, LoadingConfig,
+                          PoolingConfig, ServerConfig, ServiceConfig, StreamingConfig,
+                          load_config)
     from ._exceptions import (BenchError, ConfigError, DeadlineExceeded, InferenceError,
                               LaunchError, ModelLoadError, ModelNotFound, ModelNotReady,
                               OptkitError, PayloadTooLarge, PoolTimeout, ProtocolError, QueueFull,

@@ -8,7 +8,8 @@ A service config is a tree of small frozen sections, one per layer::
     ├── batching   coalesce concurrent requests per model, or not
     ├── streaming  send large responses in chunks, or fully buffered
     ├── loading    load models synchronously on the loop, or in the background
-    └── balancing  the gateway over N upstreams: ejection back-off, probes, resends
+    ├── balancing  the gateway over N upstreams: ejection back-off, probes, resends
+    └── gateway    signatures for upstream models whose metadata lists no inputs
 
 Every layer's switch defaults to *off*, so ``ServiceConfig()`` is the honest naive
 baseline. YAML files map 1:1 onto these dataclasses (see ``experiments/``); an
@@ -33,6 +34,7 @@ __all__ = [
     "StreamingConfig",
     "LoadingConfig",
     "BalancingConfig",
+    "GatewayConfig",
     "ServiceConfig",
     "load_config",
 ]
@@ -124,6 +126,77 @@ class BalancingConfig:
         _bool("balancing.resend_infer", self.resend_infer)
         if self.eject_max_s < self.eject_initial_s:
             raise ConfigError("balancing.eject_max_s must be >= balancing.eject_initial_s")
+
+
+#: the v2 datatypes optkit's codec carries (``optkit.v2.DATATYPES``; BYTES is not one)
+_DATATYPES = frozenset({"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
+                        "INT64", "FP16", "FP32", "FP64"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    """What the gateway knows of its upstream's models beyond their v2 metadata.
+
+    A third-party server (MLServer, KServe) may list no inputs in its model metadata;
+    the gateway then passes requests through with the checks it can make without
+    them (well-formed v2, sizes, datatypes against data) and says so in ``/stats``.
+    A signature here, per model, adds full validation (names, datatypes, shapes)
+    and complete metadata for the gateway's own clients::
+
+        gateway:
+          models:
+            digits-sklearn:
+              inputs: [{name: pixels, datatype: FP32, shape: [-1, 64]}]
+              outputs: [{name: predict, datatype: INT64, shape: [-1, 1]}]
+              max_batch_size: 32     # rows per merged call; 0: never merge this model
+
+    ``merge_unsigned``: with batching on, requests for a model whose metadata
+    states no batch bound are merged along their leading axis (at most
+    ``batching.max_batch_size`` rows); an upstream answer whose row count does not
+    match sends the items again one by one, and that model is not merged again.
+    """
+
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    merge_unsigned: bool = True
+
+    def __post_init__(self) -> None:
+        _bool("gateway.merge_unsigned", self.merge_unsigned)
+        if not isinstance(self.models, Mapping):
+            raise ConfigError("gateway.models must map model names to signatures")
+        for model, signature in self.models.items():
+            where = f"gateway.models.{model}"
+            if not isinstance(signature, Mapping):
+                raise ConfigError(f"{where} must be a mapping (inputs, outputs, max_batch_size)")
+            if extra := set(signature) - {"inputs", "outputs", "max_batch_size"}:
+                raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}")
+            if not signature.get("inputs"):
+                raise ConfigError(f"{where}.inputs must list the model's inputs")
+            for key in ("inputs", "outputs"):
+                _tensor_specs(f"{where}.{key}", signature.get(key) or [])
+            if "max_batch_size" in signature:
+                _integer(f"{where}.max_batch_size", signature["max_batch_size"], allow_zero=True)
+
+
+def _tensor_specs(where: str, specs: Any) -> None:
+    """Check a list of ``{name, datatype, shape}`` (v2 tensor metadata), naming the bad key."""
+    if not isinstance(specs, (list, tuple)):
+        raise ConfigError(f"{where} must be a list of {{name, datatype, shape}}")
+    names: set[str] = set()
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        if not isinstance(spec, Mapping) or set(spec) != {"name", "datatype", "shape"}:
+            raise ConfigError(f"{at} must have exactly the keys name, datatype, shape")
+        if not isinstance(spec["name"], str) or not spec["name"] or spec["name"] in names:
+            raise ConfigError(f"{at}.name must be a non-empty name, unique in the list")
+        names.add(spec["name"])
+        if spec["datatype"] not in _DATATYPES:
+            raise ConfigError(f"{at}.datatype must be one of {sorted(_DATATYPES)}, "
+                              f"got {spec['datatype']!r}")
+        shape = spec["shape"]
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d > 0)
+                for d in shape):
+            raise ConfigError(f"{at}.shape must be a list of dimensions (-1: any), got {shape!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +338,7 @@ class ServiceConfig:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     loading: LoadingConfig = field(default_factory=LoadingConfig)
     balancing: BalancingConfig = field(default_factory=BalancingConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "ServiceConfig":
@@ -291,6 +365,7 @@ class ServiceConfig:
         out = dataclasses.asdict(self)
         out["loading"]["models"] = list(self.loading.models)
         out["loading"]["parameters"] = {k: dict(v) for k, v in self.loading.parameters.items()}
+        out["gateway"]["models"] = {k: dict(v) for k, v in self.gateway.models.items()}
         return out
 
     def replace(self, **changes: Any) -> "ServiceConfig":
@@ -305,6 +380,7 @@ _SECTIONS: dict[str, type] = {
     "streaming": StreamingConfig,
     "loading": LoadingConfig,
     "balancing": BalancingConfig,
+    "gateway": GatewayConfig,
 }
 
 

@@ -151,6 +151,16 @@ def iter_families(prefix: str, record: Any, *, label: str = "model") -> Iterator
     yield from families.values()
 
 
+def _is_text(value: Any) -> bool:
+    """None, a flag, a string, a sequence of strings, or a non-empty mapping of them."""
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, str) for v in value)
+    return isinstance(value, dict) and not isinstance(value, LabelledDict) and bool(value) \
+        and all(isinstance(v, str) for v in value.values())
+
+
 class LabelledDict(dict):  # type: ignore[type-arg]
     """A mapping of records whose keys export under their own label name (not ``model``)."""
 
@@ -184,13 +194,13 @@ def _walk(prefix: str, record: Any, labels: tuple[tuple[str, str], ...], label: 
         help_ = f.metadata.get(_HELP) or f.name.replace("_", " ")
         if isinstance(value, HistogramSnapshot):
             yield name, "histogram", help_, labels, value
+        elif _is_text(value):
+            continue  # names, states, flags: /stats shows them, Prometheus does not
         elif isinstance(value, dict) and kind in ("counter", "gauge"):
             yield from _walk(name, value, labels, label, (kind, help_))
         elif (dataclasses.is_dataclass(value) and not isinstance(value, type)) \
                 or isinstance(value, dict):
             yield from _walk(name, value, labels, label)
-        elif value is None or isinstance(value, (bool, str)):
-            continue  # names, states, flags: /stats shows them, Prometheus does not
         elif not isinstance(value, (int, float)):
             raise TypeError(f"{type(record).__name__}.{f.name}: cannot export "
                             f"{type(value).__name__}")

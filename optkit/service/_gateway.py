@@ -49,6 +49,7 @@ however it ends; an error answer is counted under the step that gave it
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -76,6 +77,8 @@ from ._http import ServerCounters, ServerStatistics, at_step, binary_header_leng
 from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta, row_bytes
 
 __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
+
+log = logging.getLogger("optkit.gateway")
 
 METADATA_TTL_S = 10.0
 RETRIED_HEADER = "optkit-retried"
@@ -112,6 +115,12 @@ class GatewayStatistics:
     fallback_answers: int = counter("answers marked optkit-batch-fallback")
     unmergeable: int = counter("requests sent alone because they could not merge")
     large_alone: int = counter("requests sent alone, unbatched, to stream their large answer")
+    passed_through: int = counter("requests for a model with no signature, passed through "
+                                  "with the checks made without one")
+    #: ``model[/version]`` -> what its requests are validated against (``_metadata.SOURCES``)
+    models: dict[str, str] = field(default_factory=dict)
+    #: models whose merged answers did not split row for row: sent alone since
+    not_merged: tuple[str, ...] = ()
     batching: dict[str, BatchStatistics] = field(default_factory=dict)
     streaming: StreamingStatistics = field(default_factory=StreamingStatistics)
     balancing: BalancingStatistics = field(default_factory=BalancingStatistics)
@@ -124,6 +133,10 @@ class _Pending:
 
     def __init__(self, req: InferRequest, body: bytes, headers: dict[str, str]) -> None:
         self.req, self.body, self.headers, self.runs = req, body, headers, 0
+
+
+class _Misfit(Exception):
+    """The upstream's answer to a merged request does not split row for row."""
 
 
 class _Refused(Exception):
@@ -163,7 +176,8 @@ class Gateway:
         self._balancer = UpstreamBalancer(self.upstreams, self.config.balancing, self._new_client)
         self.metadata = MetadataCache(self._fetch_meta, ttl_s=METADATA_TTL_S)
         self._retried_answers = self._merged_calls = self._fallbacks = self._unmergeable = 0
-        self._large_alone = 0
+        self._large_alone = self._passed_through = 0
+        self._no_merge: set[tuple[str, str | None]] = set()  # models whose rows did not line up
         # (model, version, inputs, outputs) -> its batcher; bounded by the models' metadata
         self._batchers: dict[tuple[Any, ...], DynamicBatcher[_Pending, Any]] = {}
         self._binary_upstream: bool | None = None  # does the upstream speak binary tensors?
@@ -193,7 +207,10 @@ class Gateway:
         return GatewayStatistics(self.counters.snapshot(), self._balancer.pool_statistics(),
                                  self.metadata.statistics(), self._retried_answers,
                                  self._merged_calls, self._fallbacks, self._unmergeable,
-                                 self._large_alone, batching, self._streamer.statistics(),
+                                 self._large_alone, self._passed_through,
+                                 self.metadata.sources(),
+                                 tuple(sorted(n + (f"/{v}" if v else "") for n, v in self._no_merge)),
+                                 batching, self._streamer.statistics(),
                                  self._balancer.statistics())
 
     def __repr__(self) -> str:
@@ -225,6 +242,11 @@ class Gateway:
                             headers=self._answer_headers(resp))
 
     async def _fetch_meta(self, name: str, version: str | None) -> ModelMeta:
+        """The model's signature: the upstream's metadata, or gateway.models where it has one.
+
+        MLServer and KServe list no inputs by default; such a model is passed through
+        (the checks made without a signature) unless gateway.models signs it.
+        """
         resp = await self._upstream("GET", _model_path(name, version), idempotent=True)
         if resp.status == 404:
             raise ModelNotFound(_upstream_error(resp) or f"unknown model {name!r}")
@@ -233,12 +255,44 @@ class Gateway:
                                 f"{_upstream_error(resp)}")
         try:
             doc = json_loads(resp.body)
-            specs = tuple(TensorSpec.from_dict(d) for d in doc["inputs"])
-            outputs = tuple(str(d["name"]) for d in doc.get("outputs") or ())
-            mbs = int((doc.get("parameters") or {}).get("max_batch_size", 0) or 0)
-        except (ValueError, KeyError, TypeError) as exc:
+            specs = tuple(TensorSpec.from_dict(d) for d in doc.get("inputs") or ())
+            outputs = list(doc.get("outputs") or ())
+            names = tuple(str(d["name"]) for d in outputs)
+            params = doc.get("parameters") or {}
+            stated = params.get("max_batch_size") if isinstance(params, dict) else None
+            mbs = None if stated is None else int(stated)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc!r}") from None
-        return ModelMeta(specs, outputs, mbs, row_bytes(doc.get("outputs") or ()))
+        source = "upstream" if specs else "passthrough"
+        signature = self.config.gateway.models.get(name)
+        if signature is not None:
+            source = "config"
+            specs = tuple(TensorSpec.from_dict(d) for d in signature["inputs"])
+            if signature.get("outputs"):
+                outputs = list(signature["outputs"])
+                names = tuple(str(d["name"]) for d in outputs)
+            if "max_batch_size" in signature:
+                mbs = int(signature["max_batch_size"])
+        if mbs is None:  # no bound stated: Triton keeps it in its model configuration
+            mbs = await self._triton_max_batch_size(name, version)
+        merge_rows = mbs or 0
+        if mbs is None:
+            mbs = 0
+            batch_major = all(spec.shape[:1] == (-1,) for spec in specs)  # true when none known
+            if self.config.gateway.merge_unsigned and batch_major:
+                merge_rows = self.config.batching.max_batch_size
+        return ModelMeta(specs, names, mbs, row_bytes(outputs), source, merge_rows)
+
+    async def _triton_max_batch_size(self, name: str, version: str | None) -> int | None:
+        """``max_batch_size`` from Triton's model configuration extension, if the upstream has it."""
+        try:
+            resp = await self._upstream("GET", _model_path(name, version) + "/config",
+                                        idempotent=True)
+            doc = json_loads(resp.body) if resp.status == 200 else {}
+            value = doc.get("max_batch_size") if isinstance(doc, dict) else None
+            return int(value) if isinstance(value, int) and value >= 0 else None
+        except (OptkitError, ValueError):
+            return None
 
     # -- v2 endpoints -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
@@ -251,16 +305,22 @@ class Gateway:
         at_step("validation")
         head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
-        validate_inputs(req, meta.inputs, meta.max_batch_size)
+        if meta.source == "passthrough":
+            self._passed_through += 1  # no signature: the checks the codec made are all
+        else:
+            validate_inputs(req, meta.inputs, meta.max_batch_size)
         if req.outputs and meta.outputs:  # both tiers refuse the same request the same way
             unknown = set(req.outputs) - set(meta.outputs)
             if unknown:
                 raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
         at_step("upstream")  # the batcher's queue included: its refusals count as "queue"
         self.counters.infer_rows += req.batch_size
-        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        # JSON as parsed, whatever the client's header said (a third-party upstream may insist)
+        headers = {"Content-Type": "application/json"}
         if head_len is not None:
-            headers[BINARY_HEADER] = str(head_len)
+            headers = {"Content-Type": request.headers.get("Content-Type",
+                                                           "application/octet-stream"),
+                       BINARY_HEADER: str(head_len)}
         if self.config.batching.enabled:
             if self._streamer.config.enabled and self._large(req, meta):
                 # a large answer is streamed, not held whole in a merged one: it goes alone
@@ -337,14 +397,19 @@ class Gateway:
         return response
 
     # -- batching -----------------------------------------------------------------------
-    @staticmethod
-    def _merge_key(name: str, version: str | None, req: InferRequest,
+    def _merge_key(self, name: str, version: str | None, req: InferRequest,
                    meta: ModelMeta) -> tuple[Any, ...] | None:
         """Which batcher a request may ride, or None: it must go alone."""
-        if meta.max_batch_size <= 0 or (req.outputs and not meta.outputs):
+        if meta.merge_rows <= 0 or (name, version) in self._no_merge:
             return None
         if req.parameters and not _MERGEABLE_PARAMETERS.issuperset(req.parameters):
             return None
+        if meta.source == "passthrough":  # unchecked: rows must line up to be merged
+            shapes = [i.array.shape for i in req.inputs]
+            if not all(shapes) or len({shape[0] for shape in shapes}) != 1:
+                return None
+            return (name, version, tuple((i.name, i.datatype, i.array.shape[1:])
+                                         for i in req.inputs), tuple(sorted(req.outputs)))
         return (name, version, tuple((i.name, i.datatype) for i in req.inputs),
                 tuple(sorted(req.outputs)))
 
@@ -354,8 +419,9 @@ class Gateway:
         batcher = self._batchers.get(key)
         if batcher is None:
             batcher = self._batchers[key] = DynamicBatcher(
-                self._batch_runner(key), self.config.batching, max_rows=meta.max_batch_size,
-                name=_batcher_label(key), split_on_error=lambda exc: isinstance(exc, _Refused),
+                self._batch_runner(key), self.config.batching, max_rows=meta.merge_rows,
+                name=_batcher_label(key),
+                split_on_error=lambda exc: isinstance(exc, (_Refused, _Misfit)),
                 alone=self.counters.alone)
         pending = _Pending(req, body, headers)
         transport = request.transport
@@ -402,7 +468,13 @@ class Gateway:
             try:
                 parts = split_rows(result.outputs, [item.req.batch_size for item in items])
             except ValueError as exc:
-                raise UpstreamError(f"upstream answered a merged request: {exc}") from None
+                # the upstream does not answer row for row (a model that is not batch-major):
+                # its items go again, down to one each, and the model is never merged again
+                if (name, version) not in self._no_merge:
+                    self._no_merge.add((name, version))
+                    log.warning("upstream answered a merged request for %s with rows that do "
+                                 "not line up (%s): it is not merged again", name, exc)
+                raise _Misfit(str(exc)) from None
             return [_Merged(version_seen, part) for part in parts]
 
         return run
@@ -430,8 +502,25 @@ class Gateway:
         return self._binary_upstream
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        path = _model_path(*model_ref(request))
-        return self._passthrough(await self._upstream("GET", path, idempotent=True))
+        """The upstream's answer; for a model gateway.models signs, completed with its signature."""
+        name, version = model_ref(request)
+        resp = await self._upstream("GET", _model_path(name, version), idempotent=True)
+        signature = self.config.gateway.models.get(name)
+        if resp.status != 200 or signature is None:
+            return self._passthrough(resp)
+        try:
+            doc = json_loads(resp.body)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc}") from None
+        doc["inputs"] = [dict(spec) for spec in signature["inputs"]]
+        if signature.get("outputs"):
+            doc["outputs"] = [dict(spec) for spec in signature["outputs"]]
+        if "max_batch_size" in signature:
+            params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
+            doc["parameters"] = {**params, "max_batch_size": signature["max_batch_size"]}
+        return json_response(doc)
 
     async def model_ready(self, request: web.Request) -> web.Response:
         path = _model_path(*model_ref(request)) + "/ready"

@@ -274,6 +274,7 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
     add("GET", "/v2/health/live", component.live)
     add("GET", "/v2/health/ready", component.ready)
     add("GET", "/v2", component.server_metadata)
+    add("GET", "/v2/", component.server_metadata)  # the protocol's OpenAPI spec names it so
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         add("GET", base, component.model_metadata)
         add("GET", base + "/ready", component.model_ready)

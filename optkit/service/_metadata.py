@@ -26,9 +26,15 @@ from typing import Any, Awaitable, Callable, Sequence
 from .._metrics import counter, gauge
 from ..v2 import DATATYPES, TensorSpec
 
-__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics", "row_bytes"]
+__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics", "SOURCES", "row_bytes"]
 
 Key = tuple[str, str | None]
+
+
+#: where a model's signature came from, as ``/stats`` says it
+SOURCES = {"upstream": "validated against the upstream's metadata",
+           "config": "validated against the signature in gateway.models",
+           "passthrough": "passed through: the upstream's metadata lists no inputs"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +43,19 @@ class ModelMeta:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[str, ...]
+    #: the most rows a request may hold (0: no bound stated)
     max_batch_size: int
     #: bytes of one row of every output, binary-encoded (element size x the per-row
     #: dimensions); None when the metadata does not fix them (a -1 past the batch axis, BYTES)
     row_bytes: int | None = None
+    #: a key of :data:`SOURCES`: what requests are validated against
+    source: str = "upstream"
+    #: the most rows one merged upstream call may hold (0: requests for it never merge)
+    merge_rows: int = -1
+
+    def __post_init__(self) -> None:
+        if self.merge_rows < 0:  # not given: the stated bound
+            object.__setattr__(self, "merge_rows", self.max_batch_size)
 
 
 def row_bytes(outputs: Sequence[Any]) -> int | None:
@@ -109,6 +124,12 @@ class MetadataCache:
             self._pending.pop(key, None)
         self._entries[key] = (meta, self._clock())
         return meta
+
+    def sources(self) -> dict[str, str]:
+        """``model[/version]`` -> what its requests are validated against, for every entry."""
+        return {name + (f"/{version}" if version else ""): meta.source
+                for (name, version), (meta, _) in sorted(self._entries.items(),
+                                                         key=lambda kv: (kv[0][0], kv[0][1] or ""))}
 
     def invalidate(self, name: str, version: str | None) -> None:
         self._entries.pop((name, version), None)
