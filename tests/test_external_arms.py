@@ -81,6 +81,35 @@ def test_command_arm_and_url_arm_through_compare(tmp_path: Path) -> None:
     assert cmp.verdicts["closed:2"]  # analysed with the same statistics as optkit arms
 
 
+def test_a_service_behind_optkits_gateway_is_an_arm(tmp_path: Path) -> None:
+    """``gateway:`` puts optkit's gateway in front of a command arm whose metadata lists no
+    inputs (MLServer's default): the trial measures the gateway, every request is answered,
+    and the gateway's books say they were passed through and merged."""
+    stub = {"kind": "command", "name": "bare", "url": "http://127.0.0.1:{port}",
+            "command": [*STUB_COMMAND, "--no-metadata-inputs"], "startup_timeout_s": 30}
+    alone = load_arm(stub)
+    batching = {"name": "batching", "pooling": {"enabled": True},
+                "batching": {"enabled": True, "max_delay_ms": 2.0}}
+    fronted = alone.behind_gateway(batching)
+    assert fronted.name == "bare+batching" and fronted.to_dict()["gateway"]["batching"]["enabled"]
+    from_file = load_arm(_write(tmp_path / "fronted.yaml", {**stub, "gateway": batching}))
+    assert from_file.gateway == fronted.gateway
+    with pytest.raises(ConfigError, match="batching.max_batch_size"):
+        load_arm({**stub, "gateway": {"batching": {"max_batch_size": 0}}})
+    workload = Path(__file__).resolve().parent.parent / "experiments/external/workload.yaml"
+    cmp = compare(alone, fronted, repository=tmp_path / "unused", pairs=2, warmup_s=0.2,
+                  duration_s=0.5, loads=("closed:8",), engine="builtin", progress=False,
+                  out_dir=tmp_path / "out", max_reruns=0, gates=LENIENT, workload=workload)
+    trials = cmp.trials
+    assert trials["valid"].all(), trials["invalid_reasons"].tolist()
+    assert (trials["errors"] == 0).all() and (trials["throughput_rps"] > 0).all()
+    folder = sorted((tmp_path / "out" / "trials").glob("*-B-0"))[0]
+    gateway = yaml.safe_load((folder / "trial.json").read_text())["stats_after"]["gateway"]
+    assert gateway["passed_through"] > 0 and gateway["merged_calls"] > 0
+    assert gateway["models"] == {"digits-sklearn": "passthrough"}
+    assert (folder / "gateway.log").is_file() and (folder / "service.log").is_file()
+
+
 def test_compare_without_repository_fails_once_before_any_trial(tmp_path: Path) -> None:
     baseline = str(Path(__file__).resolve().parent.parent / "experiments" / "baseline.yaml")
     proc = _optkit("compare", baseline, baseline, "--repository", str(tmp_path / "none"),

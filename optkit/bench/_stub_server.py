@@ -222,11 +222,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="mark every n-th answer optkit-retried: 1 (0: never)")
     parser.add_argument("--hold-kb", type=int, default=0,
                         help="memory each inference request holds while it sleeps")
+    parser.add_argument("--no-metadata-inputs", action="store_true",
+                        help="model metadata lists no inputs (as MLServer's does by default)")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
         app = make_app(service_ms=args.service_ms, retried_every=args.retried_every,
-                       hold_kb=args.hold_kb)
+                       hold_kb=args.hold_kb, metadata_inputs=not args.no_metadata_inputs)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", args.port).start()

@@ -13,6 +13,10 @@ reference stack, launched fresh per trial), an arm file may describe any v2 serv
     startup_timeout_s: 60
     stop_timeout_s: 10
 
+``gateway: CONFIG`` (an optkit config file, relative to the arm file, or the config inline)
+puts optkit's gateway in front of either kind, with that config's layers: the trial measures
+the gateway's URL, the upstream is the service above (``optkit serve gateway --upstream``).
+
 ``command`` starts fresh for every trial, in its own process group, with its output in
 ``service.log`` of the trial folder; it is ready when ``ready_url`` answers 200 (bounded by
 ``startup_timeout_s``) and is stopped after the trial (SIGTERM to the group, SIGKILL after
@@ -52,7 +56,7 @@ from ..bench._target import parse_target
 __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
 
 _KEYS = {"kind", "name", "command", "url", "ready_url", "env", "cwd", "startup_timeout_s",
-         "stop_timeout_s", "description"}
+         "stop_timeout_s", "description", "gateway"}
 _KINDS = ("command", "url")
 
 
@@ -87,6 +91,8 @@ class ExternalArm:
     startup_timeout_s: float = 60.0
     stop_timeout_s: float = 10.0
     description: str = ""
+    #: an optkit service config (plain data) for a gateway in front of the service, or None
+    gateway: Mapping[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, base: Path | None = None,
@@ -120,6 +126,8 @@ class ExternalArm:
         kw["ready_url"] = fields.text("ready_url", kw["url"].rstrip("/") + "/v2/health/ready")
         if fields.get("description", None) is not None:
             kw["description"] = fields.text("description")
+        if fields.get("gateway", None) is not None:
+            kw["gateway"] = _gateway_config(doc["gateway"], base)
         arm = cls(**kw)
         arm._check_urls(arm.url.replace("{port}", "1"), arm.ready_url.replace("{port}", "1"))
         return arm
@@ -135,10 +143,19 @@ class ExternalArm:
         """A copy with ``changes`` (``name=...`` when both arms share a name)."""
         return dataclasses.replace(self, **changes)
 
+    def behind_gateway(self, config: Any, *, name: str | None = None) -> "ExternalArm":
+        """This service with optkit's gateway in front, configured by ``config`` (an optkit
+        config: a path, a mapping or a ServiceConfig); named ``<name>+<config's name>``."""
+        cfg = load_config(config)
+        return dataclasses.replace(self, gateway=cfg.to_dict(),
+                                   name=name or f"{self.name}+{cfg.name}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for result files."""
         doc = dataclasses.asdict(self)
         doc["command"], doc["env"] = list(self.command), dict(self.env)
+        if self.gateway is None:
+            del doc["gateway"]
         return doc
 
     @property
@@ -170,6 +187,16 @@ class ExternalArm:
         The keyword arguments of ``launch_stack`` (repository, gateway, cpus) are accepted
         and ignored: an external service brings its own models and processes.
         """
+        if self.gateway is None:
+            with self._service(log_dir) as stack:
+                yield stack
+            return
+        with self._service(log_dir) as upstream, _gateway_in_front(
+                upstream, self.gateway, log_dir, self.startup_timeout_s) as stack:
+            yield stack
+
+    @contextlib.contextmanager
+    def _service(self, log_dir: str | Path | None) -> Iterator[ExternalStack]:
         if self.kind == "url":
             self.preflight()
             yield ExternalStack(self.url)
@@ -209,6 +236,42 @@ class ExternalArm:
             time.sleep(0.1)
         raise LaunchError(f"arm {self.name!r}: {ready} did not answer 200 within "
                           f"{self.startup_timeout_s:g} s; log:\n{_tail(log_path)}")
+
+
+def _gateway_config(value: Any, base: Path | None) -> dict[str, Any]:
+    """An arm's ``gateway:``, a config file (relative to the arm file) or inline, as plain data."""
+    if isinstance(value, str):
+        path = Path(value)
+        value = path if path.is_absolute() or base is None else base / path
+        if not value.is_file():
+            raise ConfigError(f"gateway config {value} is not a file")
+    elif not isinstance(value, Mapping):
+        raise ConfigError(f"an arm's gateway must be a config file or a mapping, got {value!r}")
+    return load_config(value).to_dict()
+
+
+@contextlib.contextmanager
+def _gateway_in_front(upstream: ExternalStack, config: Mapping[str, Any],
+                      log_dir: str | Path | None, timeout_s: float) -> Iterator[ExternalStack]:
+    """optkit's gateway over ``upstream`` for one trial (its log: gateway.log beside the
+    service's), stopped before the upstream is."""
+    import yaml
+
+    from ..service import launch_service
+
+    folder = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="optkit-gw-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "gateway-config.yaml"
+    config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    gateway = launch_service("gateway", ["--upstream", upstream.url], workdir=folder,
+                             config_path=config_path, ready_timeout_s=timeout_s)
+    try:
+        yield ExternalStack(gateway.url, {**upstream.pids, "gateway": gateway.pid},
+                            upstream.log_path, gateway_url=gateway.url)
+    finally:
+        gateway.stop(load_config(dict(config)).server.shutdown_timeout_s + 5)
+        if not log_dir:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _get_status(url: str, timeout_s: float) -> int | None:
