@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from optkit import ServiceConfig, decode_infer_response, encode_infer_request
+from optkit.v2 import BINARY_HEADER, encode_binary_infer_request
 from optkit.service import create_gateway
 
 MODEL = "digits-sklearn"
@@ -119,6 +120,27 @@ async def test_sparse_upstream_is_served_out_of_the_box(pipeline: Any, digits: t
         assert got.ravel().tolist() == pipeline.predict(x[:3]).tolist()
         stats = orjson.loads(await (await gateway.get("/stats")).read())
         assert stats["models"] == {MODEL: "passthrough"} and stats["passed_through"] == 1
+
+
+async def test_binary_tensors_reach_a_json_only_upstream_as_json(pipeline: Any, digits: tuple) -> None:
+    """A client sending binary tensors (tritonclient's default) to an upstream that does not
+    announce the extension: the gateway sends it JSON, alone or merged."""
+    x = digits[1]
+    body, head_len = encode_binary_infer_request({"pixels": x[:2]}, outputs=("predict",))
+    headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(head_len)}
+    for config in ({}, LAYERS):
+        foreign = Foreign(pipeline)
+        async with _pair(foreign, config) as gateway:
+            resp = await gateway.post(INFER, data=body, headers=headers)
+            assert resp.status == 200, await resp.text()
+            raw = await resp.read()
+            got = decode_infer_response(raw, _length(resp.headers.get(BINARY_HEADER)))
+            assert got["predict"].ravel().tolist() == pipeline.predict(x[:2]).tolist()
+            assert foreign.calls == [2]
+
+
+def _length(raw: str | None) -> int | None:
+    return None if raw is None else int(raw)
 
 
 async def test_sparse_upstream_merges_concurrent_requests_row_for_row(

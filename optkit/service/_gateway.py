@@ -64,7 +64,7 @@ from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError
 from .._metrics import counter
 from ..models import validate_model_name
 from ..v2 import (BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result,
-                  encode_binary_infer_request, encode_infer_request, json_loads,
+                  encode_binary_infer_request, encode_infer_request, json_dumps, json_loads,
                   parse_generate_request, parse_infer_request, request_deadline, split_rows,
                   validate_inputs)
 from ..layers.balancing import BalancingStatistics, UpstreamBalancer
@@ -321,6 +321,9 @@ class Gateway:
             headers = {"Content-Type": request.headers.get("Content-Type",
                                                            "application/octet-stream"),
                        BINARY_HEADER: str(head_len)}
+        if head_len is not None and not await self._speaks_binary():
+            # binary tensors to an upstream that does not announce them (MLServer, KServe)
+            body, headers = _as_json(req), {"Content-Type": "application/json"}
         if self.config.batching.enabled:
             if self._streamer.config.enabled and self._large(req, meta):
                 # a large answer is streamed, not held whole in a merged one: it goes alone
@@ -581,6 +584,22 @@ def _batcher_label(key: tuple[Any, ...]) -> str:
     name, version, _, outputs = key
     label = name + (f"/{version}" if version else "")
     return label + (f"[{','.join(outputs)}]" if outputs else "")
+
+
+def _as_json(req: InferRequest) -> bytes:
+    """The request as a JSON v2 body (binary answers are then the upstream's to refuse: it
+    answers JSON, which every v2 client reads)."""
+    doc: dict[str, Any] = {"inputs": [
+        {"name": i.name, "datatype": i.datatype, "shape": list(i.array.shape),
+         "data": np.ascontiguousarray(i.array).reshape(-1)} for i in req.inputs]}
+    if req.id is not None:
+        doc["id"] = req.id
+    parameters = {k: v for k, v in req.parameters.items() if k != "binary_data_output"}
+    if parameters:
+        doc["parameters"] = parameters
+    if req.outputs:
+        doc["outputs"] = [{"name": name} for name in req.outputs]
+    return json_dumps(doc)
 
 
 def _header_length(resp: UpstreamResponse) -> int | None:
