@@ -126,11 +126,12 @@ ray-check: $(STAMP)
 
 # External arms (command / url) through a whole compare session, optkit bench against
 # MLServer and KServe (from PyPI, their own venvs: make third-party) and a failing week day,
+# optkit's gateway in front of each (tritonclient's answers, the bad-request corpus),
 # heavy tests included (~70 s), and the worked example optkit model server vs MLServer
 # (make external-example; ~2 min), and vs_mlserver.py's arms and a short verdict.
 external: $(STAMP) models third-party
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_external_arms.py \
-	    tests/test_bench_any_target.py tests/test_vs_mlserver.py
+	    tests/test_bench_any_target.py tests/test_vs_mlserver.py tests/test_third_party_gateway.py
 
 # The performance gate's tests, heavy ones included: an A/A gate of a real two-commit repo
 # and 2,000 simulated gates against the targets (false alarms <= 1 %, power >= 90 %; ~1 min).

@@ -75,6 +75,8 @@ class ExternalStack:
     log_path: Path | None = None
     model_server_url: str | None = None  # not optkit's: no /stats, no churn
     gateway_url: str | None = None
+    #: the service itself when optkit's gateway is in front of it (``url`` is the gateway's)
+    upstream_url: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,7 +269,7 @@ def _gateway_in_front(upstream: ExternalStack, config: Mapping[str, Any],
                              config_path=config_path, ready_timeout_s=timeout_s)
     try:
         yield ExternalStack(gateway.url, {**upstream.pids, "gateway": gateway.pid},
-                            upstream.log_path, gateway_url=gateway.url)
+                            upstream.log_path, gateway_url=gateway.url, upstream_url=upstream.url)
     finally:
         gateway.stop(load_config(dict(config)).server.shutdown_timeout_s + 5)
         if not log_dir:

@@ -306,7 +306,8 @@ class Gateway:
         head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
         if meta.source == "passthrough":
-            self._passed_through += 1  # no signature: the checks the codec made are all
+            self._passed_through += 1  # no signature: the codec's checks and these
+            _check_rows(req)
         else:
             validate_inputs(req, meta.inputs, meta.max_batch_size)
         if req.outputs and meta.outputs:  # both tiers refuse the same request the same way
@@ -352,10 +353,14 @@ class Gateway:
         at_step("body")
         body = await read_body(request, self._limit)
         at_step("validation")
-        req = parse_generate_request(body, meta.inputs,
-                                     max_rows=self.config.streaming.max_stream_rows)
+        if meta.source == "passthrough":  # optkit's own extension: the upstream's to judge
+            self._passed_through += 1
+            _check_generate(body)
+        else:
+            req = parse_generate_request(body, meta.inputs,
+                                         max_rows=self.config.streaming.max_stream_rows)
+            self.counters.infer_rows += req.batch_size
         at_step("upstream")
-        self.counters.infer_rows += req.batch_size
         return await self._forward(request, name, version, "/generate_stream", body,
                                    {"Content-Type": "application/json"}, sse=True)
 
@@ -584,6 +589,27 @@ def _batcher_label(key: tuple[Any, ...]) -> str:
     name, version, _, outputs = key
     label = name + (f"/{version}" if version else "")
     return label + (f"[{','.join(outputs)}]" if outputs else "")
+
+
+def _check_rows(req: InferRequest) -> None:
+    """What can be checked of a request's rows without the model's signature."""
+    leading = {i.array.shape[0] for i in req.inputs if i.array.ndim}
+    if 0 in leading:
+        raise ProtocolError("batch size 0: a request needs at least one row")
+    if len(leading) > 1:
+        raise ProtocolError("inputs disagree on the batch size")
+
+
+def _check_generate(body: bytes) -> None:
+    """What can be checked of a generate_stream body without the model's signature."""
+    try:
+        doc = json_loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ProtocolError("generate request must be a JSON object of input names to rows")
+    if not isinstance(doc.get("parameters", {}), dict):
+        raise ProtocolError("'parameters' must be an object")
 
 
 def _as_json(req: InferRequest) -> bytes:

@@ -460,7 +460,8 @@ def decode_infer_response(body: bytes, header_length: int | None = None) -> dict
 
 
 def encode_binary_infer_request(inputs: Mapping[str, np.ndarray], *,
-                                outputs: Sequence[str] = ()) -> tuple[bytes, int]:
+                                outputs: Sequence[str] = (),
+                                request_id: str | None = None) -> tuple[bytes, int]:
     """A v2 request with every tensor in the binary extension, answers asked for in binary.
 
     Returns ``(body, header_length)``: send the length as ``Inference-Header-Content-Length``.
@@ -473,6 +474,8 @@ def encode_binary_infer_request(inputs: Mapping[str, np.ndarray], *,
                         "parameters": {"binary_data_size": len(raw)}})
         blobs.append(raw)
     doc: dict[str, Any] = {"inputs": entries}
+    if request_id is not None:
+        doc["id"] = request_id
     if outputs:
         doc["outputs"] = [{"name": o, "parameters": {"binary_data": True}} for o in outputs]
     else:
