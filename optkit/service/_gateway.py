@@ -63,8 +63,8 @@ from .._config import ServiceConfig
 from .._exceptions import ConfigError, ModelNotFound, OptkitError, ProtocolError, UpstreamError
 from .._metrics import counter
 from ..models import validate_model_name
-from ..v2 import (BINARY_HEADER, InferRequest, TensorSpec, decode_infer_result,
-                  encode_binary_infer_request, encode_infer_request, json_dumps, json_loads,
+from ..v2 import (BINARY_HEADER, InferRequest, decode_infer_result,
+                  encode_binary_infer_request, encode_infer_request, json_loads,
                   parse_generate_request, parse_infer_request, request_deadline, split_rows,
                   validate_inputs)
 from ..layers.balancing import BalancingStatistics, UpstreamBalancer
@@ -74,7 +74,8 @@ from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, Upst
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
     build_app, infer_response, json_response, model_ref, read_body
-from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta, row_bytes
+from ._metadata import (MetadataCache, MetadataCacheStatistics, ModelMeta, check_unsigned,
+                        check_unsigned_generate, model_meta)
 
 __all__ = ["Gateway", "GatewayStatistics", "create_gateway", "parse_upstreams", "GATEWAY_KEY"]
 
@@ -242,11 +243,7 @@ class Gateway:
                             headers=self._answer_headers(resp))
 
     async def _fetch_meta(self, name: str, version: str | None) -> ModelMeta:
-        """The model's signature: the upstream's metadata, or gateway.models where it has one.
-
-        MLServer and KServe list no inputs by default; such a model is passed through
-        (the checks made without a signature) unless gateway.models signs it.
-        """
+        """The model's signature (see :func:`._metadata.model_meta`), from its v2 metadata."""
         resp = await self._upstream("GET", _model_path(name, version), idempotent=True)
         if resp.status == 404:
             raise ModelNotFound(_upstream_error(resp) or f"unknown model {name!r}")
@@ -255,33 +252,10 @@ class Gateway:
                                 f"{_upstream_error(resp)}")
         try:
             doc = json_loads(resp.body)
-            specs = tuple(TensorSpec.from_dict(d) for d in doc.get("inputs") or ())
-            outputs = list(doc.get("outputs") or ())
-            names = tuple(str(d["name"]) for d in outputs)
-            params = doc.get("parameters") or {}
-            stated = params.get("max_batch_size") if isinstance(params, dict) else None
-            mbs = None if stated is None else int(stated)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except ValueError as exc:
             raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc!r}") from None
-        source = "upstream" if specs else "passthrough"
-        signature = self.config.gateway.models.get(name)
-        if signature is not None:
-            source = "config"
-            specs = tuple(TensorSpec.from_dict(d) for d in signature["inputs"])
-            if signature.get("outputs"):
-                outputs = list(signature["outputs"])
-                names = tuple(str(d["name"]) for d in outputs)
-            if "max_batch_size" in signature:
-                mbs = int(signature["max_batch_size"])
-        if mbs is None:  # no bound stated: Triton keeps it in its model configuration
-            mbs = await self._triton_max_batch_size(name, version)
-        merge_rows = mbs or 0
-        if mbs is None:
-            mbs = 0
-            batch_major = all(spec.shape[:1] == (-1,) for spec in specs)  # true when none known
-            if self.config.gateway.merge_unsigned and batch_major:
-                merge_rows = self.config.batching.max_batch_size
-        return ModelMeta(specs, names, mbs, row_bytes(outputs), source, merge_rows)
+        return await model_meta(name, doc, self.config,
+                                lambda: self._triton_max_batch_size(name, version))
 
     async def _triton_max_batch_size(self, name: str, version: str | None) -> int | None:
         """``max_batch_size`` from Triton's model configuration extension, if the upstream has it."""
@@ -307,7 +281,7 @@ class Gateway:
         req = parse_infer_request(body, head_len)
         if meta.source == "passthrough":
             self._passed_through += 1  # no signature: the codec's checks and these
-            _check_rows(req)
+            check_unsigned(req)
         else:
             validate_inputs(req, meta.inputs, meta.max_batch_size)
         if req.outputs and meta.outputs:  # both tiers refuse the same request the same way
@@ -324,7 +298,10 @@ class Gateway:
                        BINARY_HEADER: str(head_len)}
         if head_len is not None and not await self._speaks_binary():
             # binary tensors to an upstream that does not announce them (MLServer, KServe)
-            body, headers = _as_json(req), {"Content-Type": "application/json"}
+            body = encode_infer_request(
+                {i.name: i.array for i in req.inputs}, request_id=req.id, outputs=tuple(req.outputs),
+                parameters={k: v for k, v in req.parameters.items() if k != "binary_data_output"})
+            headers = {"Content-Type": "application/json"}
         if self.config.batching.enabled:
             if self._streamer.config.enabled and self._large(req, meta):
                 # a large answer is streamed, not held whole in a merged one: it goes alone
@@ -355,7 +332,7 @@ class Gateway:
         at_step("validation")
         if meta.source == "passthrough":  # optkit's own extension: the upstream's to judge
             self._passed_through += 1
-            _check_generate(body)
+            check_unsigned_generate(body)
         else:
             req = parse_generate_request(body, meta.inputs,
                                          max_rows=self.config.streaming.max_stream_rows)
@@ -589,43 +566,6 @@ def _batcher_label(key: tuple[Any, ...]) -> str:
     name, version, _, outputs = key
     label = name + (f"/{version}" if version else "")
     return label + (f"[{','.join(outputs)}]" if outputs else "")
-
-
-def _check_rows(req: InferRequest) -> None:
-    """What can be checked of a request's rows without the model's signature."""
-    leading = {i.array.shape[0] for i in req.inputs if i.array.ndim}
-    if 0 in leading:
-        raise ProtocolError("batch size 0: a request needs at least one row")
-    if len(leading) > 1:
-        raise ProtocolError("inputs disagree on the batch size")
-
-
-def _check_generate(body: bytes) -> None:
-    """What can be checked of a generate_stream body without the model's signature."""
-    try:
-        doc = json_loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise ProtocolError("generate request must be a JSON object of input names to rows")
-    if not isinstance(doc.get("parameters", {}), dict):
-        raise ProtocolError("'parameters' must be an object")
-
-
-def _as_json(req: InferRequest) -> bytes:
-    """The request as a JSON v2 body (binary answers are then the upstream's to refuse: it
-    answers JSON, which every v2 client reads)."""
-    doc: dict[str, Any] = {"inputs": [
-        {"name": i.name, "datatype": i.datatype, "shape": list(i.array.shape),
-         "data": np.ascontiguousarray(i.array).reshape(-1)} for i in req.inputs]}
-    if req.id is not None:
-        doc["id"] = req.id
-    parameters = {k: v for k, v in req.parameters.items() if k != "binary_data_output"}
-    if parameters:
-        doc["parameters"] = parameters
-    if req.outputs:
-        doc["outputs"] = [{"name": name} for name in req.outputs]
-    return json_dumps(doc)
 
 
 def _header_length(resp: UpstreamResponse) -> int | None:

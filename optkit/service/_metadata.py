@@ -21,12 +21,15 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
+from .._config import ServiceConfig
+from .._exceptions import ProtocolError, UpstreamError
 from .._metrics import counter, gauge
-from ..v2 import DATATYPES, TensorSpec
+from ..v2 import DATATYPES, InferRequest, TensorSpec, json_loads
 
-__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics", "SOURCES", "row_bytes"]
+__all__ = ["ModelMeta", "MetadataCache", "MetadataCacheStatistics", "SOURCES", "row_bytes",
+           "model_meta", "check_unsigned", "check_unsigned_generate"]
 
 Key = tuple[str, str | None]
 
@@ -71,6 +74,68 @@ def row_bytes(outputs: Sequence[Any]) -> int | None:
             return None
         total += dtype.itemsize * math.prod(dims)
     return total
+
+
+async def model_meta(name: str, doc: Any, config: ServiceConfig,
+                     stated_bound: Callable[[], Awaitable[int | None]]) -> ModelMeta:
+    """What requests for model ``name`` are checked against, from its v2 metadata ``doc``.
+
+    The inputs the metadata lists, or, where ``gateway.models`` signs the model, that
+    signature's; with neither (MLServer's and KServe's default) the model is passed
+    through. The batch bound: the metadata's ``max_batch_size`` parameter, the signature's,
+    or else ``await stated_bound()`` (Triton keeps it in its model configuration). With no
+    bound stated anywhere, requests merge up to ``batching.max_batch_size`` rows when every
+    known input is batch-major (``gateway.merge_unsigned``).
+    """
+    try:
+        specs = tuple(TensorSpec.from_dict(d) for d in doc.get("inputs") or ())
+        outputs = list(doc.get("outputs") or ())
+        names = tuple(str(d["name"]) for d in outputs)
+        params = doc.get("parameters") or {}
+        stated = params.get("max_batch_size") if isinstance(params, dict) else None
+        mbs = None if stated is None else int(stated)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamError(f"upstream sent unusable metadata for {name!r}: {exc!r}") from None
+    source = "upstream" if specs else "passthrough"
+    signature: Mapping[str, Any] | None = config.gateway.models.get(name)
+    if signature is not None:
+        source = "config"
+        specs = tuple(TensorSpec.from_dict(d) for d in signature["inputs"])
+        if signature.get("outputs"):
+            outputs = list(signature["outputs"])
+            names = tuple(str(d["name"]) for d in outputs)
+        if "max_batch_size" in signature:
+            mbs = int(signature["max_batch_size"])
+    if mbs is None:
+        mbs = await stated_bound()
+    merge_rows = mbs or 0
+    if mbs is None:
+        mbs = 0
+        batch_major = all(spec.shape[:1] == (-1,) for spec in specs)  # true when none known
+        if config.gateway.merge_unsigned and batch_major:
+            merge_rows = config.batching.max_batch_size
+    return ModelMeta(specs, names, mbs, row_bytes(outputs), source, merge_rows)
+
+
+def check_unsigned(req: InferRequest) -> None:
+    """What can be checked of an infer request's rows without the model's signature."""
+    leading = {i.array.shape[0] for i in req.inputs if i.array.ndim}
+    if 0 in leading:
+        raise ProtocolError("batch size 0: a request needs at least one row")
+    if len(leading) > 1:
+        raise ProtocolError("inputs disagree on the batch size")
+
+
+def check_unsigned_generate(body: bytes) -> None:
+    """What can be checked of a generate_stream body without the model's signature."""
+    try:
+        doc = json_loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ProtocolError("generate request must be a JSON object of input names to rows")
+    if not isinstance(doc.get("parameters", {}), dict):
+        raise ProtocolError("'parameters' must be an object")
 
 
 @dataclass(frozen=True, slots=True)

@@ -400,13 +400,16 @@ def encode_infer_response(
 
 
 def encode_infer_request(inputs: Mapping[str, np.ndarray], *, request_id: str | None = None,
-                         outputs: Sequence[str] = ()) -> bytes:
-    """Encode numpy arrays as a JSON v2 request body (used by clients and benches)."""
+                         outputs: Sequence[str] = (),
+                         parameters: Mapping[str, Any] | None = None) -> bytes:
+    """Encode numpy arrays as a JSON v2 request body (used by clients, benches, the gateway)."""
     doc: dict[str, Any] = {"inputs": [
         {"name": name, "shape": list(arr.shape), "datatype": _NAME_OF[np.asarray(arr).dtype],
          "data": np.ascontiguousarray(arr).reshape(-1)} for name, arr in inputs.items()]}
     if request_id is not None:
         doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
     if outputs:
         doc["outputs"] = [{"name": name} for name in outputs]
     return json_dumps(doc)
