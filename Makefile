@@ -13,7 +13,7 @@ WEEK_ARGS ?=
 
 .PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
 	external external-example third-party soak-short heavy \
-	mlserver vs-mlserver gate-check gate-demo
+	mlserver vs-mlserver gate-check gate-demo triton triton-check
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -111,9 +111,44 @@ define venv_from_pypi
 	fi
 endef
 
-third-party: $(STAMP)
+third-party: $(STAMP) triton
 	$(call venv_from_pypi,mlserver,$(MLSERVER_PIP))
 	$(call venv_from_pypi,kserve,$(KSERVE_PIP))
+
+# NVIDIA Triton through pytriton's wheel (it bundles tritonserver; benchmarks/triton_digits.py),
+# in two venvs. .venv-triton runs the model process: pytriton, optkit's numpy 2 and scikit-learn
+# (the pickle needs them). pytriton's metadata pins numpy < 2, so it goes in with --no-deps after
+# its other requirements. .venv-triton-stub is what Triton's Python-backend stub imports: the
+# stub embeds the system libpython3.11 (Debian's python3.11 package, so the venv is made from
+# /usr/bin/python3.11: another interpreter's stdlib fails in the stub) and was built against
+# numpy 1's ABI (with numpy 2 every inference fails: "output tensor shape does not match size").
+TRITON_PIP := nvidia-pytriton==0.7.0
+TRITON_DEPS := pyzmq>=23.0 protobuf>=3.7 sh>=1.14 tritonclient[grpc,http]~=2.50 grpcio>=1.64.3 \
+	typing_inspect>=0.6.0 wrapt>=1.11 typer>=0.9.0 importlib_metadata>=7.0.1 joblib
+TRITON_STUB_PYTHON ?= /usr/bin/python3.11
+TRITON_STUB_PIP := numpy==1.26.4 pyzmq>=23.0
+NUMPY_VERSION = $(shell $(BIN)/python -c 'import numpy; print(numpy.__version__)')
+triton: $(STAMP)
+	@mkdir -p $(THIRD_PARTY); log=$(THIRD_PARTY)/triton.log; \
+	deps='$(TRITON_DEPS) numpy==$(NUMPY_VERSION) scikit-learn==$(SKLEARN_VERSION)'; \
+	stub='$(TRITON_STUB_PIP)'; want="$(TRITON_PIP) | $$deps | stub: $(TRITON_STUB_PYTHON) $$stub"; \
+	if [ "$$(cat .venv-triton/.optkit-requirements 2>/dev/null)" != "$$want" ]; then \
+	  echo "optkit: installing Triton (pytriton) from PyPI into .venv-triton and .venv-triton-stub"; \
+	  rm -rf .venv-triton .venv-triton-stub $(THIRD_PARTY)/triton.failed; \
+	  if { [ -x $(TRITON_STUB_PYTHON) ] || { echo "no $(TRITON_STUB_PYTHON): the stub of" \
+	         "Triton's Python backend embeds the system libpython3.11 (apt-get install" \
+	         "python3.11 python3.11-venv)"; false; }; } > $$log 2>&1 \
+	     && $(TRITON_STUB_PYTHON) -m venv .venv-triton-stub >> $$log 2>&1 \
+	     && .venv-triton-stub/bin/python -m pip install --quiet $$stub >> $$log 2>&1 \
+	     && $(PYTHON) -m venv .venv-triton >> $$log 2>&1 \
+	     && .venv-triton/bin/python -m pip install --quiet $$deps >> $$log 2>&1 \
+	     && .venv-triton/bin/python -m pip install --quiet --no-deps $(TRITON_PIP) >> $$log 2>&1 \
+	     && .venv-triton/bin/python -c 'import pytriton.triton, numpy, sklearn' >> $$log 2>&1; \
+	  then echo "$$want" > .venv-triton/.optkit-requirements; \
+	  else tail -n 15 $$log > $(THIRD_PARTY)/triton.failed; rm -rf .venv-triton .venv-triton-stub; \
+	    echo "optkit: could not install triton (see $(THIRD_PARTY)/triton.failed): its tests will skip"; \
+	  fi; \
+	fi
 
 # The Ray load-generator engine (optional extra optkit[ray], ~250 MB): its heavy test on a local
 # Ray instance (about 30 s here, most of it Ray's start-up).
@@ -126,12 +161,18 @@ ray-check: $(STAMP)
 
 # External arms (command / url) through a whole compare session, optkit bench against
 # MLServer and KServe (from PyPI, their own venvs: make third-party) and a failing week day,
-# optkit's gateway in front of each (tritonclient's answers, the bad-request corpus),
-# heavy tests included (~70 s), and the worked example optkit model server vs MLServer
-# (make external-example; ~2 min), and vs_mlserver.py's arms and a short verdict.
+# optkit's gateway in front of each of the three (tritonclient's answers, the bad-request
+# corpus), heavy tests included (~2 min), Triton's arm answering like the pipeline (~20 s),
+# and the worked example optkit model server vs MLServer (make external-example; ~2 min),
+# and vs_mlserver.py's arms and a short verdict.
 external: $(STAMP) models third-party
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_external_arms.py \
-	    tests/test_bench_any_target.py tests/test_vs_mlserver.py tests/test_third_party_gateway.py
+	    tests/test_bench_any_target.py tests/test_vs_mlserver.py tests/test_triton.py \
+	    tests/test_third_party_gateway.py
+
+# Triton's arm alone (make triton, then its test; ~20 s).
+triton-check: $(STAMP) models triton
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_triton.py
 
 # The performance gate's tests, heavy ones included: an A/A gate of a real two-commit repo
 # and 2,000 simulated gates against the targets (false alarms <= 1 %, power >= 90 %; ~1 min).
