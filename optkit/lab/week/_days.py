@@ -4,6 +4,7 @@ the project's experiments live, and how a day's session is set (standard or quic
 ::
 
     DAYS["tue"] = Day("tue", "Request batching", "02-request-batching.ipynb", a="pooling", b="batching")
+    SERVICE_DAY: 06-your-service.ipynb, a team's server alone vs behind optkit's gateway
     experiment("batching") -> <project>/experiments/batching.yaml      (days are cumulative:
     config("batching", models=[...]) -> its ServiceConfig               each b is the next a)
     day_settings(quick=..., pairs=..., loads=...) -> CompareSettings    (OPTKIT_QUICK=1: CI mode)
@@ -26,7 +27,7 @@ from .._noise import calibration_cells, cell_key
 from .._plan import Plan, plan_pairs
 from .._settings import QUICK, STANDARD, CompareSettings, parse_load
 
-__all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
+__all__ = ["Day", "DAYS", "SERVICE_DAY", "project_root", "experiment", "config", "ensure_repository",
            "day_settings", "plan_day", "CALIBRATION_PAIRS", "PROCEDURE", "procedure"]
 
 #: A/A pairs measured per (workload, load) cell the first time a day judges it on a machine
@@ -74,6 +75,11 @@ DAYS: dict[str, Day] = {
                "loading"),
     "fri": Day("fri", "Integration", "05-integration.ipynb", "baseline", "integrated"),
 }
+
+#: Not a day of the week: a team's own server alone, then behind optkit's gateway layer by
+#: layer (``optkit week --service ARM.yaml``; its chain of sessions: ``_service.py``)
+SERVICE_DAY = Day("service", "Your service behind optkit's gateway", "06-your-service.ipynb",
+                  "service alone", "service + gateway")
 
 
 def project_root(start: str | Path | None = None) -> Path:
