@@ -1,5 +1,5 @@
 """Notebook 06, a team's own server alone and behind optkit's gateway: the arms of the chain,
-and the tables and words made from its sessions."""
+the tables and words made from its sessions, and ``optkit week --service`` end to end."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from optkit import CompareSettings, ConfigError
+from optkit.cli import main
 from optkit.lab import Comparison, ExternalArm, load_arm
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
@@ -148,3 +149,51 @@ def test_record_service_writes_every_step_and_the_target(tmp_path: Path) -> None
         "step 1: + pooling", "step 2: + batching", "step 3: + streaming", "target"}
     assert len(doc["chain"]) == 4 and len(doc["targets"]) == 2
     assert "Where the gateway does not help" in doc["conclusion"]
+
+
+def test_week_service_refuses_what_is_not_an_arm(tmp_path: Path) -> None:
+    """``optkit week --service`` exits 2 before running anything when the file is missing
+    or is not an arm file."""
+    assert main(["week", "--service", str(tmp_path / "none.yaml"), "--out", str(tmp_path)]) == 2
+    assert main(["week", "--service", str(ROOT / "experiments" / "pooling.yaml"),
+                 "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "service").exists()
+
+
+@pytest.fixture(scope="module")
+def service_run(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``optkit week --service stub.yaml --quick``: notebook 06 once, for the tests that read it
+    (nbmake leaves it out: see notebooks/conftest.py)."""
+    out = tmp_path_factory.mktemp("service-week")
+    code = main(["week", "--service", str(STUB), "--quick", "--out", str(out),
+                 "--repository", str(repository)])
+    assert code == 0, (out / "summary.csv").read_text() if (out / "summary.csv").exists() else code
+    return out
+
+
+@pytest.mark.slow
+def test_week_service_runs_notebook_06(service_run: Path) -> None:
+    """The day ran into the run folder's ``service/``: the executed notebook and its HTML,
+    one session folder per step and the target, and results.json with the chain."""
+    day = service_run / "service"
+    assert (day / "06-your-service.html").stat().st_size > 10_000
+    for folder in ("1-pooling", "2-batching", "3-streaming", "target"):
+        assert (day / folder / "verdict.json").is_file(), folder
+    doc = json.loads((day / "results.json").read_text())
+    assert doc["provisional"] and doc["service"] == "stub"
+    assert [row["layer"] for row in doc["chain"]] == ["alone", "+ pooling", "+ batching",
+                                                      "+ streaming"]
+    assert doc["gateway"] and all(row["models"] == "digits-sklearn: passthrough"
+                                  for row in doc["gateway"])
+    assert "06-your-service.html" in (service_run / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_service_report_reads_well_in_a_browser(service_run: Path, browser_check: Any) -> None:
+    """The HTML report, rendered in headless Chromium: every figure loaded, no stderr block,
+    a headline table shown."""
+    from optkit.lab.week._browser_check import failures
+
+    results = browser_check([service_run / "service" / "06-your-service.html"])
+    assert results[0].headline is True and results[0].images_total >= 2, results[0].line()
+    assert all(r.ok for r in results), failures(results)
