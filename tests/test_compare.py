@@ -267,3 +267,10 @@ def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypat
     monkeypatch.setenv("OPTKIT_QUICK", "1")
     assert day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
                         seed=3).quick
+    # a day of many sessions shortens the quick warm-up; the standard run keeps its own
+    short = day_settings(quick=True, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
+                         seed=3, quick_pairs=2, quick_warmup_s=0.2)
+    assert short.warmup_s == 0.2 and short.pairs == 2 and short.duration_s == quick.duration_s
+    monkeypatch.delenv("OPTKIT_QUICK")
+    assert day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
+                        seed=3, quick_warmup_s=0.2).warmup_s == 1.0

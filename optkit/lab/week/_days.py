@@ -127,13 +127,16 @@ def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
 
 def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
                  loads: Sequence[str], seed: int, quick_pairs: int = 3,
-                 quick_duration_s: float | None = None, **extra: Any) -> CompareSettings:
+                 quick_duration_s: float | None = None, quick_warmup_s: float | None = None,
+                 **extra: Any) -> CompareSettings:
     """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
     notebook's parameters. ``extra`` sets further fields either way (``workload``,
     ``metrics``, ``engine``, ``churn``, ``gates``). ``quick_duration_s`` lengthens the
     quick window for a day whose effect needs more than QUICK's (Thursday: a ~1 s load
     that stalls the serving loop must fit inside the window, with answers around it, or
     every trial of the stalling arm is invalid: nothing answered in the window).
+    ``quick_warmup_s`` shortens the quick warm-up for a day that runs many sessions (notebook
+    06: four, each trial a fresh service and gateway, where QUICK's 0.4 s adds up).
 
     ``OPTKIT_QUICK=1`` in the environment forces quick mode: that is how ``make test``
     runs the notebooks under nbmake, which cannot pass papermill parameters.
@@ -143,6 +146,8 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
         # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
         return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
                                    duration_s=quick_duration_s or QUICK.duration_s,
+                                   warmup_s=QUICK.warmup_s if quick_warmup_s is None
+                                   else quick_warmup_s,
                                    loads=tuple(loads)[:1], seed=seed, **extra)
     return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
                                loads=tuple(loads), seed=seed, **extra)
