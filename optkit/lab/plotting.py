@@ -331,9 +331,10 @@ def service_chain(chain: pd.DataFrame, *, slo_ms: float | None = None) -> Figure
             ax.errorbar(x[ok], mean[ok], yerr=[mean[ok] - low[ok], high[ok] - mean[ok]],
                         fmt="none", color="0.1", capsize=4)
             for i, change in enumerate(steps[f"{key}_change_pct"]):
-                if np.isfinite(change):
-                    ax.annotate(f"{change:+.1f} %", (i, mean[i]), ha="center", va="bottom",
-                                fontsize="small", xytext=(0, 6), textcoords="offset points")
+                if np.isfinite(change):  # above the whisker, where there is one
+                    top = high[i] if ok[i] else mean[i]
+                    ax.annotate(f"{change:+.1f} %", (i, top), ha="center", va="bottom",
+                                fontsize="small", xytext=(0, 4), textcoords="offset points")
             if key == "p99" and slo_ms is not None:
                 ax.axhline(slo_ms, color=_PALETTE[3], ls="--", lw=1, label=f"SLO {slo_ms:g} ms")
                 ax.legend(fontsize="small", loc="upper right")

@@ -120,6 +120,12 @@ def _slo(cmp: Comparison, load: str, arm: str, slo_ms: float) -> str:
     return f"undecided (its CI spans {slo_ms:g} ms)"
 
 
+def _layer(service: str, arm: str) -> str:
+    """``+ batching`` for the arm ``<service>+batching`` (as ``behind_gateway`` names it)."""
+    prefix = f"{service}+"
+    return f"+ {arm[len(prefix):]}" if arm.startswith(prefix) else arm
+
+
 def service_chain(steps: Sequence[Comparison], *, slo_ms: float = 10.0) -> pd.DataFrame:
     """The chain as one table: per load, the service alone and each step after it.
 
@@ -143,8 +149,7 @@ def service_chain(steps: Sequence[Comparison], *, slo_ms: float = 10.0) -> pd.Da
             p99 = arm_interval(trials["p99_ms"]) if "p99_ms" in trials else (math.nan,) * 3 + (0,)
             row: dict[str, Any] = {
                 "load": load, "step": number, "arm": arm.name,
-                "layer": "alone" if number == 0 else f"+ {SERVICE_LAYERS[number - 1]}"
-                if number <= len(SERVICE_LAYERS) else f"step {number}",
+                "layer": "alone" if number == 0 else _layer(steps[0].a.name, arm.name),
                 "trials": tp[3], "throughput_rps": tp[0], "throughput_low": tp[1],
                 "throughput_high": tp[2], "p99_ms": p99[0], "p99_low": p99[1], "p99_high": p99[2],
                 "slo": _slo(cmp, load, side, slo_ms)}
@@ -364,7 +369,7 @@ def record_service(steps: Sequence[Comparison], target: Comparison | None = None
     the targets and the conclusion. The sessions themselves were saved by ``compare``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sessions = [(f"step {i}: + {SERVICE_LAYERS[i - 1] if i <= len(SERVICE_LAYERS) else i}", s)
+    sessions = [(f"step {i}: {_layer(steps[0].a.name, s.b.name)}", s)
                 for i, s in enumerate(steps, 1)]
     if target is not None:
         sessions.append(("target", target))
