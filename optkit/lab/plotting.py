@@ -338,6 +338,7 @@ def service_chain(chain: pd.DataFrame, *, slo_ms: float | None = None) -> Figure
             if key == "p99" and slo_ms is not None:
                 ax.axhline(slo_ms, color=_PALETTE[3], ls="--", lw=1, label=f"SLO {slo_ms:g} ms")
                 ax.legend(fontsize="small", loc="upper right")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.08)  # room for the labels above the whiskers
             ax.set_xticks(x, labels)
             ax.set_ylabel(f"{key} ({unit})")
             ax.set_title(f"{key} at {load}")
