@@ -17,8 +17,8 @@ from optkit.lab import Comparison, ExternalArm, load_arm
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
 from optkit.lab.week import (SERVICE_LAYERS, record_service, service_arm, service_calibration,
-                             service_chain, service_conclusion, service_headline, service_steps,
-                             service_targets)
+                             service_chain, service_conclusion, service_headline, service_sessions,
+                             service_steps, service_target, service_targets)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = ROOT / "experiments" / "external" / "stub.yaml"
@@ -138,6 +138,20 @@ def test_target_is_judged_on_the_direct_session() -> None:
     assert list(table["status"]) == ["not met (provisional)", "not met (provisional)"]
 
 
+def test_quick_mode_runs_no_target_session_and_says_so(tmp_path: Path) -> None:
+    """In quick mode the target's session is not run (nothing is started), and the targets,
+    the conclusion and results.json say it was not measured."""
+    quick = CompareSettings(pairs=2, quick=True)
+    assert service_target(_arm("a"), _arm("b"), repository=tmp_path, settings=quick) is None
+    steps = _chain()
+    assert service_sessions(steps, None) == steps
+    table = service_targets(None)
+    assert len(table) == 2 and table["status"].str.startswith("not measured").all()
+    assert "Targets not measured: quick mode" in service_conclusion(steps, None)
+    doc = json.loads(record_service(steps, None, out_dir=tmp_path).read_text())
+    assert "target" not in {v["step"] for v in doc["verdicts"]} and len(doc["targets"]) == 2
+
+
 def test_record_service_writes_every_step_and_the_target(tmp_path: Path) -> None:
     """``results.json``: each verdict row says its step, the chain and the targets as tables,
     and the conclusion, for ``optkit week``'s summary to read."""
@@ -177,10 +191,12 @@ def test_week_service_runs_notebook_06(service_run: Path) -> None:
     one session folder per step and the target, and results.json with the chain."""
     day = service_run / "service"
     assert (day / "06-your-service.html").stat().st_size > 10_000
-    for folder in ("1-pooling", "2-batching", "3-streaming", "target"):
+    for folder in ("1-pooling", "2-batching", "3-streaming"):
         assert (day / folder / "verdict.json").is_file(), folder
+    assert not (day / "target").exists()  # quick mode: the chain only
     doc = json.loads((day / "results.json").read_text())
     assert doc["provisional"] and doc["service"] == "stub"
+    assert {t["status"] for t in doc["targets"]} == {"not measured (quick mode runs the chain only)"}
     assert [row["layer"] for row in doc["chain"]] == ["alone", "+ pooling", "+ batching",
                                                       "+ streaming"]
     assert doc["gateway"] and all(row["models"] == "digits-sklearn: passthrough"

@@ -20,7 +20,7 @@ from ._days import (CALIBRATION_PAIRS, DAYS, SERVICE_DAY, Day, config, day_setti
 from ._measures import bulk_scoring, latency_curve, slo_table, startup_times
 from ._runner import record_day, run_week, week_summary
 from ._service import (SERVICE_LAYERS, gateway_summary, record_service, service_arm,
-                       service_calibration,
+                       service_calibration, service_sessions, service_target,
                        service_chain, service_conclusion, service_headline, service_steps,
                        service_targets)
 from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
@@ -33,4 +33,5 @@ __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_reposi
            "week_summary", "report", "check_reports", "check_report_folder", "ReportCheck",
            "browser_problem", "SERVICE_DAY", "SERVICE_LAYERS", "service_arm", "service_steps",
            "service_calibration", "service_chain", "service_headline", "service_targets",
-           "service_conclusion", "gateway_summary", "record_service"]
+           "service_conclusion", "gateway_summary", "record_service", "service_target",
+           "service_sessions"]

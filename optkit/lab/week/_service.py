@@ -9,6 +9,7 @@ front of it, one layer at a time, each step a paired session against the step be
           (the same, experiments/streaming.yaml)   ───────────────────────── + streaming
     step k = compare(arm k-1, arm k): its own verdicts, CIs and noise band
     target = compare(alone, + batching): the gateway's gain measured directly, not chained
+             (service_target; the standard run only: quick mode checks the chain runs)
 
     service_chain(steps)    one row per (load, arm): throughput and p99 with their CIs, the
                             change against the step before, its verdict, the SLO at that load
@@ -24,21 +25,23 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from ..._exceptions import ConfigError
 from .._arms import ExternalArm, load_arm
 from .._comparison import Comparison, jsonable
+from .._session import compare
+from .._settings import CompareSettings
 from ..stats import MetricVerdict, detectable_range
 from ._days import experiment
 from ._sessions import _trial_doc, _trial_folders
 from .report import _served, arm_interval
 
 __all__ = ["SERVICE_LAYERS", "service_arm", "service_steps", "service_calibration",
-           "service_chain", "service_headline", "service_targets", "service_conclusion",
-           "gateway_summary", "record_service"]
+           "service_target", "service_sessions", "service_chain", "service_headline",
+           "service_targets", "service_conclusion", "gateway_summary", "record_service"]
 
 #: The gateway's layers, cumulative: each is the experiment config of the week's day that adds it
 SERVICE_LAYERS: tuple[str, ...] = ("pooling", "batching", "streaming")
@@ -89,6 +92,28 @@ def service_calibration(calibration: str | Path | None, service: ExternalArm) ->
     if calibration is None:
         return None
     return str(calibration).replace("{service}", service.name)
+
+
+def service_target(alone: Any, fronted: Any, *, repository: str | Path,
+                   settings: CompareSettings, load: str = "closed:32", calibration: Any = None,
+                   out_dir: str | Path | None = None,
+                   log: Callable[[str], None] | None = None) -> Comparison | None:
+    """The target's own session: the service alone (A) against it behind the gateway (B) at
+    ``load``, with the day's pairs; the chain's steps multiply into a level, their CIs do not.
+
+    Returns None in quick mode: CI only shows that the chain runs (four sessions of fresh
+    services and gateways would not fit its budget), and the targets say they were not measured.
+    """
+    if settings.quick:
+        return None
+    return compare(alone, fronted, repository=repository, settings=settings, loads=(load,),
+                   calibration=calibration, out_dir=out_dir, log=log)
+
+
+def service_sessions(steps: Sequence[Comparison],
+                     target: Comparison | None = None) -> list[Comparison]:
+    """Every session of the day in order: the steps, then the target's where it ran."""
+    return [*steps, *([target] if target is not None else [])]
 
 
 def _verdict(cmp: Comparison, load: str, metric: str) -> MetricVerdict | None:
@@ -200,9 +225,10 @@ def service_headline(chain: pd.DataFrame, *, provisional: bool = False) -> Any:
     return frame.style.hide(axis="index") if not frame.empty else frame
 
 
-def service_targets(target: Comparison, *, load: str = "closed:32", gain: float = 3.0,
+def service_targets(target: Comparison | None, *, load: str = "closed:32", gain: float = 3.0,
                     slo_ms: float = 10.0) -> pd.DataFrame:
-    """The targets, judged on the direct session (service alone = A, behind the gateway = B).
+    """The targets, judged on the direct session (service alone = A, behind the gateway = B);
+    without one (quick mode) each target says it was not measured.
 
     - throughput behind the gateway >= ``gain`` x the service alone: met when the whole 95 %
       CI of the paired ratio clears ``gain``; "met by its mean only" when the mean does but
@@ -211,9 +237,16 @@ def service_targets(target: Comparison, *, load: str = "closed:32", gain: float 
       (an open loop only where the load was served).
     """
     rows: list[dict[str, Any]] = []
+    what = f"throughput >= {gain:g}x the service alone ({load})"
+    slo_what = f"p99 <= {slo_ms:g} ms behind the gateway ({load})"
+    if target is None:
+        return pd.DataFrame([{"target": t, "measured": "", "ci": "", "service alone": "",
+                              "status": "not measured (quick mode runs the chain only)",
+                              "arms": ""} for t in (what, slo_what)],
+                            columns=["target", "measured", "ci", "service alone", "status",
+                                     "arms"])
     name = f"{target.b.name} vs {target.a.name}"
     v = _verdict(target, load, "throughput_rps")
-    what = f"throughput >= {gain:g}x the service alone ({load})"
     if v is None:
         rows.append({"target": what, "measured": "no verdict", "ci": "", "service alone": "",
                      "status": "not measured", "arms": name})
@@ -229,7 +262,7 @@ def service_targets(target: Comparison, *, load: str = "closed:32", gain: float 
                      "ci": f"[{low:.2f}x, {high:.2f}x]", "service alone": f"{alone[0]:,.0f} req/s",
                      "status": status + (" (provisional)" if target.provisional else ""),
                      "arms": name})
-    what = f"p99 <= {slo_ms:g} ms behind the gateway ({load})"
+    what = slo_what
     behind_trials = _valid(target, load, "B")
     if behind_trials.empty:
         rows.append({"target": what, "measured": "not measured", "ci": "", "service alone": "",
@@ -347,12 +380,14 @@ def service_conclusion(steps: Sequence[Comparison], target: Comparison | None = 
     for load, group in chain.groupby("load", sort=False):
         holds = [f"{r['layer']} {r['slo']}" for r in group.to_dict(orient="records")]
         lines.append(f"p99 <= {slo_ms:g} ms at {load}: " + "; ".join(holds) + ".")
-    if target is not None:
+    if target is None:
+        lines.append("Targets not measured: quick mode runs the chain only.")
+    else:
         targets = service_targets(target, load=target_load, gain=gain, slo_ms=slo_ms)
         for t in targets.to_dict(orient="records"):
             lines.append(f"Target {t['target']} — {t['status']}: {t['measured']} "
                          f"{t['ci']} (service alone: {t['service alone']}; {t['arms']}).")
-    sessions = [*steps, *([target] if target is not None else [])]
+    sessions = service_sessions(steps, target)
     invalid = sum(sum(s.invalid_by_arm().values()) for s in sessions)
     lines.append(f"{service}: {len(sessions)} sessions, {sum(len(s.trials) for s in sessions)} "
                  f"trials in {sum(s.elapsed_s for s in sessions):.0f} s, {invalid} invalid "
@@ -387,8 +422,8 @@ def record_service(steps: Sequence[Comparison], target: Comparison | None = None
                         for step, s in sessions],
            "verdicts": verdicts,
            "chain": service_chain(steps, slo_ms=slo_ms).to_dict(orient="records"),
-           "targets": (service_targets(target, load=target_load, gain=gain, slo_ms=slo_ms)
-                       .to_dict(orient="records") if target is not None else []),
+           "targets": service_targets(target, load=target_load, gain=gain,
+                                      slo_ms=slo_ms).to_dict(orient="records"),
            **(extra or {})}
     path = out / "results.json"
     path.write_text(json.dumps(doc, indent=2, default=jsonable))
