@@ -17,4 +17,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # by tests/test_report.py over a recorded run), not on their own by nbmake.
 # Monday's notebook is executed end to end by tests/test_compare.py::test_week_runs_the_monday_notebook
 # (through `optkit week`, with its HTML export): running it here again would only cost time.
-collect_ignore = ["reports", "01-connection-pooling.ipynb"]
+# Notebook 06 (your service) likewise, by tests/test_service_day.py through `optkit week --service`.
+collect_ignore = ["reports", "01-connection-pooling.ipynb", "06-your-service.ipynb"]

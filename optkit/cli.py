@@ -14,6 +14,7 @@
     optkit gate --base REF --head REF [--spec perf-gate.yaml] [--out DIR]  (1: regressed)
     optkit gate --arms A.yaml B.yaml [--spec ...]  |  optkit gate --simulate [--spec ...]
     optkit week [--days mon,tue] [--quick] [--out DIR]
+    optkit week --service ARM.yaml [--quick] [--out DIR]   (your server, alone vs behind the gateway)
     optkit check-reports RUN_FOLDER [--screenshots DIR]   (the HTML reports, in headless Chromium)
 
 The serving commands need only the serving install; a lab command imports the lab in one
@@ -229,7 +230,8 @@ def _gate(args: argparse.Namespace) -> int:
 def _week(args: argparse.Namespace) -> int:
     week = _lab().week
     days = args.days.split(",") if args.days else None
-    summary = week.run_week(days, quick=args.quick, out=args.out, repository=args.repository)
+    summary = week.run_week(days, quick=args.quick, out=args.out, repository=args.repository,
+                            service=args.service)
     print(week.week_summary(summary))
     failed = summary[summary["status"] != "ok"]
     for row in failed.itertuples():
@@ -354,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--quick", action="store_true")
     wk.add_argument("--out", default=None)
     wk.add_argument("--repository", default="build/models")
+    wk.add_argument("--service", default=None, metavar="ARM.yaml",
+                    help="run notebook 06 on your server (an arm file: kind command or url): "
+                    "alone, then behind optkit's gateway layer by layer; only it unless "
+                    "--days names days too; exit 1 if it fails")
     wk.set_defaults(func=_week)
 
     chk = sub.add_parser("check-reports", help="render a run folder's HTML reports in headless "

@@ -72,6 +72,28 @@ def test_calibration_is_an_aa_session_that_claims_nothing(repository: Path, tmp_
     assert deltas["throughput_rps"] == pytest.approx(record["delta"]) and str(path) in source
 
 
+def test_calibration_takes_an_external_arm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A team's server (an arm file) is calibrated A/A like an optkit config: the same arm on
+    both sides, the second renamed, and the cell records the arm (notebook 06 plans from it)."""
+    from optkit.lab import _calibration
+    from optkit.lab._arms import ExternalArm, load_arm
+
+    seen = []
+
+    def fake_compare(a: Any, b: Any, **kwargs: Any) -> Comparison:
+        seen.append((a, b))
+        cmp = _comparison_from(simulate_trials(8, seed=1))
+        cmp.settings = CompareSettings(pairs=8, workload="w.yaml")
+        return cmp
+
+    monkeypatch.setattr(_calibration, "compare", fake_compare)
+    arm = load_arm(Path(__file__).resolve().parents[1] / "experiments/external/stub.yaml")
+    doc = _calibration.calibrate(arm, repository=tmp_path, out=tmp_path / "cal.json")
+    (a, b), = seen
+    assert isinstance(a, ExternalArm) and b.command == a.command and b.name == "stub-again"
+    assert doc["cells"]["w.yaml|closed:32"]["config_name"] == "stub"
+
+
 def test_parse_load() -> None:
     """closed:N and open:R parse into load specs; anything else is a ConfigError."""
     closed = parse_load("closed:32", engine="builtin")
@@ -245,3 +267,10 @@ def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypat
     monkeypatch.setenv("OPTKIT_QUICK", "1")
     assert day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
                         seed=3).quick
+    # a day of many sessions shortens the quick warm-up; the standard run keeps its own
+    short = day_settings(quick=True, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
+                         seed=3, quick_pairs=2, quick_warmup_s=0.2)
+    assert short.warmup_s == 0.2 and short.pairs == 2 and short.duration_s == quick.duration_s
+    monkeypatch.delenv("OPTKIT_QUICK")
+    assert day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads,
+                        seed=3, quick_warmup_s=0.2).warmup_s == 1.0

@@ -171,3 +171,46 @@ def test_probe_and_scrape_paths_answer_on_a_stack_with_the_config_map(repository
             scrape = deployment["spec"]["template"]["metadata"]["annotations"]
             status, kind, body = _get(urls[tier] + scrape["prometheus.io/path"])
             assert status == 200 and kind.startswith("text/plain") and b"# TYPE " in body
+
+
+SIDECAR = KUBE / "sidecar" / "gateway-sidecar.yaml"
+
+
+def _sidecar() -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in yaml.safe_load_all(SIDECAR.read_text()) if d}
+
+
+@pytest.mark.parametrize("version", [OLDEST, kubernetes_validate.latest_version()])
+def test_the_sidecar_example_validates_against_the_kubernetes_schema(version: str) -> None:
+    """docs/your-service.md's pod (the gateway beside a team's server) is a valid manifest."""
+    docs = _sidecar()
+    assert sorted(docs) == ["ConfigMap", "Deployment", "Service"]
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_the_sidecar_gateway_fronts_its_neighbour_on_loopback() -> None:
+    """The gateway's command parses as optkit's CLI, its config loads with optkit's loader,
+    its upstream is the neighbour container's loopback port, and the Service reaches only
+    the gateway."""
+    docs = _sidecar()
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    gateway, server = pod["containers"]
+    assert gateway["name"] == "gateway" and server["name"] == "model-server"
+    args = build_parser().parse_args(gateway["args"])
+    assert args.command == "serve" and args.kind == "gateway"
+    (mount,) = [m for m in gateway["volumeMounts"] if m["mountPath"] == str(Path(args.config).parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config_map = docs["ConfigMap"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    config = load_config(yaml.safe_load(config_map["data"][Path(args.config).name]))
+    assert config.pooling.enabled and config.batching.enabled
+    assert "digits-sklearn" in config.gateway.models
+    env = {e["name"]: e["value"] for e in server["env"]}
+    upstream = urlsplit(args.upstream)
+    assert upstream.hostname == env["MLSERVER_HOST"] == "127.0.0.1"
+    assert upstream.port == int(env["MLSERVER_HTTP_PORT"])
+    (port,) = docs["Service"]["spec"]["ports"]
+    assert port["targetPort"] == "http" and gateway["ports"][0]["containerPort"] == int(args.port)
+    stops = [c["lifecycle"]["preStop"]["sleep"]["seconds"] for c in (gateway, server)]
+    assert stops[0] + config.server.shutdown_timeout_s <= stops[1]  # it outlives the drain

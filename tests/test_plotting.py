@@ -129,3 +129,30 @@ def test_batch_sizes_one_panel_per_tier_one_bar_per_bucket_and_arm():
     assert heights == [3, 9]
     with pytest.raises(ValueError, match="columns"):
         plotting.batch_sizes(hist.drop(columns="batches"))
+
+
+def test_service_chain_one_row_per_load_bars_per_step_and_the_slo():
+    """Two loads -> 2 x 2 panels; 4 bars per panel (alone, + each layer), CI whiskers where
+    a CI exists, each later bar labelled with its change; the SLO line on the p99 panels."""
+    rows = []
+    for load in ("closed:32", "closed:1"):
+        for step, layer in enumerate(["alone", "+ pooling", "+ batching", "+ streaming"]):
+            first = step == 0
+            rows.append({"load": load, "step": step, "layer": layer,
+                         "throughput_rps": 1000.0 * (step + 1), "throughput_low": 900.0 * (step + 1),
+                         "throughput_high": 1100.0 * (step + 1), "p99_ms": 20.0 / (step + 1),
+                         "p99_low": np.nan if first else 15.0 / (step + 1),
+                         "p99_high": np.nan if first else 25.0 / (step + 1),
+                         "throughput_change_pct": np.nan if first else 50.0,
+                         "p99_change_pct": np.nan if first else -30.0,
+                         "throughput_verdict": "" if first else "improved",
+                         "p99_verdict": "" if first else "no change detected"})
+    fig = plotting.service_chain(pd.DataFrame(rows), slo_ms=10.0)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    throughput, p99 = fig.axes[0], fig.axes[1]
+    assert len(throughput.patches) == 4 and [t.get_text() for t in throughput.texts] == \
+        ["+50.0 %"] * 3
+    whiskers = [c for c in p99.containers if isinstance(c, ErrorbarContainer)]
+    assert len(whiskers) == 1 and len(whiskers[0].lines[2][0].get_segments()) == 3
+    assert any(line.get_ydata()[0] == 10.0 for line in p99.get_lines())
+    fig.savefig(io.BytesIO(), format="png")

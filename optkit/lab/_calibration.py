@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._config import load_config
+from ._arms import load_arm
 from ._comparison import jsonable
 from ._noise import cell_key
 from ._session import compare
@@ -31,14 +31,15 @@ __all__ = ["calibrate"]
 def calibrate(config: Any, *, repository: str | Path, settings: CompareSettings | None = None,
               out: str | Path | None = None, progress: bool = True, **overrides: Any
               ) -> dict[str, Any]:
-    """A/A session of one config; the noise band of each (workload, load) cell it ran.
+    """A/A session of one config (or external arm: a command or URL service, with or without
+    optkit's gateway in front); the noise band of each (workload, load) cell it ran.
 
     Returns the calibration document (written to ``out`` when given, merged with the cells
     the file already holds; a cell measured again replaces the old one): ``cells`` by
     ``<workload>|<load>``, each with its δ and sd of d per metric, its pairs, date, config and
     A/A verdicts; ``deltas``, the widest δ of each metric over all the cells.
     """
-    cfg = load_config(config)
+    cfg = load_arm(config)  # an optkit config, or an external arm (a team's own server)
     session = compare(cfg, cfg.replace(name=cfg.name + "-again"), repository=repository,
                       settings=settings, progress=progress, **overrides)
     s = session.settings

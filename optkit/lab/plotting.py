@@ -26,6 +26,7 @@ __all__ = [
     "latency_vs_load",
     "load_timeline",
     "paired_trials",
+    "service_chain",
     "waterfall",
 ]
 
@@ -294,6 +295,62 @@ def waterfall(steps: pd.DataFrame, *, metric: str = "throughput") -> Figure:
     handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items() if v in set(steps["verdict"])]
     if handles:
         ax.legend(handles=handles, fontsize="small", loc="upper left")
+    return fig
+
+
+def service_chain(chain: pd.DataFrame, *, slo_ms: float | None = None) -> Figure:
+    """A team's server alone, then behind optkit's gateway one layer at a time.
+
+    Args:
+        chain: ``week.service_chain`` output (load, step, layer, throughput_rps and its
+            ``_low``/``_high``, p99_ms and its ``_low``/``_high``, throughput_verdict,
+            p99_verdict, and the change against the step before).
+        slo_ms: the p99 target, drawn as a line on the p99 panel.
+    Returns:
+        a figure with one row per load: throughput per step (left) and p99 per step (right),
+        each bar the arm's mean with its 95 % CI over trials, coloured by the verdict of that
+        step against the one before (the first bar, the service alone, in grey), each later
+        bar labelled with its paired change.
+    """
+    loads = list(dict.fromkeys(chain["load"]))
+    fig = Figure(figsize=(10, 3.4 * max(1, len(loads))), layout="constrained")
+    axes = fig.subplots(max(1, len(loads)), 2, squeeze=False)
+    for row, load in enumerate(loads):
+        steps = chain[chain["load"] == load].sort_values("step")
+        labels = [str(layer) for layer in steps["layer"]]
+        for col, (key, metric, unit) in enumerate((("throughput", "throughput_rps", "req/s"),
+                                                    ("p99", "p99_ms", "ms"))):
+            ax = axes[row][col]
+            x = np.arange(len(steps))
+            mean = steps[metric].to_numpy(dtype=float)
+            low = steps[f"{key}_low"].to_numpy(dtype=float)
+            high = steps[f"{key}_high"].to_numpy(dtype=float)
+            colors = [VERDICT_COLORS.get(v, "0.75") for v in steps[f"{key}_verdict"]]
+            ax.bar(x, mean, color=colors, edgecolor="0.2")
+            ok = np.isfinite(low) & np.isfinite(high)
+            ax.errorbar(x[ok], mean[ok], yerr=[mean[ok] - low[ok], high[ok] - mean[ok]],
+                        fmt="none", color="0.1", capsize=4)
+            for i, change in enumerate(steps[f"{key}_change_pct"]):
+                if np.isfinite(change):  # above the whisker, where there is one
+                    top = high[i] if ok[i] else mean[i]
+                    ax.annotate(f"{change:+.1f} %", (i, top), ha="center", va="bottom",
+                                fontsize="small", xytext=(0, 4), textcoords="offset points")
+            if key == "p99" and slo_ms is not None:
+                ax.axhline(slo_ms, color=_PALETTE[3], ls="--", lw=1, label=f"SLO {slo_ms:g} ms")
+                ax.legend(fontsize="small", loc="upper right")
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.08)  # room for the labels above the whiskers
+            ax.set_xticks(x, labels)
+            ax.set_ylabel(f"{key} ({unit})")
+            ax.set_title(f"{key} at {load}")
+    from matplotlib.patches import Patch
+
+    seen = set(chain["throughput_verdict"]) | set(chain["p99_verdict"])
+    handles = [Patch(color=c, label=v) for v, c in VERDICT_COLORS.items() if v in seen]
+    if handles:
+        fig.legend(handles=handles, fontsize="small", loc="outside lower center",
+                   ncol=len(handles))
+    fig.suptitle("the service alone, then behind optkit's gateway (colour: verdict vs the "
+                 "step before)")
     return fig
 
 

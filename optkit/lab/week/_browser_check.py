@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ._days import DAYS
+from ._days import DAYS, SERVICE_DAY
 
 __all__ = ["check_report_folder", "ReportCheck", "BrowserUnavailable", "browser_problem", "check_reports",
            "report_files", "failures",
@@ -115,7 +115,8 @@ def report_files(folder: str | Path) -> list[Path]:
 
 
 def _is_day_report(path: Path) -> bool:
-    return any(path.name == Path(day.notebook).with_suffix(".html").name for day in DAYS.values())
+    return any(path.name == Path(day.notebook).with_suffix(".html").name
+               for day in (*DAYS.values(), SERVICE_DAY))
 
 
 def chromium_path() -> str:

@@ -4,6 +4,7 @@ the project's experiments live, and how a day's session is set (standard or quic
 ::
 
     DAYS["tue"] = Day("tue", "Request batching", "02-request-batching.ipynb", a="pooling", b="batching")
+    SERVICE_DAY: 06-your-service.ipynb, a team's server alone vs behind optkit's gateway
     experiment("batching") -> <project>/experiments/batching.yaml      (days are cumulative:
     config("batching", models=[...]) -> its ServiceConfig               each b is the next a)
     day_settings(quick=..., pairs=..., loads=...) -> CompareSettings    (OPTKIT_QUICK=1: CI mode)
@@ -26,7 +27,7 @@ from .._noise import calibration_cells, cell_key
 from .._plan import Plan, plan_pairs
 from .._settings import QUICK, STANDARD, CompareSettings, parse_load
 
-__all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
+__all__ = ["Day", "DAYS", "SERVICE_DAY", "project_root", "experiment", "config", "ensure_repository",
            "day_settings", "plan_day", "CALIBRATION_PAIRS", "PROCEDURE", "procedure"]
 
 #: A/A pairs measured per (workload, load) cell the first time a day judges it on a machine
@@ -75,6 +76,11 @@ DAYS: dict[str, Day] = {
     "fri": Day("fri", "Integration", "05-integration.ipynb", "baseline", "integrated"),
 }
 
+#: Not a day of the week: a team's own server alone, then behind optkit's gateway layer by
+#: layer (``optkit week --service ARM.yaml``; its chain of sessions: ``_service.py``)
+SERVICE_DAY = Day("service", "Your service behind optkit's gateway", "06-your-service.ipynb",
+                  "service alone", "service + gateway")
+
 
 def project_root(start: str | Path | None = None) -> Path:
     """The folder holding ``experiments/`` and ``notebooks/``, searched upward from ``start``."""
@@ -121,13 +127,16 @@ def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
 
 def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
                  loads: Sequence[str], seed: int, quick_pairs: int = 3,
-                 quick_duration_s: float | None = None, **extra: Any) -> CompareSettings:
+                 quick_duration_s: float | None = None, quick_warmup_s: float | None = None,
+                 **extra: Any) -> CompareSettings:
     """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
     notebook's parameters. ``extra`` sets further fields either way (``workload``,
     ``metrics``, ``engine``, ``churn``, ``gates``). ``quick_duration_s`` lengthens the
     quick window for a day whose effect needs more than QUICK's (Thursday: a ~1 s load
     that stalls the serving loop must fit inside the window, with answers around it, or
     every trial of the stalling arm is invalid: nothing answered in the window).
+    ``quick_warmup_s`` shortens the quick warm-up for a day that runs many sessions (notebook
+    06: four, each trial a fresh service and gateway, where QUICK's 0.4 s adds up).
 
     ``OPTKIT_QUICK=1`` in the environment forces quick mode: that is how ``make test``
     runs the notebooks under nbmake, which cannot pass papermill parameters.
@@ -137,6 +146,8 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
         # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
         return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
                                    duration_s=quick_duration_s or QUICK.duration_s,
+                                   warmup_s=QUICK.warmup_s if quick_warmup_s is None
+                                   else quick_warmup_s,
                                    loads=tuple(loads)[:1], seed=seed, **extra)
     return dataclasses.replace(STANDARD, pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
                                loads=tuple(loads), seed=seed, **extra)

@@ -12,6 +12,9 @@
       ...
       summary table of every day at the end
 
+    optkit week --service ARM.yaml        the team's own server, alone then behind optkit's
+      service: papermill notebooks/06-your-service.ipynb -> runs/week-1/service/
+
 A day's notebook ends with ``record_day`` (its ``results.json``, what the runner's summary and
 Friday's roll-up read); ``run_week`` executes the notebooks and then the final reports.
 """
@@ -26,8 +29,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..._exceptions import ConfigError
+from .._arms import is_arm
 from .._comparison import Comparison
-from ._days import DAYS, Day, ensure_repository, project_root
+from ._days import DAYS, SERVICE_DAY, Day, ensure_repository, project_root
 from ._sessions import conclusion
 from .report import run_reports, write_index
 
@@ -71,34 +75,48 @@ def record_day(cmp: Comparison | Sequence[Comparison], *, day: str, out_dir: str
 def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
              out: str | Path | None = None, repository: str | Path = "build/models",
              root: str | Path | None = None, progress: bool = True,
-             parameters: dict[str, Any] | None = None, reports: bool | None = None) -> pd.DataFrame:
+             parameters: dict[str, Any] | None = None, reports: bool | None = None,
+             service: str | Path | None = None) -> pd.DataFrame:
     """Execute the day notebooks with papermill; export each to HTML; return the summary.
 
     Then, when Friday ran (or ``reports=True``), the three final reports are generated from
     the run folder, and ``index.html`` links everything. Progress: one line per day here,
     and one per trial from inside each notebook (written to this terminal, not the report).
+
+    ``service`` (an arm file: the team's server as a command or a URL) runs notebook 06 on it
+    into ``<run>/service/``, after the ``days`` given (none unless named); quick mode then
+    measures that service too, briefly.
     """
     import papermill as pm  # imported here: a notebook kernel that records its day needs none of it
 
     base = project_root(root)
-    chosen = list(days or DAYS)
+    chosen = list(days or ([] if service is not None else DAYS))
     unknown = [d for d in chosen if d not in DAYS]
     if unknown:
         raise ConfigError(f"unknown day(s) {unknown}; known: {list(DAYS)}")  # exit 2, no traceback
+    plan: list[tuple[Day, dict[str, Any]]] = [(DAYS[key], {}) for key in chosen]
+    if service is not None:
+        arm_file = Path(service).resolve()
+        if not arm_file.is_file():
+            raise ConfigError(f"--service {service}: no such file")
+        if not is_arm(arm_file):
+            raise ConfigError(f"--service {service}: not an arm file (kind: command or kind: "
+                              f"url; see experiments/external/)")
+        plan.append((SERVICE_DAY, {"service": str(arm_file), "quick_service": None}))
     run_dir = Path(out) if out else base / "runs" / time.strftime("week-%Y%m%d-%H%M%S")
     run_dir = run_dir if run_dir.is_absolute() else base / run_dir
     repo = ensure_repository(repository, base)
     rows = []
     week_started = time.perf_counter()
-    for number, key in enumerate(chosen, 1):
-        day = DAYS[key]
+    for number, (day, own) in enumerate(plan, 1):
+        key = day.key
         day_dir = run_dir / key
         day_dir.mkdir(parents=True, exist_ok=True)
         executed = day_dir / day.notebook
         params = {"quick": quick, "out_dir": str(day_dir), "repository": str(repo),
-                  **(parameters or {})}
+                  **(parameters or {}), **own}
         if progress:
-            print(f"[{time.perf_counter() - week_started:6.0f} s] day {number} of {len(chosen)}: "
+            print(f"[{time.perf_counter() - week_started:6.0f} s] day {number} of {len(plan)}: "
                   f"{key} — {day.title} ({day.b} vs {day.a})", flush=True)
         started = time.perf_counter()
         error = ""
@@ -149,6 +167,10 @@ def _summary_row(key: str, day: Day, day_dir: Path, seconds: float, error: str) 
             if v.get("metric") in ("throughput_rps", "p99_ms"):
                 workload = v.get("workload", "digits")
                 where = v["load"] if workload == "digits" else f"{workload} {v['load']}"
+                if v.get("step"):  # the service day: each step's throughput, the target's both
+                    if v["metric"] != "throughput_rps" and v["step"] != "target":
+                        continue
+                    where = f"{v['load']} ({v['step']})"
                 row[f"{v['metric']} @ {where}"] = (
                     f"{v['change_pct']:+.1f} % [{v['ci_low_pct']:+.1f}, {v['ci_high_pct']:+.1f}] "
                     f"{v['verdict']}")

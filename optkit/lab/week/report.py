@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as _st
 
 from .._comparison import Comparison
-from ._days import DAYS, project_root
+from ._days import DAYS, SERVICE_DAY, project_root
 
 __all__ = ["rollup", "waterfall_steps", "week_waterfall", "summary_waterfall", "arm_interval",
            "target_table", "SEED_TARGETS", "write_index", "REPORTS", "run_reports",
@@ -255,7 +255,7 @@ def write_index(run_dir: str | Path, summary: pd.DataFrame | None = None) -> Pat
     """``index.html``: every day's report and the final reports, linked, with the summary table."""
     run = Path(run_dir)
     items = []
-    for key, day in DAYS.items():
+    for key, day in {**DAYS, SERVICE_DAY.key: SERVICE_DAY}.items():
         report = run / key / Path(day.notebook).with_suffix(".html").name
         if report.exists():
             items.append(f'<li><a href="{key}/{report.name}">{html.escape(day.title)}</a> '
