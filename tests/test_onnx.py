@@ -8,6 +8,7 @@ digits graphs are the catalogue's own (``onnx_repository``). Nothing asserts on 
 from __future__ import annotations
 
 import asyncio
+import io
 import pickle
 import shutil
 from pathlib import Path
@@ -30,6 +31,7 @@ from optkit.models._build_onnx import AGREEMENT, cnn_flops_per_row
 from optkit.models._onnx import OnnxModel
 from optkit.models._repository import FAILED, READY
 from optkit.service import create_gateway
+from optkit.service import create_model_server as create_model_server_app
 from optkit.service._model_server import ModelServer
 from optkit.v2 import TensorSpec
 
@@ -264,23 +266,32 @@ def test_a_model_travels_pickled_as_its_file(onnx_repository: Path, digits: tupl
 # -- real servers -----------------------------------------------------------------------------
 @pytest.fixture
 async def tiers(tmp_path: Path, onnx_repository: Path) -> AsyncIterator[Any]:
-    """A background-loading model server (a worker process loads, warm-up on) over a copy of
-    the ONNX models plus ``pairs``, and a gateway in front of it, on 127.0.0.1."""
-    root = tmp_path / "repo"
-    shutil.copytree(onnx_repository, root)
-    _pairs(root / "pairs" / "1")
-    config = ServiceConfig(loading=LoadingConfig(mode="background", warmup=True))
-    server = TestClient(TestServer(ModelServer(root, config).make_app(), host="127.0.0.1"))
-    await server.start_server()
-    for _ in range(600):  # bounded: 30 s
-        if [e["state"] for e in await _index(server)] == [READY] * 5:
-            break
-        await asyncio.sleep(0.05)
-    gateway = TestClient(TestServer(create_gateway([str(server.make_url(""))]), host="127.0.0.1"))
-    await gateway.start_server()
-    yield root, server, gateway
-    await gateway.close()
-    await server.close()
+    """Start a background-loading model server (a worker process loads, warm-up on) over a
+    copy of some ONNX models plus ``pairs``, and a gateway in front of it, on 127.0.0.1."""
+    clients: list[TestClient] = []
+
+    async def start(*models: str) -> tuple[Path, TestClient, TestClient]:
+        root = tmp_path / "repo"
+        for name in models:
+            shutil.copytree(onnx_repository / name, root / name)
+        _pairs(root / "pairs" / "1")
+        config = ServiceConfig(loading=LoadingConfig(mode="background", warmup=True))
+        server = TestClient(TestServer(ModelServer(root, config).make_app(), host="127.0.0.1"))
+        await server.start_server()
+        clients.append(server)
+        for _ in range(600):  # bounded: 30 s
+            if [e["state"] for e in await _index(server)] == [READY] * (len(models) + 1):
+                break
+            await asyncio.sleep(0.05)
+        gateway = TestClient(TestServer(create_gateway([str(server.make_url(""))]),
+                                        host="127.0.0.1"))
+        await gateway.start_server()
+        clients.append(gateway)
+        return root, server, gateway
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
 
 
 async def _index(client: TestClient) -> list[dict[str, str]]:
@@ -289,8 +300,9 @@ async def _index(client: TestClient) -> list[dict[str, str]]:
 
 async def test_both_tiers_serve_the_onnx_models(tiers: Any, digits: tuple) -> None:
     """digits-onnx and digits-cnn answer through the model server and the gateway alike,
-    labels right; the metadata says the onnx platform."""
-    _, server, gateway = tiers
+    labels right; the metadata says the onnx platform; the loader's bytes are the sessions'
+    measured memory, at least the files' sizes."""
+    root, server, gateway = await tiers("digits-onnx", "digits-cnn")
     _, xte, _, yte = digits
     body = encode_infer_request({"pixels": xte[:16]})
     for name in ("digits-onnx", "digits-cnn"):
@@ -305,12 +317,18 @@ async def test_both_tiers_serve_the_onnx_models(tiers: Any, digits: tuple) -> No
         assert answers[0] == answers[1]
         labels = np.array(next(o for o in answers[0] if o["name"] == "label")["data"])
         assert float((labels == yte[:16]).mean()) >= 0.9
+    stats = orjson.loads(await (await server.get("/stats")).read())["loading"]
+    files = sum((root / n / "1" / "model.onnx").stat().st_size
+                for n in ("digits-onnx", "digits-cnn", "pairs"))
+    assert stats["bytes_loaded"] >= files and stats["mode"] == "background/process"
+    # pairs refuses the warm-up's [1, 1] as a client's shape: it is READY, not warmed
+    assert stats["warmups"] == 2
 
 
 async def test_a_refused_shape_is_a_400_naming_the_input_at_both_tiers(tiers: Any) -> None:
     """A request whose free dimension the graph refuses: the same 400 from both tiers, naming
     the input and shape; never a 500 or ONNX Runtime's text."""
-    _, server, gateway = tiers
+    _, server, gateway = await tiers()
     body = encode_infer_request({"x": np.ones((1, 3), np.float32)})
     answers = []
     for client in (server, gateway):
@@ -334,7 +352,7 @@ async def test_a_bad_new_version_fails_and_the_old_keeps_serving(
         tiers: Any, digits: tuple, breakage: str, words: str) -> None:
     """Version 2 not ONNX, or disagreeing with its config: its load fails with the reason
     (FAILED in the index, a JSON 500 to the load), version 1 answers throughout."""
-    root, server, _ = tiers
+    root, server, _ = await tiers("digits-onnx")
     v2 = root / "digits-onnx" / "2"
     shutil.copytree(root / "digits-onnx" / "1", v2)
     if breakage == "garbage":
@@ -353,17 +371,6 @@ async def test_a_bad_new_version_fails_and_the_old_keeps_serving(
     assert resp.status == 200 and orjson.loads(await resp.read())["model_version"] == "1"
 
 
-async def test_the_budget_counts_the_sessions_memory(tiers: Any) -> None:
-    """The loader's bytes are the sessions' measured memory: at least the files' sizes."""
-    root, server, _ = tiers
-    stats = orjson.loads(await (await server.get("/stats")).read())["loading"]
-    files = sum((root / n / "1" / "model.onnx").stat().st_size
-                for n in ("digits-onnx", "digits-cnn", "pairs"))
-    assert stats["bytes_loaded"] >= files
-    # pairs refuses the warm-up's [1, 1] as a client's shape: it is READY, not warmed
-    assert stats["mode"] == "background/process" and stats["warmups"] == 4
-
-
 async def test_a_budget_below_the_session_fails_its_load(tmp_path: Path,
                                                          onnx_repository: Path) -> None:
     """digits-cnn under a budget smaller than its session: FAILED 'over memory budget'."""
@@ -379,5 +386,34 @@ async def test_a_budget_below_the_session_fails_its_load(tmp_path: Path,
         assert resp.status == 500 and "over memory budget" in orjson.loads(await resp.read())["error"]
         (entry,) = await _index(server)
         assert entry["state"] == FAILED and "over memory budget" in entry["reason"]
+    finally:
+        await server.close()
+
+
+async def test_a_real_exported_graph_serves_from_a_bare_folder(tmp_path: Path) -> None:
+    """SqueezeNet as the onnx package ships it (light model-zoo copy, exported with a fixed
+    batch of 1), dropped alone into a folder: served one row at a time, metadata from the
+    graph, two rows refused with a 400."""
+    shipped = Path(onnx.__file__).parent / "backend/test/data/light/light_squeezenet.onnx"
+    if not shipped.exists():
+        pytest.skip(f"this onnx wheel ships no {shipped.name}")
+    (tmp_path / "squeezenet" / "1").mkdir(parents=True)
+    shutil.copy(shipped, tmp_path / "squeezenet" / "1" / "model.onnx")
+    server = TestClient(TestServer(create_model_server_app(tmp_path), host="127.0.0.1"))
+    await server.start_server()
+    try:
+        meta = orjson.loads(await (await server.get("/v2/models/squeezenet")).read())
+        assert meta["inputs"] == [_spec("data_0", [1, 3, 224, 224])]
+        assert meta["parameters"]["max_batch_size"] == 1
+        image = np.random.default_rng(0).random((1, 3, 224, 224), np.float32)
+        resp = await server.post("/v2/models/squeezenet/infer",  # 600 KB: a stream, not bytes
+                                 data=io.BytesIO(encode_infer_request({"data_0": image})))
+        doc = orjson.loads(await resp.read())
+        assert resp.status == 200 and doc["outputs"][0]["shape"] == [1, 1000, 1, 1]
+        assert abs(sum(doc["outputs"][0]["data"]) - 1.0) < 1e-3  # a softmax over 1,000 classes
+        resp = await server.post("/v2/models/squeezenet/infer", data=io.BytesIO(
+            encode_infer_request({"data_0": np.concatenate([image, image])})))
+        assert resp.status == 400 and "shape [2, 3, 224, 224] given, model expects [1, 3, " in \
+            orjson.loads(await resp.read())["error"]
     finally:
         await server.close()
