@@ -217,6 +217,29 @@ def test_a_file_that_is_not_onnx_fails_with_a_clear_reason(tmp_path: Path, conte
         ModelConfig.read(folder)
 
 
+def test_a_port_the_protocol_cannot_carry_fails_the_load(tmp_path: Path) -> None:
+    """A string input cannot be said in v2 tensors here: completing the config, or checking a
+    config that names it, fails naming the input and its type."""
+    folder = _graph(tmp_path / "m" / "1", [helper.make_node("Identity", ["s"], ["t"])],
+                    [("s", TensorProto.STRING, ["N", 1])], [("t", TensorProto.STRING, ["N", 1])])
+    with pytest.raises(ModelLoadError, match="input 's' is of type STRING, which the v2 "
+                                             "protocol cannot carry"):
+        ModelConfig.read(folder)
+    _config(folder, inputs=[_spec("s", [-1, 1], "UINT8")], outputs=[_spec("t", [-1, 1], "UINT8")])
+    with pytest.raises(ModelLoadError, match=r"input 's' is a tensor\(string\)"):
+        load_model(folder)
+
+
+def test_only_what_the_config_leaves_out_is_read(tmp_path: Path) -> None:
+    """A config that gives its inputs (narrowing a free dimension) but not its outputs keeps
+    its inputs and takes the graph's outputs."""
+    folder = _pairs(tmp_path / "m" / "1")
+    _config(folder, inputs=[_spec("x", [-1, 6])])
+    config = load_model(folder).config
+    assert config.inputs == (TensorSpec("x", "FP32", (-1, 6)),)
+    assert config.outputs == (TensorSpec("y", "FP32", (-1, -1)),)
+
+
 def test_a_shape_the_graph_refuses_is_the_clients_fault(tmp_path: Path) -> None:
     """A free dimension the graph's nodes cannot take: a ProtocolError naming the input and
     its shape, ONNX Runtime's reason on one line; a shape it takes still serves."""
