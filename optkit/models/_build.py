@@ -10,7 +10,7 @@
     digits-mlp-xl    65,536 random relu features + ridge (~19 MB)
     digits-onnx      the digits-sklearn artefact converted to an ONNX graph, run by ONNX Runtime
                      (checked at build to agree with it to 1e-4)
-    digits-cnn       a convolutional network in ONNX, ~45 MFLOP a row, 34 MB of weights: ms a row
+    digits-cnn       a convolutional network in ONNX, ~147 MFLOP a row, 68 MB of weights: ms a row
                      (its read-out trained here; see _build_onnx.py for why so)
     synthetic        CPU cost a + b*batch, known ground truth
     synthetic-wide   same, with a 65,536-wide output per row (large responses)

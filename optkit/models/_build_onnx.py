@@ -8,15 +8,16 @@ download).
                   to give digits-sklearn's probabilities to 1e-4 on every held-out row
     digits-cnn    a convolutional network heavy enough that a row costs milliseconds:
 
-        pixels [N, 64] /16 -> [N, 1, 8, 8]
+        pixels [N, 64] /16 -> [N, 1, 8, 8] -> upsampled (nearest) to [N, 1, 16, 16]
           conv 3x3 1->64, relu -> conv 3x3 64->128, relu -> conv 3x3 128->128, relu
-          -> max-pool 2x2 -> [N, 2048] -> dense 2048->4096, relu    (random features, seeded)
-          -> dense 4096->10 (ridge read-out, trained) -> softmax(T * scores) -> probabilities, label
+          -> max-pool 4x4 -> [N, 2048] -> dense 2048->8192, relu    (random features, seeded)
+          -> dense 8192->10 (ridge read-out, trained) -> softmax(T * scores) -> probabilities, label
 
 Why digits-cnn is built this way. Its cost is set by its shapes, not by the values of its
-weights: about 45 MFLOP a row, 34 MB of float32 weights, most of them in the dense layer, so
-a single row is a matrix-vector product that streams all of them from memory while a batch
-reuses each weight for every row: batching meets real arithmetic. Training the convolutions
+weights: about 147 MFLOP a row (the convolutions 114, the dense layer 34) and 68 MB of
+float32 weights, nearly all in the dense layer. A single row is a matrix-vector product that
+streams all of them from memory, while a batch reuses each weight for every row: batching
+meets real arithmetic. Training the convolutions
 would need an autodiff framework (hundreds of megabytes) or a hand-written backward pass; a
 seeded random convolutional network whose linear read-out is fitted (ridge regression on
 its features, then a softmax temperature) reaches about 99 % on the held-out digits, and that
@@ -40,7 +41,10 @@ __all__ = ["build_digits_onnx", "build_digits_cnn", "OPSET", "IR_VERSION", "AGRE
 OPSET, IR_VERSION = 17, 8
 #: the largest difference in any probability digits-onnx may show against digits-sklearn
 AGREEMENT = 1e-4
-CNN_CHANNELS, CNN_HIDDEN, CNN_RIDGE = (64, 128, 128), 4096, 10.0
+#: the convolutions run on the image upsampled to CNN_SIDE x CNN_SIDE; max-pooling by
+#: CNN_POOL leaves 4 x 4 per channel for the dense layer
+CNN_SIDE, CNN_POOL = 16, 4
+CNN_CHANNELS, CNN_HIDDEN, CNN_RIDGE = (64, 128, 128), 8192, 10.0
 DIGITS_IN = (TensorSpec("pixels", "FP32", (-1, 64)),)
 DIGITS_OUT = (TensorSpec("probabilities", "FP32", (-1, 10)), TensorSpec("label", "INT64", (-1, 1)))
 
@@ -169,7 +173,7 @@ def build_digits_onnx(root: Path, seed: int) -> None:
 
 # -- digits-cnn -----------------------------------------------------------------------------
 def _cnn_features(g: _Graph, seed: int) -> str:
-    """The network up to its 4,096 relu features (seeded He-normal weights, zero biases)."""
+    """The network up to its CNN_HIDDEN relu features (seeded He-normal weights, zero biases)."""
     rng = np.random.default_rng(seed)
 
     def he(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
@@ -177,13 +181,16 @@ def _cnn_features(g: _Graph, seed: int) -> str:
 
     h = g.node("Div", ["pixels", g.weight("sixteen", 16.0)], "scaled")
     h = g.node("Reshape", [h, g.weight("image_shape", [-1, 1, 8, 8], np.int64)], "image")
+    scale = CNN_SIDE // 8
+    h = g.node("Resize", [h, "", g.weight("upsample", [1, 1, scale, scale])], "upsampled",
+               mode="nearest")
     channels = 1
     for i, out in enumerate(CNN_CHANNELS):
         h = g.node("Conv", [h, g.weight(f"conv{i}_w", he((out, channels, 3, 3), channels * 9)),
                             g.weight(f"conv{i}_b", np.zeros(out))], f"conv{i}", pads=[1, 1, 1, 1])
         h = g.node("Relu", [h], f"conv{i}_relu")
         channels = out
-    h = g.node("MaxPool", [h], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    h = g.node("MaxPool", [h], "pool", kernel_shape=[CNN_POOL] * 2, strides=[CNN_POOL] * 2)
     h = g.node("Flatten", [h], "flat", axis=1)
     flat = channels * 16
     h = g.node("Gemm", [h, g.weight("dense_w", he((flat, CNN_HIDDEN), flat)),
@@ -195,7 +202,7 @@ def cnn_flops_per_row() -> int:
     """Multiply-adds x 2 of one row through digits-cnn (convolutions, dense, read-out)."""
     macs, channels = 0, 1
     for out in CNN_CHANNELS:
-        macs += 64 * out * channels * 9
+        macs += CNN_SIDE * CNN_SIDE * out * channels * 9
         channels = out
     macs += channels * 16 * CNN_HIDDEN + CNN_HIDDEN * 10
     return 2 * macs
