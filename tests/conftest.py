@@ -12,6 +12,8 @@ from optkit import build_repository
 from optkit.service import Stack, create_model_server, launch_stack
 
 TEST_MODELS = ("digits-mlp", "digits-sklearn", "synthetic", "synthetic-wide")
+#: the ONNX models, apart (a 34 MB graph that every stack over ``repository`` would load)
+ONNX_MODELS = ("digits-onnx", "digits-cnn")
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +22,22 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_repository(root, models=TEST_MODELS)
     return root
+
+
+@pytest.fixture(scope="session")
+def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits-onnx (with the digits-sklearn it was converted from, and digits-mlp) and
+    digits-cnn, built once."""
+    root = tmp_path_factory.mktemp("onnx-models")
+    build_repository(root, models=ONNX_MODELS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def onnx_stack(onnx_repository: Path) -> Iterator[Stack]:
+    """A baseline stack (model server + gateway) serving the ONNX models, as real processes."""
+    with launch_stack(None, repository=onnx_repository) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

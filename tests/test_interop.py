@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from optkit.service import Stack
@@ -45,3 +46,34 @@ def test_tritonclient_repository_extension(stack: Stack) -> None:
         assert client.is_model_ready("synthetic")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("model", ["digits-onnx", "digits-cnn"])
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_gets_the_same_answers_from_both_tiers_on_onnx(
+        onnx_stack: Stack, digits: tuple, model: str, binary: bool) -> None:
+    """The ONNX models through tritonclient: metadata, ready, and the same probabilities and
+    labels from the model server and the gateway, right on held-out digits."""
+    _, xte, _, yte = digits
+    x = xte[:32]
+    answers = []
+    for tier in ("model-server", "gateway"):
+        client = httpclient.InferenceServerClient(
+            url=onnx_stack.services[tier].url.removeprefix("http://"))
+        try:
+            assert client.is_model_ready(model)
+            meta = client.get_model_metadata(model)
+            assert meta["platform"] == "optkit_onnx"
+            assert [i["name"] for i in meta["inputs"]] == ["pixels"]
+            inp = httpclient.InferInput("pixels", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            outputs = [httpclient.InferRequestedOutput(n, binary_data=binary)
+                       for n in ("probabilities", "label")]
+            result = client.infer(model, [inp], outputs=outputs)
+            answers.append((result.as_numpy("probabilities"), result.as_numpy("label")))
+        finally:
+            client.close()
+    (p_server, l_server), (p_gateway, l_gateway) = answers
+    assert np.array_equal(p_server, p_gateway) and np.array_equal(l_server, l_gateway)
+    assert p_server.shape == (32, 10) and l_server.shape == (32, 1)
+    assert float((l_server.ravel() == yte[:32]).mean()) >= 0.9

@@ -69,7 +69,7 @@ import numpy as np
 
 from ._base import Layer
 from .._config import LoadingConfig
-from .._exceptions import ModelLoadError, ModelNotReady, OptkitError
+from .._exceptions import ModelLoadError, ModelNotReady, OptkitError, ProtocolError
 from .._metrics import Histogram, HistogramSnapshot, counter, gauge, histogram_field
 from ..models import Model
 from ..v2 import DATATYPES
@@ -124,25 +124,30 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="optkit-parent-watch", daemon=True).start()
 
 
-def warm_up(model: Model) -> None:
-    """One inference on a zero input shaped by the model's metadata (free dims -> 1).
+def warm_up(model: Model) -> bool:
+    """One inference on a zero input shaped by the model's metadata (free dims -> 1); whether
+    it ran (there is nothing to try a model on whose inputs take no zero, or whose graph
+    refuses the size-1 shape as a client's: see ``_onnx.py``).
 
     Raises:
         ModelLoadError: the model raised, or answered without a batch of one.
     """
     cfg = model.config
     if any(spec.datatype not in DATATYPES for spec in cfg.inputs):
-        return  # no neutral value for BYTES inputs: nothing to try it on
+        return False  # no neutral value for BYTES inputs: nothing to try it on
     inputs = {spec.name: np.zeros(tuple(1 if d < 0 else d for d in spec.shape),
                                   DATATYPES[spec.datatype]) for spec in cfg.inputs}
     try:
         outputs = model.predict(inputs)
+    except ProtocolError:
+        return False  # a free dimension the graph needs larger than 1: not the model's fault
     except Exception as exc:
         raise ModelLoadError(f"warm-up of {cfg.name!r} version {cfg.version} failed: "
                              f"{type(exc).__name__}: {exc}") from exc
     if any(len(v) != 1 for v in outputs.values()):
         raise ModelLoadError(f"warm-up of {cfg.name!r} version {cfg.version}: "
                              "an output does not have one row for one input row")
+    return True
 
 
 class ModelLoader(Layer):
@@ -286,9 +291,7 @@ class ModelLoader(Layer):
     def _build(self, name: str, version: str) -> tuple[Model, bool]:
         """Read and (if configured) warm a model: runs in a worker thread or on the loop."""
         model = self.repository.read(name, version)
-        if self.config.warmup:
-            warm_up(model)
-        return model, self.config.warmup
+        return model, self.config.warmup and warm_up(model)
 
     async def _build_off_loop(self, name: str, version: str) -> tuple[Model, bool]:
         loop = asyncio.get_running_loop()
@@ -304,9 +307,10 @@ class ModelLoader(Layer):
         repo = self.repository
         model = await loop.run_in_executor(self._processes, _read, str(repo.root), name, version,
                                            repo.overrides)
+        warmed = False
         if self.config.warmup:  # in this process: warming another one would warm nothing here
-            await loop.run_in_executor(self._threads, warm_up, model)
-        return model, self.config.warmup
+            warmed = await loop.run_in_executor(self._threads, warm_up, model)
+        return model, warmed
 
     def _fail(self, name: str, version: str, reason: str) -> None:
         self._failures += 1

@@ -2,11 +2,13 @@
 
 ::
 
-    <repository>/<model>/<version>/config.yaml + weights     (Triton-style folders)
+    <repository>/<model>/<version>/config.yaml + weights     (Triton-style folders;
+         │                                                    a lone model.onnx will do)
          │ ModelRepository: names validated, nothing loaded from a path a request names
          ▼
-    load_model(version_dir) ──▶ NumpyMLP | SklearnModel | SyntheticModel   (a ``Model``)
-    build_repository(dir)   ──▶ the seeded catalogue (digits-mlp, digits-sklearn, sizes, synthetic)
+    load_model(version_dir) ──▶ NumpyMLP | SklearnModel | OnnxModel | SyntheticModel  (a ``Model``)
+    build_repository(dir)   ──▶ the seeded catalogue (digits-mlp, digits-sklearn, digits-onnx,
+                                digits-cnn, sizes, synthetic)
 """
 
 from ._base import CONFIG_FILE, Model, ModelConfig, validate_model_name

@@ -6,10 +6,13 @@ A model repository is a folder, Triton-style::
       digits-mlp/
         1/
           config.yaml      name, backend, inputs, outputs, max_batch_size, parameters, metrics
-          model.npz        the weights (model.joblib for the scikit-learn backend)
+          model.npz        the weights (model.joblib for the scikit-learn backend,
+                           model.onnx for the onnx backend)
 
 A version is loaded by reading its ``config.yaml`` and handing the folder to the
-backend it names. Paths come only from the repository root and a validated model
+backend it names. An ONNX graph needs less (bring your model): a ``config.yaml`` that
+says only ``backend: onnx``, or none at all beside ``model.onnx``, is completed from the
+graph (its inputs and outputs; the name is the folder's). Paths come only from the repository root and a validated model
 name; nothing is ever loaded from a path a request names.
 """
 
@@ -26,9 +29,10 @@ import yaml
 from .._exceptions import ModelLoadError, ModelNotFound, ProtocolError
 from ..v2 import TensorSpec
 
-__all__ = ["ModelConfig", "Model", "validate_model_name", "CONFIG_FILE"]
+__all__ = ["ModelConfig", "Model", "validate_model_name", "is_version_dir", "CONFIG_FILE"]
 
 CONFIG_FILE = "config.yaml"
+_ONNX_FILE = "model.onnx"  # a version folder with this and no config is an onnx model
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[0-9]{1,9}$")
 
@@ -43,6 +47,11 @@ def validate_model_name(name: str, version: str | None = None) -> None:
         raise ProtocolError(f"invalid model name {name!r}")
     if version is not None and not _VERSION.match(version):
         raise ProtocolError(f"invalid model version {version!r}")
+
+
+def is_version_dir(path: Path) -> bool:
+    """Whether ``path`` holds a model version: a ``config.yaml``, or a lone ``model.onnx``."""
+    return (path / CONFIG_FILE).exists() or (path / _ONNX_FILE).exists()
 
 
 @dataclass(frozen=True)
@@ -62,9 +71,20 @@ class ModelConfig:
     def read(cls, version_dir: Path) -> "ModelConfig":
         path = version_dir / CONFIG_FILE
         try:
-            doc = yaml.safe_load(path.read_text())
+            if not path.exists() and (version_dir / _ONNX_FILE).exists():
+                doc: Any = {"backend": "onnx"}
+            else:
+                doc = yaml.safe_load(path.read_text())
+            if not isinstance(doc, dict):
+                raise TypeError(f"a mapping of settings, not {type(doc).__name__}")
+            if doc.get("backend") == "onnx" and ("inputs" not in doc or "outputs" not in doc):
+                from ._onnx import signature  # bring your model: the graph says what is left out
+
+                graph_in, graph_out = signature(version_dir)
+                doc = {"inputs": [t.to_dict() for t in graph_in],
+                       "outputs": [t.to_dict() for t in graph_out], **doc}
             return cls(
-                name=str(doc["name"]),
+                name=str(doc.get("name", version_dir.parent.name)),
                 version=str(doc.get("version", version_dir.name)),
                 backend=str(doc["backend"]),
                 inputs=tuple(TensorSpec.from_dict(d) for d in doc["inputs"]),

@@ -8,6 +8,10 @@
     digits-mlp-m     256x256                             (~0.3 MB)
     digits-mlp-l     1024x1024                           (~4.4 MB)
     digits-mlp-xl    65,536 random relu features + ridge (~19 MB)
+    digits-onnx      the digits-sklearn artefact converted to an ONNX graph, run by ONNX Runtime
+                     (checked at build to agree with it to 1e-4)
+    digits-cnn       a convolutional network in ONNX, ~147 MFLOP a row, 68 MB of weights: ms a row
+                     (its read-out trained here; see _build_onnx.py for why so)
     synthetic        CPU cost a + b*batch, known ground truth
     synthetic-wide   same, with a 65,536-wide output per row (large responses)
     synthetic-slow   same cost per call; a load burns 1 s of CPU in Python holding the
@@ -101,7 +105,8 @@ def _sklearn_layers(clf) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore
             for w, b in zip(clf.coefs_, clf.intercepts_)]
 
 
-def _build_digits(root: Path, seed: int) -> None:
+def build_digits(root: Path, seed: int) -> None:
+    """digits-mlp and digits-sklearn: one trained network, two artefacts."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MaxAbsScaler
 
@@ -151,12 +156,21 @@ def _build_synthetic(root: Path, name: str, width: int, **load: float) -> None:
     config.write(root / name / "1")
 
 
+def _build_onnx(name: str, root: Path, seed: int) -> None:
+    from . import _build_onnx as onnx_graphs  # imports onnx and ONNX Runtime: only when asked
+
+    {"digits-onnx": onnx_graphs.build_digits_onnx,
+     "digits-cnn": onnx_graphs.build_digits_cnn}[name](root, seed)
+
+
 _BUILDERS: dict[str, Callable[[Path, int], None]] = {
-    "digits-mlp": _build_digits,  # also writes digits-sklearn (same trained network)
+    "digits-mlp": build_digits,  # also writes digits-sklearn (same trained network)
     "digits-mlp-s": lambda r, s: _build_variant(r, "digits-mlp-s", s),
     "digits-mlp-m": lambda r, s: _build_variant(r, "digits-mlp-m", s),
     "digits-mlp-l": lambda r, s: _build_variant(r, "digits-mlp-l", s),
     "digits-mlp-xl": lambda r, s: _build_variant(r, "digits-mlp-xl", s),
+    "digits-onnx": lambda r, s: _build_onnx("digits-onnx", r, s),
+    "digits-cnn": lambda r, s: _build_onnx("digits-cnn", r, s),
     "synthetic": lambda r, s: _build_synthetic(r, "synthetic", 1),
     "synthetic-wide": lambda r, s: _build_synthetic(r, "synthetic-wide", 65536),
     "synthetic-slow": lambda r, s: _build_synthetic(r, "synthetic-slow", 1, load_cost_s=1.0,

@@ -24,7 +24,7 @@ def load_model(version_dir: Path, *, overrides: Mapping[str, Any] | None = None)
     if overrides:
         config = dataclasses.replace(config, parameters={**config.parameters, **overrides})
     try:
-        # each backend imports its own library (scikit-learn, joblib) only when it is used
+        # each backend imports its own library (scikit-learn, ONNX Runtime) only when it is used
         if config.backend == "numpy_mlp":
             from ._numpy_mlp import NumpyMLP
             return NumpyMLP(config, version_dir)
@@ -34,6 +34,9 @@ def load_model(version_dir: Path, *, overrides: Mapping[str, Any] | None = None)
         if config.backend == "synthetic":
             from ._synthetic import SyntheticModel
             return SyntheticModel(config, version_dir)
+        if config.backend == "onnx":
+            from ._onnx import OnnxModel
+            return OnnxModel(config, version_dir)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelLoadError(f"loading {version_dir}: {exc!r}") from exc
     raise ModelLoadError(f"{version_dir}: unknown backend {config.backend!r}")

@@ -3,7 +3,7 @@
 ::
 
     ModelRepository(root)
-      names()/versions()     what is on disk (folders with a config.yaml)
+      names()/versions()     what is on disk (folders with a config.yaml, or a lone model.onnx)
       read(name, version)    build a version (no state change; any thread)
       install(name, model)   make it the one served, atomically     -> READY
       load(name)             read + install the latest version      -> READY or FAILED
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from .._metrics import counter, gauge
 from .._exceptions import ModelLoadError, ModelNotFound, ModelNotReady, OptkitError
-from ._base import CONFIG_FILE, Model, ModelConfig, validate_model_name
+from ._base import Model, ModelConfig, is_version_dir, validate_model_name
 from ._load import load_model
 
 __all__ = ["ModelRepository", "RepositoryStatistics", "READY", "UNAVAILABLE", "LOADING", "FAILED",
@@ -82,7 +82,7 @@ class ModelRepository:
     # -- what is on disk ------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and any((v / CONFIG_FILE).exists() for v in p.iterdir()
+                      if p.is_dir() and any(is_version_dir(v) for v in p.iterdir()
                                             if v.is_dir()))
 
     def versions(self, name: str) -> list[str]:
@@ -91,7 +91,7 @@ class ModelRepository:
         if not folder.is_dir():
             raise ModelNotFound(f"unknown model {name!r}")
         found = sorted((v.name for v in folder.iterdir()
-                        if v.is_dir() and v.name.isdigit() and (v / CONFIG_FILE).exists()), key=int)
+                        if v.is_dir() and v.name.isdigit() and is_version_dir(v)), key=int)
         if not found:
             raise ModelNotFound(f"model {name!r} has no versions")
         return found

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from .._version import __version__
 from .._config import ServiceConfig
-from .._exceptions import InferenceError, ProtocolError
+from .._exceptions import InferenceError, OptkitError, ProtocolError
 from ..models import Model, ModelConfig
 from ..v2 import (InferRequest, json_loads, parse_generate_request, parse_infer_request,
                   request_deadline, split_rows, validate_inputs)
@@ -336,6 +336,8 @@ def _check_infer(req: InferRequest, cfg: ModelConfig) -> None:
 def _predict(model: Model, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
         return model.predict(inputs)
+    except OptkitError:  # the model's own verdict: a ProtocolError (an input its graph refuses)
+        raise           # is the client's 400, not the model's 500
     except Exception as exc:
         raise InferenceError(f"model {model.config.name!r} failed: {type(exc).__name__}: "
                              f"{exc}") from exc
