@@ -7,6 +7,7 @@
     _measures.py   what a day measures beside its session (start-up, bulk scoring, curves)
     report.py      the roll-up, Friday's target table, the final reports, the run's index
     _runner.py     record_day (a day's results.json) and run_week (papermill, then the reports)
+    _kernel.py     the kernel papermill runs a report in (over IPC, unattended)
     _browser_check.py  the HTML reports opened in headless Chromium, as a reader would
 
 Every public name is re-exported here; ``report`` is a namespace of its own.

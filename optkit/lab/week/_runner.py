@@ -80,6 +80,8 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
     """
     import papermill as pm  # imported here: a notebook kernel that records its day needs none of it
 
+    from ._kernel import papermill_kernel
+
     base = project_root(root)
     chosen = list(days or DAYS)
     unknown = [d for d in chosen if d not in DAYS]
@@ -105,7 +107,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
         try:
             pm.execute_notebook(str(base / "notebooks" / day.notebook), str(executed),
                                 parameters=params, cwd=str(base / "notebooks"),
-                                progress_bar=False, kernel_name="python3")
+                                progress_bar=False, **papermill_kernel())
         except Exception as exc:  # record the failure, go on with the other days
             # a failed cell: its exception, not papermill's banner, says what went wrong
             cause = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")  # type: ignore

@@ -297,6 +297,8 @@ def run_reports(run_dir: str | Path, *, root: str | Path | None = None,
     import papermill as pm
     from nbconvert import HTMLExporter, MarkdownExporter
 
+    from ._kernel import papermill_kernel
+
     base = project_root(root)
     run = Path(run_dir).resolve()
     out = run / "reports"
@@ -308,7 +310,7 @@ def run_reports(run_dir: str | Path, *, root: str | Path | None = None,
             pm.execute_notebook(str(base / "notebooks" / "reports" / REPORTS[name]), str(executed),
                                 parameters={"run_dir": str(run)},
                                 cwd=str(base / "notebooks" / "reports"), progress_bar=False,
-                                kernel_name="python3")
+                                **papermill_kernel())
             status[name] = "ok"
         except Exception as exc:  # keep going: one broken report must not hide the others
             status[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
