@@ -31,7 +31,7 @@ from ._days import DAYS, Day, ensure_repository, project_root
 from ._sessions import conclusion
 from .report import run_reports, write_index
 
-__all__ = ["record_day", "run_week", "week_summary"]
+__all__ = ["record_day", "run_week"]
 
 
 def record_day(cmp: Comparison | Sequence[Comparison], *, day: str, out_dir: str | Path,
@@ -128,6 +128,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
                 summary.loc[len(summary)] = {"day": f"report:{name}", "status": "failed",
                                              "error": status}
     write_index(run_dir, summary)
+    summary.attrs["run_dir"] = str(run_dir)  # where week_summary says the reports are
     return summary
 
 
@@ -159,8 +160,3 @@ def _summary_row(key: str, day: Day, day_dir: Path, seconds: float, error: str) 
     if error:
         row["error"] = error
     return row
-
-
-def week_summary(summary: pd.DataFrame) -> str:
-    """The end-of-week table as text."""
-    return summary.to_string(index=False)
