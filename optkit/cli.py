@@ -232,7 +232,7 @@ def _week(args: argparse.Namespace) -> int:
     days = args.days.split(",") if args.days else None
     summary = week.run_week(days, quick=args.quick, out=args.out, repository=args.repository,
                             service=args.service)
-    print(week.week_summary(summary))
+    print(week.week_summary(summary), flush=True)
     failed = summary[summary["status"] != "ok"]
     for row in failed.itertuples():
         print(f"optkit week: {row.day} {row.status}: {getattr(row, 'error', '') or ''}",

@@ -21,6 +21,8 @@ from optkit.lab import Comparison
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.week import headline
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
+from optkit.lab.week.report import write_index
+from test_summary import week_summary_frame
 
 DAY_REPORT = "01-connection-pooling.html"
 
@@ -53,7 +55,8 @@ def _page(*parts: str) -> str:
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder: a good day report, a bad one, and an index page (no headline expected)."""
+    """A run folder: a good day report, a bad one, and the run's index page as ``optkit
+    week`` writes it for a whole week (no headline expected)."""
     run = tmp_path_factory.mktemp("run")
     cmp = _comparison()
     table = headline(cmp).to_html()
@@ -69,8 +72,9 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          '<div data-mime-type="application/vnd.jupyter.stderr">'
                          '<pre>IProgress not found</pre></div>',
                          '<div data-mime-type="text/plain">'
-                         '<pre>&lt;Figure size 450x450 with 1 Axes&gt;</pre></div>'))
-    (run / "index.html").write_text(_page("<h1>week</h1>", cmp.means().to_html()))
+                         '<pre>&lt;Figure size 450x450 with 1 Axes&gt;</pre></div>',
+                         '<table style="width:1500px"><tr><td>too wide</td></tr></table>'))
+    write_index(run, week_summary_frame())
     return run
 
 
@@ -90,13 +94,20 @@ def test_every_fault_of_a_bad_report_is_found(checked: dict[str, ReportCheck]) -
     bad = checked[f"bad/{DAY_REPORT}"]
     assert (bad.images_total, bad.images_loaded) == (2, 0)
     assert bad.stderr_blocks == 1 and bad.figure_placeholders == 1 and bad.headline is False
-    assert not bad.ok and len(bad.problems) == 4, bad.problems
+    assert bad.overflow_px >= 250 and "past the right edge of a 1200 px window" in bad.line()
+    assert not bad.ok and len(bad.problems) == 5, bad.problems
 
 
 def test_a_page_that_is_not_a_day_report_needs_no_headline(
         checked: dict[str, ReportCheck]) -> None:
     index = checked["index.html"]
     assert index.headline is None and index.images_total == 0 and index.ok, index.line()
+
+
+def test_the_index_of_a_whole_week_fits_a_laptop_screen(checked: dict[str, ReportCheck]) -> None:
+    """The week's summary (15 columns in summary.csv, 14 of them verdicts) as index.html
+    shows it, a row per day and load: nothing runs past a 1200 px window (issue #32)."""
+    assert checked["index.html"].overflow_px == 0, checked["index.html"].line()
 
 
 def test_the_command_prints_a_line_per_report_and_saves_screenshots(

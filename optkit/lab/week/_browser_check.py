@@ -7,7 +7,9 @@ the rendered page is asked what it shows:
 - every ``<img>`` has loaded and has a natural size > 0, and a day report has at least one;
 - no stderr output block (nbconvert writes ``data-mime-type="application/vnd.jupyter.stderr"``)
   and no ``<Figure size ...>`` text where a figure should be drawn;
-- a day report shows its headline table (the columns ``week.headline`` writes).
+- a day report shows its headline table (the columns ``week.headline`` writes);
+- the page fits a laptop's window (``VIEWPORT``, 1200 px wide): nothing runs off its right
+  edge (a wide table or output may scroll inside its own box, as JupyterLab's outputs do).
 
 Used by ``optkit check-reports RUN_FOLDER`` and by the tests. Chromium comes from Debian
 (``/usr/bin/chromium``; ``make test`` installs it): Playwright's own browser download does not
@@ -38,6 +40,9 @@ CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 HEADLINE_COLUMNS = ("metric", "change", "95 % CI", "verdict")
 STDERR_MIME = "application/vnd.jupyter.stderr"
 LOAD_TIMEOUT_MS = 30_000  # per page; a report is one self-contained file
+#: the window every report is opened in: a laptop's screen, narrower than the 1,300 px the
+#: run's index once ran over
+VIEWPORT = {"width": 1200, "height": 900}
 
 # Runs in the page: what the reader sees, in one round trip.
 _PROBE_JS = """([stderrMime, headlineColumns]) => {
@@ -50,7 +55,8 @@ _PROBE_JS = """([stderrMime, headlineColumns]) => {
     return headlineColumns.every(c => heads.includes(c)) && table.offsetHeight > 0;
   });
   const placeholders = (document.body.innerText.match(/<Figure size [^>]*>/g) || []).length;
-  return {images, stderr, headline, placeholders};
+  const overflow = Math.max(0, document.documentElement.scrollWidth - window.innerWidth);
+  return {images, stderr, headline, placeholders, overflow};
 }"""
 
 
@@ -70,6 +76,7 @@ class ReportCheck:
     headline: bool | None  # None: not a day report, no headline expected
     error: str = ""
     screenshot: Path | None = None
+    overflow_px: int = 0  # how far the page runs past the window's right edge
 
     @property
     def problems(self) -> list[str]:
@@ -85,6 +92,9 @@ class ReportCheck:
             found.append(f"{self.figure_placeholders} '<Figure size ...>' placeholder(s)")
         if self.headline is False:
             found.append("no headline table")
+        if self.overflow_px > 0:
+            found.append(f"runs {self.overflow_px} px past the right edge of a "
+                         f"{VIEWPORT['width']} px window")
         return found
 
     @property
@@ -159,7 +169,7 @@ def check_reports(paths: Iterable[str | Path], *, screenshots: str | Path | None
         except PlaywrightError as exc:
             raise BrowserUnavailable(f"Chromium did not start: {str(exc).splitlines()[0]}") from exc
         try:
-            context = browser.new_context(viewport={"width": 1200, "height": 900})
+            context = browser.new_context(viewport=VIEWPORT)
             context.route("**/*", _offline)
             for path in files:
                 results.append(_check_one(context, path, shots, base, PlaywrightError))
@@ -192,7 +202,8 @@ def _check_one(context: Any, path: Path, shots: Path | None, base: Path | None,
         images = seen["images"]
         return ReportCheck(path, len(images), sum(1 for i in images if i["loaded"]),
                            seen["stderr"], seen["placeholders"],
-                           bool(seen["headline"]) if day else None, screenshot=shot)
+                           bool(seen["headline"]) if day else None, screenshot=shot,
+                           overflow_px=int(seen["overflow"]))
     except error_type as exc:
         return ReportCheck(path, 0, 0, 0, 0, False if day else None,
                            error=f"page did not render: {str(exc).splitlines()[0]}")

@@ -35,7 +35,7 @@ from ._days import DAYS, SERVICE_DAY, Day, ensure_repository, project_root
 from ._sessions import conclusion
 from .report import run_reports, write_index
 
-__all__ = ["record_day", "run_week", "week_summary"]
+__all__ = ["record_day", "run_week"]
 
 
 def record_day(cmp: Comparison | Sequence[Comparison], *, day: str, out_dir: str | Path,
@@ -89,6 +89,8 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
     """
     import papermill as pm  # imported here: a notebook kernel that records its day needs none of it
 
+    from ._kernel import papermill_kernel
+
     base = project_root(root)
     chosen = list(days or ([] if service is not None else DAYS))
     unknown = [d for d in chosen if d not in DAYS]
@@ -123,7 +125,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
         try:
             pm.execute_notebook(str(base / "notebooks" / day.notebook), str(executed),
                                 parameters=params, cwd=str(base / "notebooks"),
-                                progress_bar=False, kernel_name="python3")
+                                progress_bar=False, **papermill_kernel())
         except Exception as exc:  # record the failure, go on with the other days
             # a failed cell: its exception, not papermill's banner, says what went wrong
             cause = (f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename")  # type: ignore
@@ -144,6 +146,7 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
                 summary.loc[len(summary)] = {"day": f"report:{name}", "status": "failed",
                                              "error": status}
     write_index(run_dir, summary)
+    summary.attrs["run_dir"] = str(run_dir)  # where week_summary says the reports are
     return summary
 
 
@@ -179,8 +182,3 @@ def _summary_row(key: str, day: Day, day_dir: Path, seconds: float, error: str) 
     if error:
         row["error"] = error
     return row
-
-
-def week_summary(summary: pd.DataFrame) -> str:
-    """The end-of-week table as text."""
-    return summary.to_string(index=False)

@@ -29,6 +29,7 @@ from scipy import stats as _st
 
 from .._comparison import Comparison
 from ._days import DAYS, SERVICE_DAY, project_root
+from ._summary import summary_rows
 
 __all__ = ["rollup", "waterfall_steps", "week_waterfall", "summary_waterfall", "arm_interval",
            "target_table", "SEED_TARGETS", "write_index", "REPORTS", "run_reports",
@@ -268,18 +269,21 @@ def write_index(run_dir: str | Path, summary: pd.DataFrame | None = None) -> Pat
             path = run / "reports" / f"{name}{suffix}"
             if path.exists():
                 finals.append(f'<a href="reports/{path.name}">{path.name}</a>')
-    table = summary.to_html(index=False, border=0, na_rep="") if summary is not None \
-        and not summary.empty else "<p>(no summary)</p>"
+    # a row per day and load, one column per headline metric: the wide summary.csv (a
+    # column per metric and load, 14 today) ran off a laptop's screen; the scroll box is
+    # the fallback should a table still outgrow it
+    table = ('<div class="scroll">' + summary_rows(summary).to_html(index=False, border=0)
+             + "</div>") if summary is not None and not summary.empty else "<p>(no summary)</p>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>optkit week: {html.escape(run.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse;font-size:90%}}td,th{{padding:.3em .6em;border-bottom:1px solid #ddd;
-text-align:left}}</style></head><body>
+text-align:left;vertical-align:top}}.scroll{{overflow-x:auto}}</style></head><body>
 <h1>optkit sprint week — {html.escape(run.name)}</h1>
 <p>Generated {time.strftime("%Y-%m-%d %H:%M:%S %Z")}. Every figure below was measured in this run.</p>
 <h2>Daily reports</h2><ul>{''.join(items) or '<li>none</li>'}</ul>
 <h2>Final reports</h2><p>{' · '.join(finals) or 'not generated'}</p>
-<h2>Summary</h2>{table}
+<h2>Summary</h2><p>Each day's headline verdicts, a row per load (full table: <a href="summary.csv">summary.csv</a>).</p>{table}
 </body></html>
 """
     path = run / "index.html"
@@ -297,6 +301,8 @@ def run_reports(run_dir: str | Path, *, root: str | Path | None = None,
     import papermill as pm
     from nbconvert import HTMLExporter, MarkdownExporter
 
+    from ._kernel import papermill_kernel
+
     base = project_root(root)
     run = Path(run_dir).resolve()
     out = run / "reports"
@@ -308,7 +314,7 @@ def run_reports(run_dir: str | Path, *, root: str | Path | None = None,
             pm.execute_notebook(str(base / "notebooks" / "reports" / REPORTS[name]), str(executed),
                                 parameters={"run_dir": str(run)},
                                 cwd=str(base / "notebooks" / "reports"), progress_bar=False,
-                                kernel_name="python3")
+                                **papermill_kernel())
             status[name] = "ok"
         except Exception as exc:  # keep going: one broken report must not hide the others
             status[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
