@@ -2,7 +2,8 @@
 #   make week   create .venv, install, build the models, run the sprint week
 #   make test   create/use .venv, run the whole test suite (notebooks included)
 # and one more runs every heavy suite make test leaves out (CI runs both: .ci/run):
-#   make heavy  faults, fuzzing, the Ray engine, third-party servers, a short soak, the gate
+#   make heavy  faults, fuzzing, the Ray engine, third-party servers, a short soak, the gate,
+#               Monday in JupyterLab driven by Chromium
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +14,7 @@ WEEK_ARGS ?=
 
 .PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
 	external external-example third-party soak-short heavy \
-	mlserver vs-mlserver gate-check gate-demo triton triton-check
+	mlserver vs-mlserver gate-check gate-demo triton triton-check jupyterlab-check
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -179,6 +180,14 @@ triton-check: $(STAMP) models triton
 gate-check: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_gate.py tests/test_gate_workflow.py
 
+# Monday's notebook in JupyterLab as a person runs it (tests/test_jupyterlab.py, ~1 min):
+# JupyterLab on loopback, Chromium driven by Playwright, Run All Cells, then Save; progress
+# seen in the cell while the session runs, none left in the saved notebook. Screenshots in
+# runs/jupyterlab/.
+jupyterlab-check: $(STAMP) chromium
+	OPTKIT_SCREENSHOTS=runs/jupyterlab $(BIN)/python -m pytest -q -rs -p no:cacheprovider \
+	    tests/test_jupyterlab.py
+
 # optkit gate on optkit's own model server both ways (docs/gate.md; ~15 min): a 10 % slower
 # request path must exit 1, the same ref twice 0; summaries in runs/gate-demo/.
 gate-demo: $(STAMP)
@@ -186,7 +195,7 @@ gate-demo: $(STAMP)
 
 # Every heavy suite, one after another (each runs even if one before it failed), then a
 # line per suite with its outcome and time (also in runs/heavy.txt); fails if any failed.
-HEAVY_SUITES := faults fuzz ray-check external soak-short gate-check
+HEAVY_SUITES := faults fuzz ray-check external soak-short gate-check jupyterlab-check
 heavy: $(STAMP) models
 	@mkdir -p runs; : > runs/heavy.txt; failed=0; \
 	for suite in $(HEAVY_SUITES); do \

@@ -6,7 +6,7 @@ and once, as real sessions run, with deltas measured by ``stats.calibrate_deltas
 simulated A/A calibration session of the same size (a fresh one per session, so the luck of
 the calibration is part of the rate). Rates are asserted through their exact (Clopper-Pearson)
 95 % binomial interval, so the claim holds beyond the luck of this seed; the runs are seeded,
-so the test is deterministic. The README's table "Validating a gain" quotes these figures.
+so the test is deterministic. docs/method.md ("The method is tested") quotes these figures.
 
 The week as run (the last test) goes through the lab's own planner and session analysis: each
 day's cells calibrated on 16 simulated A/A pairs, its pairs planned within its budget, its

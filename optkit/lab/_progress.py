@@ -28,6 +28,8 @@ __all__ = ["progress_bar", "progress_target"]
 
 #: the environment variable that overrides where a kernel's progress goes
 PROGRESS_ENV = "OPTKIT_PROGRESS"
+#: what the cell's progress line is replaced with when the session ends
+EMPTY = {"text/plain": ""}
 
 
 def progress_target() -> str:
@@ -119,9 +121,10 @@ class _CellProgress(_Progress):
     """One line in the cell a person is running, replaced at each trial and emptied at the end.
 
     The line is a display with an id (IPython's ``display_id``): each change replaces it
-    in place, and ``close()`` replaces it with an empty display, so the saved notebook and
-    any export of it hold no trace of it. The cell's end closes it too, however the cell
-    ended (an exception, the person's interrupt). The trial shown is the one running now.
+    in place, and ``close()`` replaces it with an empty text, so the saved notebook and any
+    export of it hold nothing of it (a front end has no way to remove one output of a cell).
+    The cell's end closes it too, however the cell ended (an exception, the person's
+    interrupt). The trial shown is the one running now.
     """
 
     def __init__(self, total: int, desc: str) -> None:
@@ -151,9 +154,12 @@ class _CellProgress(_Progress):
         """The line as a display bundle: plain text, and HTML with a bar for the browser."""
         line = self.text()
         bar = (f'<progress value="{self.done}" max="{max(self.total, 1)}" '
-               f'style="width:12em;vertical-align:middle"></progress> ')
+               f'style="width:8em;vertical-align:middle"></progress> ')
+        style = ("font-family:var(--jp-code-font-family,monospace);"
+                 "font-size:var(--jp-code-font-size,13px)")
         return {"text/plain": line,
-                "text/html": f'<div class="optkit-progress">{bar}<code>{html.escape(line)}</code></div>'}
+                "text/html": f'<div class="optkit-progress" style="{style}">{bar}'
+                             f'{html.escape(line)}</div>'}
 
     def show(self) -> None:
         if self.handle is not None and not self.closed:
@@ -162,7 +168,9 @@ class _CellProgress(_Progress):
     def close(self) -> None:
         if self.handle is not None and not self.closed:
             self.closed = True
-            self.handle.update({}, raw=True)  # nothing of it stays in the saved notebook
+            # nothing of it stays in the saved notebook: an empty text (an empty bundle is
+            # no better, and exporters warn that they cannot represent it)
+            self.handle.update(EMPTY, raw=True)
 
     def _cell_ended(self, result: Any = None) -> None:
         self.close()
