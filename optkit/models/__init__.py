@@ -12,7 +12,8 @@
 """
 
 from ._base import CONFIG_FILE, Model, ModelConfig, validate_model_name
-from ._build import MIN_ACCURACY, MODEL_NAMES, build_repository, digits_split
+from ._build import MIN_ACCURACY, digits_split
+from ._catalogue import MODEL_NAMES, build_repository
 from ._load import load_model
 from ._repository import ModelRepository, RepositoryStatistics
 

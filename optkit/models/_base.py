@@ -78,7 +78,7 @@ class ModelConfig:
             if not isinstance(doc, dict):
                 raise TypeError(f"a mapping of settings, not {type(doc).__name__}")
             if doc.get("backend") == "onnx" and ("inputs" not in doc or "outputs" not in doc):
-                from ._onnx import signature  # bring your model: the graph says what is left out
+                from ._onnx_graph import signature  # bring your model: the graph says what is left out
 
                 graph_in, graph_out = signature(version_dir)
                 doc = {"inputs": [t.to_dict() for t in graph_in],

@@ -33,22 +33,20 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .._exceptions import ModelLoadError, ProtocolError
-from ..v2 import TensorSpec
 from ._base import ModelConfig
+from ._onnx_graph import MODEL_FILE, Port, one_line, ports, signature
 
 __all__ = ["OnnxModel", "MODEL_FILE", "PARAMETERS", "signature"]
 
 log = logging.getLogger("optkit.models")
 
-MODEL_FILE = "model.onnx"
 #: the parameters an onnx model's config may set, and their defaults (ONNX Runtime's own)
 PARAMETERS: dict[str, Any] = {
     "intra_op_threads": 0,            # threads one run may use; 0: ONNX Runtime's (the cores)
@@ -56,93 +54,6 @@ PARAMETERS: dict[str, Any] = {
     "intra_op_spinning": True,        # idle intra-op threads spin (fast wake-up, burns a core)
 }
 _LEVELS = ("disable", "basic", "extended", "all")
-#: ONNX element types (as ``onnx.TensorProto`` names them) -> v2 datatypes; ONNX Runtime names
-#: the same types ``tensor(<lower-case name>)``
-_V2_TYPES = {"BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32",
-             "UINT64": "UINT64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32",
-             "INT64": "INT64", "FLOAT16": "FP16", "FLOAT": "FP32", "DOUBLE": "FP64"}
-_ORT_TYPES = {f"tensor({name.lower()})": v2 for name, v2 in _V2_TYPES.items()}
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
-#: ONNX Runtime's source location and failed check, between "Status Message:" and its reason
-_ORT_SOURCE = re.compile(r"/\S+\.(?:h|cc|cpp):\d+ .*? was false\. ")
-_SIGNATURES: dict[tuple[str, int, int], tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {}
-_SIGNATURES_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _Port:
-    """One graph input or output as ONNX Runtime sees it: dims are ints or None (free)."""
-
-    name: str
-    datatype: str | None  # None: a type the v2 protocol cannot carry
-    onnx_type: str
-    dims: tuple[int | None, ...] | None  # None: rank unknown
-
-
-def _ports(args: Sequence[Any]) -> list[_Port]:
-    out = []
-    for arg in args:
-        shape = arg.shape
-        dims = None if shape is None else tuple(d if isinstance(d, int) and d > 0 else None
-                                                for d in shape)
-        out.append(_Port(arg.name, _ORT_TYPES.get(arg.type), str(arg.type), dims))
-    return out
-
-
-def signature(version_dir: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The inputs and outputs a graph declares, as config entries (free dims -> ``-1``).
-
-    Read with the ``onnx`` package (no session is built), cached per file and modification
-    time: a config that leaves its inputs or outputs out is completed with these.
-
-    Raises:
-        ModelLoadError: the file is missing or not an ONNX graph, or a port cannot be said in
-            the v2 protocol (its type, or an output of unknown rank: give it in the config).
-    """
-    path = version_dir / MODEL_FILE
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: {exc.strerror or exc}") from None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _SIGNATURES_LOCK:
-        found = _SIGNATURES.get(key)
-    if found is not None:
-        return found
-    import onnx  # only a config that leaves its ports out needs the graph parsed here
-
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError, onnx's own errors
-        raise ModelLoadError(f"{path} is not a valid ONNX graph: {_one_line(exc)}") from None
-    if not model.HasField("graph") or not model.graph.output:
-        raise ModelLoadError(f"{path} is not a valid ONNX graph: it holds no graph with outputs")
-    graph = model.graph
-    weights = {t.name for t in graph.initializer}
-
-    def spec(value: Any, kind: str) -> TensorSpec:
-        if not value.type.HasField("tensor_type"):
-            raise ModelLoadError(f"{path}: {kind} {value.name!r} is not a tensor "
-                                 f"({value.type.WhichOneof('value')}): the v2 protocol carries "
-                                 "tensors only")
-        tensor = value.type.tensor_type
-        onnx_type = onnx.TensorProto.DataType.Name(tensor.elem_type)
-        datatype = _V2_TYPES.get(onnx_type)
-        if datatype is None:
-            raise ModelLoadError(f"{path}: {kind} {value.name!r} is of type {onnx_type}, which "
-                                 "the v2 protocol cannot carry")
-        if not tensor.HasField("shape"):
-            raise ModelLoadError(f"{path}: the graph does not say the rank of {kind} "
-                                 f"{value.name!r}: give its shape in {version_dir / 'config.yaml'}")
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
-                     for d in tensor.shape.dim)
-        return TensorSpec(value.name, datatype, dims)
-
-    found = (tuple(spec(v, "input") for v in graph.input if v.name not in weights),
-             tuple(spec(v, "output") for v in graph.output))
-    with _SIGNATURES_LOCK:
-        _SIGNATURES[key] = found
-    return found
 
 
 def _options(config: ModelConfig) -> Any:
@@ -179,7 +90,7 @@ def _options(config: ModelConfig) -> Any:
     return options
 
 
-def _check(config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> ModelConfig:
+def _check(config: ModelConfig, inputs: list[Port], outputs: list[Port]) -> ModelConfig:
     """The config against the graph; returns it with ``max_batch_size`` set from a graph that
     fixes its leading dimension.
 
@@ -197,10 +108,10 @@ def _check(config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> Mo
         raise ModelLoadError(f"{where}: config.yaml's output(s) {missing} are not in the graph, "
                              f"whose outputs are {sorted(graph_out)}")
     fixed_batch: set[int] = set()
-    for kind, specs, ports in (("input", config.inputs, graph_in), ("output", config.outputs,
-                                                                      graph_out)):
+    for kind, specs, by_name in (("input", config.inputs, graph_in), ("output", config.outputs,
+                                                                        graph_out)):
         for spec in specs:
-            port = ports[spec.name]
+            port = by_name[spec.name]
             if port.datatype is None:
                 raise ModelLoadError(f"{where}: {kind} {spec.name!r} is a {port.onnx_type}, which "
                                      "the v2 protocol cannot carry")
@@ -237,14 +148,6 @@ def _check(config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> Mo
 
 def _dims(dims: tuple[int | None, ...]) -> list[int]:
     return [-1 if d is None else d for d in dims]
-
-
-def _one_line(exc: BaseException) -> str:
-    """ONNX Runtime's message without its code prefix, its source locations, its advice line
-    or its newlines."""
-    text = " ".join(_ORT_PREFIX.sub("", str(exc).strip()).split())
-    text = _ORT_SOURCE.sub("", text).replace(" Name:''", "")
-    return text.split(" Please fix either the inputs/outputs or the model.")[0]
 
 
 def _resident_bytes() -> int | None:
@@ -284,11 +187,11 @@ class OnnxModel:
                 ort_errors.NotImplemented, ort_errors.RuntimeException,
                 ort_errors.InvalidArgument) as exc:
             raise ModelLoadError(f"{path} is not a valid ONNX graph for ONNX Runtime "
-                                 f"{ort.__version__}: {_one_line(exc)}") from None
+                                 f"{ort.__version__}: {one_line(exc)}") from None
         after = _resident_bytes()
         grown = 0 if before is None or after is None else after - before
         self._nbytes = max(len(data), grown)
-        self.config = _check(config, _ports(session.get_inputs()), _ports(session.get_outputs()))
+        self.config = _check(config, ports(session.get_inputs()), ports(session.get_outputs()))
         self._session = session
         self._inputs = tuple(spec.name for spec in self.config.inputs)
         self._outputs = [spec.name for spec in self.config.outputs]
@@ -318,12 +221,12 @@ class OnnxModel:
             chosen = [n for n in self._inputs if n in self._free]
             if chosen:  # the client chose a shape the declared signature allows; the graph not
                 raise self._refused(feed, exc, chosen) from None
-            raise RuntimeError(_one_line(exc)) from None
+            raise RuntimeError(one_line(exc)) from None
         return dict(zip(self._outputs, values))
 
     def _refused(self, feed: Mapping[str, np.ndarray], exc: BaseException,
                  names: Sequence[str]) -> ProtocolError:
-        text = _one_line(exc)
+        text = one_line(exc)
         named = [n for n in names if re.search(rf"\b{re.escape(n)}\b", text)] or list(names)
         shapes = ", ".join(f"input {n!r} of shape {list(feed[n].shape)}" for n in named)
         return ProtocolError(f"the model's graph refused {shapes}: {text}")
