@@ -14,7 +14,8 @@
     optkit gate --base REF --head REF [--spec perf-gate.yaml] [--out DIR]  (1: regressed)
     optkit gate --arms A.yaml B.yaml [--spec ...]  |  optkit gate --simulate [--spec ...]
     optkit week [--days mon,tue] [--quick] [--out DIR]
-    optkit week --service ARM.yaml [--quick] [--out DIR]   (your server, alone vs behind the gateway)
+    optkit week --service ARM.yaml [--fronted ARM.yaml] [--quick] [--out DIR]
+                                   (your server, alone vs behind the gateway)
     optkit check-reports RUN_FOLDER [--screenshots DIR]   (the HTML reports, in headless Chromium)
 
 The serving commands need only the serving install; a lab command imports the lab in one
@@ -231,7 +232,7 @@ def _week(args: argparse.Namespace) -> int:
     week = _lab().week
     days = args.days.split(",") if args.days else None
     summary = week.run_week(days, quick=args.quick, out=args.out, repository=args.repository,
-                            service=args.service)
+                            service=args.service, fronted=args.fronted)
     print(week.week_summary(summary), flush=True)
     failed = summary[summary["status"] != "ok"]
     for row in failed.itertuples():
@@ -360,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run notebook 06 on your server (an arm file: kind command or url): "
                     "alone, then behind optkit's gateway layer by layer; only it unless "
                     "--days names days too; exit 1 if it fails")
+    wk.add_argument("--fronted", default=None, metavar="ARM.yaml",
+                    help="with --service: the setting of your server to put behind the gateway "
+                    "(another arm file, e.g. its batching off), measured against --service "
+                    "alone; default: the service arm's fronted: key, else the service itself")
     wk.set_defaults(func=_week)
 
     chk = sub.add_parser("check-reports", help="render a run folder's HTML reports in headless "

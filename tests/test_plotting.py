@@ -156,3 +156,21 @@ def test_service_chain_one_row_per_load_bars_per_step_and_the_slo():
     assert len(whiskers) == 1 and len(whiskers[0].lines[2][0].get_segments()) == 3
     assert any(line.get_ydata()[0] == 10.0 for line in p99.get_lines())
     fig.savefig(io.BytesIO(), format="png")
+
+
+def test_service_chain_names_the_server_setting_where_it_changes():
+    """A chain that runs another setting behind the gateway names each setting under the
+    first bar that runs it; with one setting the labels are the layers only."""
+    rows = [{"load": "closed:32", "step": step, "layer": layer, "server": server,
+             "throughput_rps": 1000.0, "throughput_low": 900.0, "throughput_high": 1100.0,
+             "p99_ms": 10.0, "p99_low": 9.0, "p99_high": 11.0, "throughput_change_pct": 5.0,
+             "p99_change_pct": 1.0, "throughput_verdict": "", "p99_verdict": ""}
+            for step, (layer, server) in enumerate([("alone", "svc-batch"),
+                                                    ("+ pooling", "svc-lean"),
+                                                    ("+ batching", "svc-lean")])]
+    fig = plotting.service_chain(pd.DataFrame(rows))
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["alone\nsvc-batch", "+ pooling\nsvc-lean", "+ batching"]
+    one = pd.DataFrame(rows).assign(server="svc")
+    labels = [t.get_text() for t in plotting.service_chain(one).axes[0].get_xticklabels()]
+    assert labels == ["alone", "+ pooling", "+ batching"]

@@ -4,6 +4,7 @@ the tables and words made from its sessions, and ``optkit week --service`` end t
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,16 @@ from optkit.cli import main
 from optkit.lab import Comparison, ExternalArm, load_arm
 from optkit.lab._simulate import simulate_trials
 from optkit.lab.stats import DEFAULT_DELTAS, analyse
-from optkit.lab.week import (SERVICE_LAYERS, record_service, service_arm, service_calibration,
-                             service_chain, service_conclusion, service_headline, service_sessions,
-                             service_steps, service_target, service_targets)
+from optkit.lab.week import (SERVICE_LAYERS, check_fronted, record_service, same_answers,
+                             service_arm, service_calibration, service_chain, service_conclusion,
+                             service_fronted, service_headline, service_servers, service_sessions,
+                             service_settings_note, service_steps, service_target,
+                             service_targets)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = ROOT / "experiments" / "external" / "stub.yaml"
 MLSERVER = ROOT / "benchmarks" / "vs-mlserver" / "mlserver-pw0-batch-lean.yaml"
+WORKLOAD = ROOT / "experiments" / "external" / "workload.yaml"
 
 
 def _arm(name: str) -> ExternalArm:
@@ -213,3 +217,194 @@ def test_service_report_reads_well_in_a_browser(service_run: Path, browser_check
     results = browser_check([service_run / "service" / "06-your-service.html"])
     assert results[0].headline is True and results[0].images_total >= 2, results[0].line()
     assert all(r.ok for r in results), failures(results)
+
+
+# --- another setting of the server behind the gateway (fronted) -------------------------------
+
+def _stub_arm(tmp_path: Path, name: str, service_ms: float = 0.5, **extra: Any) -> Path:
+    """An arm file of the bench stub under another name: a second "setting" of the server
+    (its service time ``service_ms``; stub.yaml's is 1 ms)."""
+    doc = {"kind": "command", "name": name,
+           "command": [sys.executable, "-m", "optkit.bench._stub_server", "--port", "{port}",
+                       "--service-ms", f"{service_ms:g}", "--no-metadata-inputs"],
+           "cwd": str(ROOT), "url": "http://127.0.0.1:{port}", "startup_timeout_s": 30, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_the_fronted_setting_is_a_parameter_else_the_arm_key_else_the_service(
+        tmp_path: Path) -> None:
+    """Behind the gateway runs: the ``fronted`` given, else the service arm's ``fronted:``
+    key (relative to its file), else the service itself; quick mode's stand-in ignores the
+    real service's."""
+    lean = _stub_arm(tmp_path, "stub-lean")
+    other = _stub_arm(tmp_path, "stub-other")
+    keyed = _stub_arm(tmp_path, "stub-batch", service_ms=2, fronted="stub-lean.yaml")
+    twin = _stub_arm(tmp_path, "stub-twin", service_ms=2)
+    alone = service_arm(STUB)
+    assert service_fronted(alone) is alone
+    assert service_fronted(alone, lean).name == "stub-lean"
+    batch = service_arm(keyed)
+    assert batch.fronted == str(lean.resolve())
+    assert service_fronted(batch).name == "stub-lean"
+    assert service_fronted(batch, other).name == "stub-other"  # the parameter wins
+    assert service_fronted(batch, quick=True, quick_service=STUB).name == "stub-lean"
+    stand_in = service_arm(keyed, quick=True, quick_service=STUB)
+    assert service_fronted(stand_in, lean, quick=True, quick_service=STUB) is stand_in
+    assert service_fronted(alone, STUB) is alone  # naming the service itself: one setting
+    assert service_fronted(batch, twin) is batch  # the same setting under another name
+    # the key is the service day's: it does not follow the arm behind a gateway
+    assert batch.behind_gateway(ROOT / "experiments" / "pooling.yaml").fronted is None
+    assert "fronted" not in alone.to_dict() and batch.to_dict()["fronted"] == str(lean.resolve())
+
+
+def test_the_chain_runs_the_fronted_setting_behind_the_gateway(tmp_path: Path) -> None:
+    """Step 0 is the service alone; every step behind the gateway runs the fronted setting,
+    named for it, with the layer configs given (a file per layer, or the week's by name)."""
+    lean = _stub_arm(tmp_path, "stub-lean")
+    alone, *behind = service_steps(STUB, fronted=lean)
+    assert alone.name == "stub" and [a.name for a in behind] == [
+        "stub-lean+pooling", "stub-lean+batching", "stub-lean+streaming"]
+    assert {a.command for a in behind} == {load_arm(lean).command}
+    configs = [ROOT / "experiments" / f"{layer}.yaml" for layer in ("pooling", "batching")]
+    _, _, batched = service_steps(STUB, fronted=lean, layers=configs)
+    assert batched.gateway is not None and batched.gateway["batching"]["enabled"]
+    with pytest.raises(ConfigError, match="not a file"):
+        service_steps(STUB, layers=[tmp_path / "none.yaml"])
+
+
+def test_the_fronted_setting_is_checked_before_any_trial(tmp_path: Path) -> None:
+    """Refused, each saying why: no such file (in the arm's key too), an optkit config, an arm
+    with optkit's gateway in front, a fronted: of its own, the service's name for another
+    setting, a ready URL for another model."""
+    alone = service_arm(STUB)
+    with pytest.raises(ConfigError, match="does not exist"):
+        service_fronted(alone, tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="fronted: .* is not a file"):
+        load_arm(_stub_arm(tmp_path, "keyed", fronted="none.yaml"))
+    with pytest.raises(ConfigError, match="not an arm file"):
+        service_fronted(alone, ROOT / "experiments" / "pooling.yaml")
+    gated = _stub_arm(tmp_path, "gated", gateway={"pooling": {"enabled": True}})
+    with pytest.raises(ConfigError, match="already puts optkit's gateway"):
+        service_fronted(alone, gated)
+    _stub_arm(tmp_path, "lean")
+    nested = _stub_arm(tmp_path, "nested", fronted="lean.yaml")
+    with pytest.raises(ConfigError, match="fronted: key of its own"):
+        service_fronted(alone, nested)
+    with pytest.raises(ConfigError, match="named 'stub' like the service"):
+        service_fronted(alone, _stub_arm(tmp_path, "stub", startup_timeout_s=20))
+    other = _stub_arm(tmp_path, "other-model",
+                      ready_url="http://127.0.0.1:{port}/v2/models/digits-mlp/ready")
+    mine = _stub_arm(tmp_path, "mine", ready_url="http://127.0.0.1:{port}/v2/models/"
+                     "digits-sklearn/ready")
+    with pytest.raises(ConfigError, match="must serve the same model"):
+        service_fronted(service_arm(mine), other)
+
+
+def test_same_answers_compares_outputs_row_for_row() -> None:
+    """Two answers agree when their outputs have the same names, datatypes, shapes and values
+    (floats within a tolerance); otherwise the difference is named."""
+    out = {"outputs": [{"name": "label", "datatype": "INT64", "shape": [1, 1], "data": [3]},
+                       {"name": "p", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]}
+    near = json.loads(json.dumps(out))
+    near["outputs"][1]["data"] = [0.25000001, 0.75]
+    assert same_answers(out, near) is None
+    other = json.loads(json.dumps(out))
+    other["outputs"][0]["data"] = [4]
+    assert same_answers(out, other) == "output 'label': other values"
+    shaped = json.loads(json.dumps(out))
+    shaped["outputs"][1]["shape"] = [2, 1]
+    assert "shape" in str(same_answers(out, shaped))
+    assert "outputs" in str(same_answers(out, {"outputs": out["outputs"][:1]}))
+
+
+def test_check_fronted_starts_both_and_compares_their_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both settings are started once: each must serve the workload's models and give the
+    same answers to the same requests; nothing is started when the setting is the service."""
+    from optkit.lab.week import _service
+
+    alone = service_arm(STUB)
+    assert check_fronted(alone, alone, workload=WORKLOAD)["checked"] is False
+    lean = service_fronted(alone, _stub_arm(tmp_path, "stub-lean"))
+    done = check_fronted(alone, lean, workload=WORKLOAD, requests=3, log_dir=tmp_path / "logs")
+    assert done == {"checked": True, "models": ["digits-sklearn"], "requests": 3,
+                    "alone": "stub", "fronted": "stub-lean"}
+    assert (tmp_path / "logs" / "stub-lean" / "service.log").is_file()
+    real = _service._post_json
+    calls: list[str] = []
+
+    def ones_from_the_second(url: str, body: bytes) -> tuple[int, bytes]:
+        status, answer = real(url, body)
+        calls.append(url)
+        if len(calls) > 2:  # the fronted setting's answers: another model's
+            answer = answer.replace(b"[0", b"[1")
+        return status, answer
+
+    monkeypatch.setattr(_service, "_post_json", ones_from_the_second)
+    with pytest.raises(ConfigError, match="answer differently .*not the same model"):
+        check_fronted(alone, lean, workload=WORKLOAD, requests=2)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="does not serve nope"):
+        check_fronted(alone, lean, workload={"models": ["nope"], "rows": 1,
+                                             "inputs": [{"name": "pixels", "datatype": "FP32",
+                                                         "shape": [-1, 64]}]})
+
+
+def test_the_report_names_both_settings_when_they_differ(tmp_path: Path) -> None:
+    """Two settings: the chain has each row's server, the headline a column for it, the
+    targets' arms and the conclusion say plainly that step 1 and the target compare different
+    settings, and results.json records both. One setting: none of it."""
+    names = ["svc-batch", "svc-lean+pooling", "svc-lean+batching", "svc-lean+streaming"]
+    steps = [_session(names[i], names[i + 1], simulate_trials(12, effect=0.5, seed=i))
+             for i in range(3)]
+    chain = service_chain(steps)
+    assert list(chain["server"]) == ["svc-batch", "svc-lean", "svc-lean", "svc-lean"]
+    assert list(chain["layer"]) == ["alone", "+ pooling", "+ batching", "+ streaming"]
+    assert "server setting" in service_headline(chain).data.columns
+    assert service_servers(steps) == {"alone": "svc-batch", "fronted": "svc-lean",
+                                      "differ": True}
+    target = _session("svc-batch", "svc-lean+batching", simulate_trials(12, effect=2.0, seed=7))
+    text = service_conclusion(steps, target)
+    assert text.splitlines()[0].startswith("Two server settings: svc-batch is measured alone; "
+                                           "behind optkit's gateway every step runs svc-lean")
+    arms = service_targets(target)["arms"]
+    assert (arms == "svc-lean+batching vs svc-batch (different server settings: svc-lean "
+                    "behind the gateway, svc-batch alone)").all()
+    doc = json.loads(record_service(steps, target, out_dir=tmp_path).read_text())
+    assert doc["servers"]["alone"] == "svc-batch" and doc["servers"]["fronted"] == "svc-lean"
+    assert doc["servers"]["differ"] and "Two server settings" in doc["servers"]["note"]
+    one = _chain()
+    assert not service_servers(one)["differ"] and service_settings_note(one) == ""
+    assert "server setting" not in service_headline(service_chain(one)).data.columns
+    assert not service_conclusion(one).startswith("Two server settings")
+
+
+def test_week_fronted_needs_a_service_and_an_arm_file(tmp_path: Path) -> None:
+    """``--fronted`` without ``--service``, or naming no arm file: exit 2 before anything runs."""
+    assert main(["week", "--fronted", str(STUB), "--out", str(tmp_path)]) == 2
+    assert main(["week", "--service", str(STUB), "--fronted", str(tmp_path / "none.yaml"),
+                 "--out", str(tmp_path)]) == 2
+    assert main(["week", "--service", str(STUB), "--fronted",
+                 str(ROOT / "experiments" / "pooling.yaml"), "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "service").exists()
+
+
+@pytest.mark.slow
+def test_week_service_runs_the_fronted_setting_behind_the_gateway(
+        repository: Path, tmp_path: Path) -> None:
+    """``optkit week --service stub.yaml --fronted stub-lean.yaml --quick``: the notebook
+    checks both serve the same model, runs stub alone and stub-lean behind the gateway, and
+    its results say so."""
+    lean = _stub_arm(tmp_path, "stub-lean")
+    out = tmp_path / "run"
+    code = main(["week", "--service", str(STUB), "--fronted", str(lean), "--quick",
+                 "--out", str(out), "--repository", str(repository)])
+    assert code == 0, (out / "summary.csv").read_text()
+    doc = json.loads((out / "service" / "results.json").read_text())
+    assert [row["arm"] for row in doc["chain"]] == [
+        "stub", "stub-lean+pooling", "stub-lean+batching", "stub-lean+streaming"]
+    assert doc["servers"]["differ"] and doc["same_model"]["checked"]
+    assert doc["conclusion"].startswith("Two server settings: stub is measured alone")
+    assert "ANOTHER SETTING" in (out / "service" / "06-your-service.html").read_text()

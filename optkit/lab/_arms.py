@@ -17,6 +17,12 @@ reference stack, launched fresh per trial), an arm file may describe any v2 serv
 puts optkit's gateway in front of either kind, with that config's layers: the trial measures
 the gateway's URL, the upstream is the service above (``optkit serve gateway --upstream``).
 
+``fronted: OTHER.yaml`` (another arm file, relative to this one) names the setting of the same
+server that should sit behind optkit's gateway when this one is measured alone: notebook 06 and
+``optkit week --service`` compare this arm alone against OTHER behind the gateway (a server that
+batches on its own serves best behind a gateway that merges with its batching off).
+``optkit compare`` measures the arm itself and ignores the key.
+
 ``command`` starts fresh for every trial, in its own process group, with its output in
 ``service.log`` of the trial folder; it is ready when ``ready_url`` answers 200 (bounded by
 ``startup_timeout_s``) and is stopped after the trial (SIGTERM to the group, SIGKILL after
@@ -56,7 +62,7 @@ from ..bench._target import parse_target
 __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
 
 _KEYS = {"kind", "name", "command", "url", "ready_url", "env", "cwd", "startup_timeout_s",
-         "stop_timeout_s", "description", "gateway"}
+         "stop_timeout_s", "description", "gateway", "fronted"}
 _KINDS = ("command", "url")
 
 
@@ -95,6 +101,8 @@ class ExternalArm:
     description: str = ""
     #: an optkit service config (plain data) for a gateway in front of the service, or None
     gateway: Mapping[str, Any] | None = None
+    #: ``fronted:``, the arm file (absolute) of the setting to put behind the gateway, or None
+    fronted: str | None = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, base: Path | None = None,
@@ -130,6 +138,13 @@ class ExternalArm:
             kw["description"] = fields.text("description")
         if fields.get("gateway", None) is not None:
             kw["gateway"] = _gateway_config(doc["gateway"], base)
+        if fields.get("fronted", None) is not None:
+            path = Path(fields.text("fronted"))
+            path = path if path.is_absolute() or base is None else base / path
+            if not path.is_file():
+                raise ConfigError(f"{fields.where}: fronted: {path} is not a file (an arm file "
+                                  f"of the setting to put behind the gateway)")
+            kw["fronted"] = str(path.resolve())
         arm = cls(**kw)
         arm._check_urls(arm.url.replace("{port}", "1"), arm.ready_url.replace("{port}", "1"))
         return arm
@@ -149,15 +164,16 @@ class ExternalArm:
         """This service with optkit's gateway in front, configured by ``config`` (an optkit
         config: a path, a mapping or a ServiceConfig); named ``<name>+<config's name>``."""
         cfg = load_config(config)
-        return dataclasses.replace(self, gateway=cfg.to_dict(),
+        return dataclasses.replace(self, gateway=cfg.to_dict(), fronted=None,
                                    name=name or f"{self.name}+{cfg.name}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for result files."""
         doc = dataclasses.asdict(self)
         doc["command"], doc["env"] = list(self.command), dict(self.env)
-        if self.gateway is None:
-            del doc["gateway"]
+        for key in ("gateway", "fronted"):
+            if doc[key] is None:
+                del doc[key]
         return doc
 
     @property

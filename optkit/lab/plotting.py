@@ -310,7 +310,8 @@ def service_chain(chain: pd.DataFrame, *, slo_ms: float | None = None) -> Figure
         a figure with one row per load: throughput per step (left) and p99 per step (right),
         each bar the arm's mean with its 95 % CI over trials, coloured by the verdict of that
         step against the one before (the first bar, the service alone, in grey), each later
-        bar labelled with its paired change.
+        bar labelled with its paired change. Where the chain runs another setting of the server
+        behind the gateway (its ``server`` column), the first bar of each setting names it.
     """
     loads = list(dict.fromkeys(chain["load"]))
     fig = Figure(figsize=(10, 3.4 * max(1, len(loads))), layout="constrained")
@@ -318,6 +319,11 @@ def service_chain(chain: pd.DataFrame, *, slo_ms: float | None = None) -> Figure
     for row, load in enumerate(loads):
         steps = chain[chain["load"] == load].sort_values("step")
         labels = [str(layer) for layer in steps["layer"]]
+        if "server" in steps and steps["server"].nunique() > 1:
+            # two settings of the server: where the setting changes, the label names it
+            servers = list(steps["server"])
+            labels = [f"{label}\n{server}" if i == 0 or server != servers[i - 1] else label
+                      for i, (label, server) in enumerate(zip(labels, servers))]
         for col, (key, metric, unit) in enumerate((("throughput", "throughput_rps", "req/s"),
                                                     ("p99", "p99_ms", "ms"))):
             ax = axes[row][col]

@@ -22,9 +22,10 @@ from ._days import (CALIBRATION_PAIRS, DAYS, SERVICE_DAY, Day, config, day_setti
                     ensure_repository, experiment, plan_day, project_root)
 from ._measures import bulk_scoring, latency_curve, slo_table, startup_times
 from ._runner import record_day, run_week
-from ._service import (SERVICE_LAYERS, gateway_summary, record_service, service_arm,
-                       service_calibration, service_sessions, service_target,
-                       service_chain, service_conclusion, service_headline, service_steps,
+from ._service import (SERVICE_LAYERS, check_fronted, gateway_summary, record_service,
+                       same_answers, service_arm, service_calibration, service_sessions,
+                       service_target, service_chain, service_conclusion, service_fronted,
+                       service_headline, service_servers, service_settings_note, service_steps,
                        service_targets)
 from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
                         layer_summary, load_events, load_timeline, pool_summary)
@@ -39,4 +40,5 @@ __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_reposi
            "browser_problem", "SERVICE_DAY", "SERVICE_LAYERS", "service_arm", "service_steps",
            "service_calibration", "service_chain", "service_headline", "service_targets",
            "service_conclusion", "gateway_summary", "record_service", "service_target",
-           "service_sessions"]
+           "service_sessions", "service_fronted", "check_fronted", "same_answers",
+           "service_servers", "service_settings_note"]

@@ -76,7 +76,8 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
              out: str | Path | None = None, repository: str | Path = "build/models",
              root: str | Path | None = None, progress: bool = True,
              parameters: dict[str, Any] | None = None, reports: bool | None = None,
-             service: str | Path | None = None) -> pd.DataFrame:
+             service: str | Path | None = None,
+             fronted: str | Path | None = None) -> pd.DataFrame:
     """Execute the day notebooks with papermill; export each to HTML; return the summary.
 
     Then, when Friday ran (or ``reports=True``), the three final reports are generated from
@@ -85,7 +86,9 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
 
     ``service`` (an arm file: the team's server as a command or a URL) runs notebook 06 on it
     into ``<run>/service/``, after the ``days`` given (none unless named); quick mode then
-    measures that service too, briefly.
+    measures that service too, briefly. ``fronted`` (an arm file, with ``service`` only) is
+    the setting of that server to put behind the gateway (notebook 06's ``fronted_service``;
+    default: the service arm's ``fronted:`` key, else the service itself).
     """
     import papermill as pm  # imported here: a notebook kernel that records its day needs none of it
 
@@ -104,7 +107,19 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
         if not is_arm(arm_file):
             raise ConfigError(f"--service {service}: not an arm file (kind: command or kind: "
                               f"url; see experiments/external/)")
-        plan.append((SERVICE_DAY, {"service": str(arm_file), "quick_service": None}))
+        own: dict[str, Any] = {"service": str(arm_file), "quick_service": None}
+        if fronted is not None:
+            fronted_file = Path(fronted).resolve()
+            if not fronted_file.is_file():
+                raise ConfigError(f"--fronted {fronted}: no such file")
+            if not is_arm(fronted_file):
+                raise ConfigError(f"--fronted {fronted}: not an arm file (kind: command or "
+                                  f"kind: url)")
+            own["fronted_service"] = str(fronted_file)
+        plan.append((SERVICE_DAY, own))
+    elif fronted is not None:
+        raise ConfigError("--fronted names the setting behind the gateway of --service: give "
+                          "--service too")
     run_dir = Path(out) if out else base / "runs" / time.strftime("week-%Y%m%d-%H%M%S")
     run_dir = run_dir if run_dir.is_absolute() else base / run_dir
     repo = ensure_repository(repository, base)

@@ -4,6 +4,7 @@ front of it, one layer at a time, each step a paired session against the step be
 ::
 
     service arm (command or url) ─────────────────────────────────────────── alone
+    fronted arm (the service's fronted: key, a parameter, or the service itself)
       └ optkit's gateway in front, experiments/pooling.yaml   ────────────── + pooling
           (the same, experiments/batching.yaml)   ────────────────────────── + batching
           (the same, experiments/streaming.yaml)   ───────────────────────── + streaming
@@ -16,12 +17,22 @@ front of it, one layer at a time, each step a paired session against the step be
     service_targets(target) the gain and the SLO judged on the direct session
     service_conclusion(...) the same in words, and plainly where the gateway did not help
 
-The gateway configs are the week's own (their model-server sections are ignored by a gateway),
-so the layers put in front of the team's server are those the week measured on optkit's.
+The server setting measured alone need not be the one behind the gateway: a server that
+batches on its own (MLServer's adaptive batching, Triton's dynamic batcher) serves best alone
+with its batching on, and behind a gateway that merges with it off. ``service_fronted`` picks
+the setting behind the gateway (the ``fronted`` parameter, else the service arm's ``fronted:``
+key, else the service itself) and ``check_fronted`` makes sure it serves the same model; every
+step after "alone" then runs it, and the chain, the targets, the conclusion and results.json
+name both settings.
+
+The gateway configs are the week's own by default (their model-server sections are ignored by a
+gateway), so the layers put in front of the team's server are those the week measured on
+optkit's; ``layers`` may name other config files (notebook 06's ``gateway_layers``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -30,7 +41,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from ..._exceptions import ConfigError
-from .._arms import ExternalArm, load_arm
+from .._arms import ExternalArm, is_arm, load_arm
 from .._comparison import Comparison, jsonable
 from .._session import compare
 from .._settings import CompareSettings
@@ -39,9 +50,11 @@ from ._days import experiment
 from ._sessions import _trial_doc, _trial_folders
 from .report import _served, arm_interval
 
-__all__ = ["SERVICE_LAYERS", "service_arm", "service_steps", "service_calibration",
+__all__ = ["SERVICE_LAYERS", "service_arm", "service_fronted", "check_fronted",
+           "same_answers", "service_steps", "service_calibration",
            "service_target", "service_sessions", "service_chain", "service_headline",
-           "service_targets", "service_conclusion", "gateway_summary", "record_service"]
+           "service_targets", "service_conclusion", "service_servers", "service_settings_note",
+           "gateway_summary", "record_service"]
 
 #: The gateway's layers, cumulative: each is the experiment config of the week's day that adds it
 SERVICE_LAYERS: tuple[str, ...] = ("pooling", "batching", "streaming")
@@ -68,18 +81,206 @@ def service_arm(service: str | Path, *, quick: bool = False,
     return arm
 
 
+def service_fronted(alone: ExternalArm, fronted: str | Path | ExternalArm | None = None, *,
+                    quick: bool = False, quick_service: str | Path | None = None
+                    ) -> ExternalArm:
+    """The server setting put behind optkit's gateway: ``fronted`` (an arm file) when given,
+    else the ``fronted:`` key of the service's arm file, else the service itself.
+
+    In quick mode with a ``quick_service`` the stand-in replaces the service, so a ``fronted``
+    given for the real service is not used: the stand-in's own ``fronted:`` key (or itself).
+    Refused (ConfigError, before any trial): a missing file, an optkit config, an arm with
+    ``gateway:`` (the day puts the gateway in front itself), a ``fronted:`` key of its own
+    (one level only), a setting named as the service is while differing from it (the report
+    could not tell them apart), and one whose ready URL names another model than the
+    service's. That both serve the same model with the same answers is checked by starting
+    them: :func:`check_fronted`.
+    """
+    if quick and quick_service is not None:
+        fronted = None
+    source: Any = fronted if fronted is not None else alone.fronted
+    if source is None:
+        return alone
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise ConfigError(f"fronted arm file {source} does not exist")
+        if not is_arm(source):
+            raise ConfigError(f"fronted {source} is not an arm file (kind: command or kind: "
+                              f"url): it names the setting of {alone.name} to put behind the "
+                              f"gateway")
+    arm = load_arm(source)
+    if not isinstance(arm, ExternalArm):
+        raise ConfigError(f"fronted {source} is not an arm file (kind: command or kind: url)")
+    if arm.gateway is not None:
+        raise ConfigError(f"fronted {source} already puts optkit's gateway in front (gateway:); "
+                          f"the day puts it in front of the fronted setting itself: drop that key")
+    if arm.fronted is not None:
+        raise ConfigError(f"fronted {source} has a fronted: key of its own; name the setting "
+                          f"behind the gateway directly")
+    same = arm.replace(name=alone.name, description=alone.description, fronted=None) == \
+        alone.replace(fronted=None)
+    if same:
+        return alone
+    if arm.name == alone.name:
+        raise ConfigError(f"fronted {source} is named {arm.name!r} like the service but is "
+                          f"another setting: give it a name of its own (the report names both)")
+    mine, theirs = _ready_model(alone), _ready_model(arm)
+    if mine and theirs and mine != theirs:
+        raise ConfigError(f"fronted {arm.name!r} is ready for model {theirs!r}, the service "
+                          f"{alone.name!r} for {mine!r}: the two settings must serve the same "
+                          f"model")
+    return arm
+
+
+def _ready_model(arm: ExternalArm) -> str | None:
+    """The model a ready URL of the form ``.../v2/models/<m>/ready`` names, else None."""
+    parts = arm.ready_url.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-1] == "ready" and parts[-3] == "models":
+        return parts[-2]
+    return None
+
+
+def same_answers(a: Any, b: Any, *, rtol: float = 1e-4, atol: float = 1e-6) -> str | None:
+    """None when two v2 answers to the same request agree (the same output names, datatypes
+    and shapes; values equal, floats within ``rtol``/``atol``), else what differs."""
+    import numpy as np
+
+    def outputs(doc: Any) -> dict[str, Any]:
+        return {o.get("name"): o for o in (doc or {}).get("outputs", []) if isinstance(o, dict)}
+
+    mine, theirs = outputs(a), outputs(b)
+    if set(mine) != set(theirs):
+        return f"outputs {sorted(mine)} vs {sorted(theirs)}"
+    for name, x in mine.items():
+        y = theirs[name]
+        for key in ("datatype", "shape"):
+            if x.get(key) != y.get(key):
+                return f"output {name!r}: {key} {x.get(key)} vs {y.get(key)}"
+        try:
+            u = np.asarray(x.get("data"), dtype=float).ravel()
+            v = np.asarray(y.get("data"), dtype=float).ravel()
+        except (TypeError, ValueError):
+            if x.get("data") != y.get("data"):
+                return f"output {name!r}: other values"
+            continue
+        if u.shape != v.shape or not np.allclose(u, v, rtol=rtol, atol=atol, equal_nan=True):
+            return f"output {name!r}: other values"
+    return None
+
+
+def check_fronted(alone: ExternalArm, fronted: ExternalArm, *, workload: Any,
+                  requests: int = 8, seed: int = 0, log_dir: str | Path | None = None
+                  ) -> dict[str, Any]:
+    """Start each setting once and make sure they serve the same model: every model of the
+    workload answers its metadata on both, with the same name and (where both list them) the
+    same inputs, and ``requests`` of the workload's bodies get the same answers from both
+    (:func:`same_answers`). Nothing is started when ``fronted`` is the service itself.
+
+    Returns what was checked (for results.json); raises ConfigError naming the difference.
+    """
+    import orjson
+
+    from ...bench import Workload
+    from ...bench._workload import InputSpec
+
+    if fronted is alone:
+        return {"checked": False, "why": "the same setting alone and behind the gateway"}
+    wl = Workload.resolve(workload)
+    wl = dataclasses.replace(wl, pool_size=max(1, requests))
+    seen: dict[str, dict[str, Any]] = {}
+    for arm in (alone, fronted):
+        folder = Path(log_dir) / arm.name if log_dir else None
+        with arm.launch(log_dir=folder) as stack:
+            meta = {m: _get_json(f"{stack.url}/v2/models/{m}") for m in wl.models}
+            missing = [m for m, doc in meta.items() if doc is None]
+            if missing:
+                raise ConfigError(f"{arm.name!r} does not serve {', '.join(missing)} (the "
+                                  f"workload's models): the fronted setting must serve the same "
+                                  f"model as the service alone")
+            if not seen:
+                signatures = {m: [InputSpec.from_metadata(i) for i in doc.get("inputs") or []]
+                              for m, doc in meta.items()}
+                pool = wl.build(signatures, seed=seed)
+            answers = [_post_json(f"{stack.url}/v2/models/{pool.model_names[m]}/infer", body)
+                       for m, body in zip(pool.models, pool.bodies)]
+            seen[arm.name] = {"metadata": meta, "answers": answers}
+    a, b = seen[alone.name], seen[fronted.name]
+    for m in wl.models:
+        x, y = a["metadata"][m], b["metadata"][m]
+        if x.get("name") != y.get("name"):
+            raise ConfigError(f"model {m}: {alone.name} names it {x.get('name')!r}, "
+                              f"{fronted.name} {y.get('name')!r}")
+        ins = [(i.get("name"), i.get("datatype"), i.get("shape")) for i in x.get("inputs") or []]
+        theirs = [(i.get("name"), i.get("datatype"), i.get("shape"))
+                  for i in y.get("inputs") or []]
+        if ins and theirs and ins != theirs:
+            raise ConfigError(f"model {m}: {alone.name} takes {ins}, {fronted.name} {theirs}: "
+                              f"not the same model")
+    for number, (x, y) in enumerate(zip(a["answers"], b["answers"])):
+        if x[0] != 200 or y[0] != 200:
+            raise ConfigError(f"request {number} of the workload: {alone.name} answered "
+                              f"{x[0]}, {fronted.name} {y[0]}: both must serve it")
+        differs = same_answers(orjson.loads(x[1]), orjson.loads(y[1]))
+        if differs:
+            raise ConfigError(f"request {number} of the workload: {alone.name} and "
+                              f"{fronted.name} answer differently ({differs}): not the same "
+                              f"model")
+    return {"checked": True, "models": list(wl.models), "requests": len(a["answers"]),
+            "alone": alone.name, "fronted": fronted.name}
+
+
+def _get_json(url: str) -> dict[str, Any] | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback arms
+            return dict(json.loads(resp.read()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _post_json(url: str, body: bytes) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - loopback
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except OSError as exc:
+        return 0, str(exc).encode()
+
+
 def service_steps(service: str | Path, *, quick: bool = False,
                   quick_service: str | Path | None = None,
-                  layers: Sequence[str] = SERVICE_LAYERS,
-                  root: str | Path | None = None) -> list[ExternalArm]:
+                  layers: Sequence[str | Path] = SERVICE_LAYERS,
+                  root: str | Path | None = None,
+                  fronted: str | Path | None = None) -> list[ExternalArm]:
     """The chain's arms: the service alone, then behind optkit's gateway with each layer added.
 
-    Returns ``[alone, alone+pooling, alone+batching, alone+streaming]`` (named so), each
-    gateway configured by ``experiments/<layer>.yaml``; every trial starts the service and
-    its gateway fresh.
+    Returns ``[alone, fronted+pooling, fronted+batching, fronted+streaming]`` (named so),
+    ``fronted`` being :func:`service_fronted`'s setting (the service itself unless one is
+    named), each gateway configured by ``experiments/<layer>.yaml`` — or by the config file a
+    layer names (``experiments/external/gateway-batching.yaml``); every trial starts the service
+    and its gateway fresh.
     """
     alone = service_arm(service, quick=quick, quick_service=quick_service)
-    return [alone, *(alone.behind_gateway(experiment(layer, root)) for layer in layers)]
+    behind = service_fronted(alone, fronted, quick=quick, quick_service=quick_service)
+    return [alone, *(behind.behind_gateway(_layer_config(layer, root)) for layer in layers)]
+
+
+def _layer_config(layer: str | Path, root: str | Path | None) -> Path:
+    """A layer's gateway config: a file when ``layer`` is a path, else the week's own."""
+    if isinstance(layer, Path) or str(layer).endswith((".yaml", ".yml")) or "/" in str(layer):
+        path = Path(layer)
+        if not path.is_file():
+            raise ConfigError(f"gateway layer config {layer} is not a file")
+        return path
+    return experiment(str(layer), root)
 
 
 def service_calibration(calibration: str | Path | None, service: ExternalArm) -> str | None:
@@ -145,15 +346,54 @@ def _slo(cmp: Comparison, load: str, arm: str, slo_ms: float) -> str:
     return f"undecided (its CI spans {slo_ms:g} ms)"
 
 
-def _layer(service: str, arm: str) -> str:
-    """``+ batching`` for the arm ``<service>+batching`` (as ``behind_gateway`` names it)."""
-    prefix = f"{service}+"
-    return f"+ {arm[len(prefix):]}" if arm.startswith(prefix) else arm
+def _split(service: str, arm: Any) -> tuple[str, str]:
+    """(server setting, layer) of a chain's arm: ``("mlserver-pw0-lean", "+ batching")`` for
+    ``mlserver-pw0-lean+batching`` (as ``behind_gateway`` names it, the gateway config's name
+    after the ``+``); the service alone is ``(service, "alone")``."""
+    name = getattr(arm, "name", arm)
+    gateway = getattr(arm, "gateway", None)
+    layer = str((gateway or {}).get("name") or "")
+    if layer and name.endswith(f"+{layer}"):
+        return name[:-len(layer) - 1], f"+ {layer}"
+    if name.startswith(f"{service}+"):
+        return service, f"+ {name[len(service) + 1:]}"
+    if "+" in name:
+        server, layer = name.rsplit("+", 1)
+        return server, f"+ {layer}"
+    return name, "alone" if name == service else name
+
+
+def _layer(service: str, arm: Any) -> str:
+    """``+ batching`` for the arm ``<setting>+batching``."""
+    return _split(service, arm)[1]
+
+
+def service_servers(steps: Sequence[Comparison]) -> dict[str, Any]:
+    """Which server settings the day ran: ``alone`` (the service measured alone), ``fronted``
+    (the setting behind the gateway in every later step) and whether they ``differ``."""
+    if not steps:
+        return {"alone": None, "fronted": None, "differ": False}
+    alone = steps[0].a.name
+    fronted = _split(alone, steps[0].b)[0]
+    return {"alone": alone, "fronted": fronted, "differ": fronted != alone}
+
+
+def service_settings_note(steps: Sequence[Comparison]) -> str:
+    """One plain sentence when the arms run different server settings, else ""."""
+    servers = service_servers(steps)
+    if not servers["differ"]:
+        return ""
+    return (f"Two server settings: {servers['alone']} is measured alone; behind optkit's "
+            f"gateway every step runs {servers['fronted']} instead. So step 1 and the target "
+            f"compare different settings of the server, not the gateway alone: their change is "
+            f"the gateway's and the setting's together.")
 
 
 def service_chain(steps: Sequence[Comparison], *, slo_ms: float = 10.0) -> pd.DataFrame:
     """The chain as one table: per load, the service alone and each step after it.
 
+    ``server`` names the server setting of each row (the service alone's, then the setting
+    behind the gateway, which may be another: :func:`service_fronted`).
     Each arm's figures come from the session where it is the new arm (B), the service alone's
     from the first session's A: throughput and p99 as the mean of valid trials with a 95 % CI
     (Student t over trials), the change against the step before with its paired CI and
@@ -172,9 +412,10 @@ def service_chain(steps: Sequence[Comparison], *, slo_ms: float = 10.0) -> pd.Da
             tp = arm_interval(trials["throughput_rps"]) if "throughput_rps" in trials else (
                 math.nan,) * 3 + (0,)
             p99 = arm_interval(trials["p99_ms"]) if "p99_ms" in trials else (math.nan,) * 3 + (0,)
+            server, layer = _split(steps[0].a.name, arm)
             row: dict[str, Any] = {
-                "load": load, "step": number, "arm": arm.name,
-                "layer": "alone" if number == 0 else _layer(steps[0].a.name, arm.name),
+                "load": load, "step": number, "arm": arm.name, "server": server,
+                "layer": "alone" if number == 0 else layer,
                 "trials": tp[3], "throughput_rps": tp[0], "throughput_low": tp[1],
                 "throughput_high": tp[2], "p99_ms": p99[0], "p99_low": p99[1], "p99_high": p99[2],
                 "slo": _slo(cmp, load, side, slo_ms)}
@@ -211,6 +452,7 @@ def service_headline(chain: pd.DataFrame, *, provisional: bool = False) -> Any:
     for r in chain.to_dict(orient="records"):
         rows.append({
             "load": r["load"], "step": f"{r['step']}: {r['layer']}", "arm": r["arm"],
+            "server setting": r.get("server", ""),
             "throughput (req/s, 95 % CI)": _level(r["throughput_rps"], r["throughput_low"],
                                                    r["throughput_high"], "{:,.0f}"),
             "p99 (ms, 95 % CI)": _level(r["p99_ms"], r["p99_low"], r["p99_high"], "{:.2f}"),
@@ -222,6 +464,8 @@ def service_headline(chain: pd.DataFrame, *, provisional: bool = False) -> Any:
                 " (provisional)" if provisional and r["p99_verdict"] else ""),
             "p99 within the SLO": r["slo"]})
     frame = pd.DataFrame(rows)
+    if not frame.empty and frame["server setting"].nunique() <= 1:
+        frame = frame.drop(columns="server setting")  # one setting: the arm names say it
     return frame.style.hide(axis="index") if not frame.empty else frame
 
 
@@ -246,6 +490,9 @@ def service_targets(target: Comparison | None, *, load: str = "closed:32", gain:
                             columns=["target", "measured", "ci", "service alone", "status",
                                      "arms"])
     name = f"{target.b.name} vs {target.a.name}"
+    server = _split(target.a.name, target.b)[0]
+    if server != target.a.name:
+        name += f" (different server settings: {server} behind the gateway, {target.a.name} alone)"
     v = _verdict(target, load, "throughput_rps")
     if v is None:
         rows.append({"target": what, "measured": "no verdict", "ci": "", "service alone": "",
@@ -357,6 +604,9 @@ def service_conclusion(steps: Sequence[Comparison], target: Comparison | None = 
     chain = service_chain(steps, slo_ms=slo_ms)
     service = steps[0].a.name if steps else "the service"
     lines, no_help = [], []
+    note = service_settings_note(steps)
+    if note:
+        lines.append(note)
     for r in chain[chain["step"] > 0].to_dict(orient="records"):
         where = f"{r['layer']} ({r['arm']}) at {r['load']}"
         if not r["throughput_verdict"] and not r["p99_verdict"]:
@@ -413,6 +663,7 @@ def record_service(steps: Sequence[Comparison], target: Comparison | None = None
                 for step, s in sessions for row in s.verdict_table().to_dict(orient="records")]
     doc = {"schema_version": 2, "day": "service", "title": "Your service behind optkit's gateway",
            "service": steps[0].a.name if steps else None,
+           "servers": {**service_servers(steps), "note": service_settings_note(steps)},
            "a": steps[0].a.name if steps else None, "b": steps[-1].b.name if steps else None,
            "provisional": any(s.provisional for _, s in sessions),
            "conclusion": service_conclusion(steps, target, slo_ms=slo_ms, gain=gain,
