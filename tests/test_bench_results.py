@@ -12,7 +12,7 @@ import optkit.bench as bench
 from optkit import BenchError
 from optkit.bench import (BenchResult, ValidityGates, check_validity, load_run, percentiles_ms,
                           summarize, write_run)
-from optkit.lab import ROW_COLUMNS, TrialResult, memory_per_request_kb
+from optkit.lab import ROW_COLUMNS, TrialResult, memory_held_mb, memory_per_client_kb
 from optkit.bench._records import DROPPED, HTTP, OK, TIMEOUT
 
 MS = 1_000_000
@@ -133,21 +133,42 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         load_run(tmp_path)
 
 
-def test_memory_per_request_known_answer() -> None:
-    """(load RSS - idle RSS) summed over processes, divided by requests in flight, in KiB."""
+def test_memory_per_client_known_answer() -> None:
+    """(load RSS - idle RSS) summed over processes, divided by the closed loop's clients, in KiB."""
     idle = {"model-server": 100 * 2**20, "gateway": 50 * 2**20}
     load = {"model-server": 101 * 2**20, "gateway": 51 * 2**20}
-    assert memory_per_request_kb(idle, load, 8.0) == pytest.approx(2 * 1024 / 8)
+    assert memory_per_client_kb(idle, load, 8) == pytest.approx(2 * 1024 / 8)
     shrunk = {"model-server": 103 * 2**20, "gateway": 49 * 2**20}  # net growth 2 MiB, not 3
-    assert memory_per_request_kb(idle, shrunk, 8.0) == pytest.approx(2 * 1024 / 8)
-    assert memory_per_request_kb(idle, {"gateway": 40 * 2**20}, 8.0) is None  # no net growth
-    assert memory_per_request_kb(idle, load, 0.0) is None
+    assert memory_per_client_kb(idle, shrunk, 8) == pytest.approx(2 * 1024 / 8)
+    assert memory_per_client_kb(idle, {"gateway": 40 * 2**20}, 8) is None  # no net growth
+    assert memory_per_client_kb(idle, load, 0) is None
+
+
+def test_memory_per_client_is_equal_when_memory_held_is_equal_but_in_flight_differs() -> None:
+    """The defect of ÷ in-flight: at closed:32 two arms holding the same memory read the same."""
+    idle = {"model-server": 100 * 2**20, "gateway": 50 * 2**20}
+    load = {"model-server": 104 * 2**20, "gateway": 52 * 2**20}  # 6 MiB held by either arm
+    in_flight = {"A": 30.0, "B": 3.0}  # the slow arm queues in the server, the fast one does not
+    held_kb = 6 * 1024
+    per_in_flight = {arm: held_kb / n for arm, n in in_flight.items()}
+    assert per_in_flight["B"] / per_in_flight["A"] == pytest.approx(10)  # read as +900 % "worse"
+    per_client = {arm: memory_per_client_kb(idle, load, 32) for arm in in_flight}
+    assert per_client["A"] == per_client["B"] == pytest.approx(held_kb / 32)
+
+
+def test_memory_held_is_peak_minus_idle_summed_over_tiers() -> None:
+    """The open loop's figure: Σ (peak - idle) MB, each tier floored at a page, not ÷ in flight."""
+    services = {"model-server": {"rss_idle_mb": 100.0, "rss_peak_mb": 112.0, "rss_load_mb": 110.0},
+                "gateway": {"rss_idle_mb": 50.0, "rss_peak_mb": 49.0, "rss_load_mb": 49.0},
+                "lost": {"rss_idle_mb": None, "rss_peak_mb": 70.0}}
+    assert memory_held_mb(services) == pytest.approx(12.0 + 4096 / 2**20)
+    assert memory_held_mb({}) is None
 
 
 def test_trial_row_has_the_tidy_columns() -> None:
     """row() yields exactly the trial-table columns; pair/position/arm can be filled in."""
     result = TrialResult(label="baseline", load="open:4",
-                         bench=BenchResult(known_run()), mem_per_request_kb=12.5,
+                         bench=BenchResult(known_run()), mem_held_mb=12.5,
                          valid=False, invalid_reasons=("a", "b"))
     row = result.row(pair=3, position=0, arm="A")
     assert tuple(row) == ROW_COLUMNS

@@ -76,3 +76,20 @@ def test_calibrating_a_cell_keeps_the_others(tmp_path: Path) -> None:
     widest = merged["deltas"]["throughput_rps"]
     assert widest["delta"] == 0.04 and widest["cell"] == "large-output|closed:16"
     assert math.isclose(noise_band(merged, load=None).deltas["p99_ms"], 0.08)
+
+
+def test_a_calibration_made_before_memory_per_client_gives_it_the_default_and_says_so() -> None:
+    """An old cell (mem_per_request_kb, no mem_per_client_kb): default band, named in the source."""
+    old = {"cells": {"digits|closed:32": {"deltas": {
+        "throughput_rps": {"delta": 0.03, "sd_d": 0.05, "n_pairs": 16},
+        "mem_per_request_kb": {"delta": 0.40, "sd_d": 0.6, "n_pairs": 16}}}}}
+    band = noise_band(old, workload="digits", load="closed:32", n_pairs=16)
+    assert band.deltas["mem_per_client_kb"] == DEFAULT_DELTAS["mem_per_client_kb"] == 0.05
+    assert band.sources["mem_per_client_kb"] == "default"
+    assert "mem_per_request_kb" not in band.deltas
+    assert "mem_per_client_kb (not in this calibration)" in band.source
+    assert "mem_held_mb" not in band.source  # not defined at a closed loop: nothing to say
+    opened = noise_band(old, workload="digits", load="open:2500", n_pairs=16)
+    assert opened.deltas["mem_held_mb"] == DEFAULT_DELTAS["mem_held_mb"]
+    assert noise_band({"throughput_rps": 0.03, "mem_per_request_kb": 0.4}, load=None
+                      ).deltas["throughput_rps"] == 0.03  # an old bare mapping is still read

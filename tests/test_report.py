@@ -28,7 +28,7 @@ def _session(day: str, effect: float, *, loads: tuple[str, ...] = ("closed:32",)
     frames = []
     for k, load in enumerate(loads):
         frames.append(simulate_trials(12, effect=effect, load=load, throughput_rps=throughput,
-                                      mem_per_request_kb=75.0, mem_effect=-0.6 * (effect > 0.5),
+                                      mem_per_client_kb=75.0, mem_effect=-0.6 * (effect > 0.5),
                                       p99_effect=-effect, seed=seed + k))
     trials = pd.concat(frames, ignore_index=True)
     verdicts = {load: analyse(trials[trials["load"] == load]) for load in loads}
@@ -95,6 +95,28 @@ def test_target_table_judges_each_target_by_its_interval() -> None:
     small_table = target_table(small).set_index("target")
     assert (small_table["status"] != "met").loc[small_table.index.str.startswith("throughput")].all()
     assert "not measured" in set(small_table["status"])  # no open:2500 in that session
+
+
+def test_the_memory_target_is_per_client_at_closed_32() -> None:
+    """The seed's "< 50 KB per request" target reads memory per client (held ÷ 32 clients)."""
+    cmp = _session("fri", 0.9, loads=("closed:32", "open:2500"))
+    table = target_table(cmp).set_index("target")
+    row = table.loc[table.index.str.startswith("memory < 50 KB per client")].iloc[0]
+    b = cmp.trials[(cmp.trials["arm"] == "B") & (cmp.trials["load"] == "closed:32")]
+    assert row["measured"] == f"{b['mem_per_client_kb'].mean():,.1f} KB"
+    assert {v.metric for v in cmp.verdicts["open:2500"]} >= {"mem_held_mb"}
+    assert "mem_per_client_kb" not in {v.metric for v in cmp.verdicts["open:2500"]}
+
+
+def test_rollup_leaves_out_verdicts_on_memory_per_request_in_flight(tmp_path: Path) -> None:
+    """An earlier run's results.json judged memory ÷ requests in flight: read, but not rolled up."""
+    verdict = {"load": "open:2500", "change_pct": 884.0, "ci_low_pct": 700.0,
+               "ci_high_pct": 1000.0, "p_adjusted": 0.001, "verdict": "regressed", "n_pairs": 12}
+    (tmp_path / "fri").mkdir()
+    (tmp_path / "fri" / "results.json").write_text(json.dumps({"title": "fri", "verdicts": [
+        {**verdict, "metric": "mem_per_request_kb"},
+        {**verdict, "metric": "throughput_rps", "change_pct": 5.0, "verdict": "improved"}]}))
+    assert list(rollup(tmp_path)["metric"]) == ["throughput_rps"]
 
 
 def test_an_open_loop_target_counts_only_at_the_load_served() -> None:

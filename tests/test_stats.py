@@ -213,7 +213,7 @@ def test_analyse_uses_only_pairs_with_both_arms_valid():
 
 def test_analyse_skips_missing_or_empty_metrics():
     """Absent columns and all-NaN memory are skipped; the rest is analysed."""
-    df = table([100.0] * 8, [110.0] * 8, mem_per_request_kb=([np.nan] * 8, [np.nan] * 8))
+    df = table([100.0] * 8, [110.0] * 8, mem_per_client_kb=([np.nan] * 8, [np.nan] * 8))
     assert [v.metric for v in analyse(df)] == ["throughput_rps"]
 
 
@@ -350,3 +350,26 @@ def test_noise_quantile_is_the_quantile_of_every_sign_flip(n):
     lower = np.quantile(means, 0.95, method="lower")
     higher = np.quantile(means, 0.95, method="higher")
     assert lower * (1 - 1e-9) <= noise_quantile(d) <= higher * (1 + 1e-9)
+
+
+def test_memory_is_judged_per_client_in_a_closed_loop_and_as_held_in_an_open_one():
+    """One memory verdict per load: per client (closed loop) or held (open loop), never both."""
+    from optkit.lab._simulate import simulate_trials
+    from optkit.lab.stats import METRICS, RETIRED_METRICS, metrics_for_load
+
+    for load, metric in (("closed:32", "mem_per_client_kb"), ("open:2500", "mem_held_mb")):
+        trials = simulate_trials(12, load=load, mem_effect=-0.3, seed=1)
+        verdicts = analyse(trials, metrics=metrics_for_load(METRICS, load))
+        assert [v.metric for v in verdicts] == ["throughput_rps", "p50_ms", "p99_ms", metric]
+        assert verdicts[-1].verdict == "improved"
+    assert not set(RETIRED_METRICS) & set(METRICS)  # ÷ requests in flight is never judged
+
+
+def test_a_faster_arm_holding_the_same_memory_is_no_memory_regression():
+    """Closed:32, B 3x faster with 10x fewer requests in flight, same memory held: no change."""
+    rng = np.random.default_rng(4)
+    held_kb = 6 * 1024 * np.exp(rng.normal(0, 0.01, (2, 12)))  # both arms hold ~6 MiB
+    df = table([1000.0] * 12, [3000.0] * 12,
+               mem_per_client_kb=(list(held_kb[0] / 32), list(held_kb[1] / 32)))
+    mem = {v.metric: v for v in analyse(df)}["mem_per_client_kb"]
+    assert mem.verdict in ("within noise", "no change detected")

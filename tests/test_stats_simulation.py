@@ -83,7 +83,7 @@ def test_simulator_writes_the_tidy_schema():
     df = simulate_trials(50, seed=1)
     assert list(df.columns) == [
         "pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
-        "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "errors", "valid",
+        "p99_ms", "p999_ms", "max_ms", "mem_per_client_kb", "mem_held_mb", "errors", "valid",
         "invalid_reasons"]
     assert len(df) == 100 and (df.groupby("pair")["arm"].agg("".join).isin(["AB", "BA"])).all()
     assert 10 < (df[df.position == 0].arm == "B").sum() < 40
@@ -105,7 +105,8 @@ def test_simulator_truth_is_recovered_over_many_pairs():
 
 def test_aa_false_positive_rate_at_most_5_percent():
     """A/A at 20 pairs: the 95 % upper bound of P(any metric improved/regressed) <= 5 %."""
-    assert set(METRICS) == {"throughput_rps", "p50_ms", "p99_ms", "mem_per_request_kb"}
+    assert set(METRICS) == {"throughput_rps", "p50_ms", "p99_ms", "mem_per_client_kb",
+                            "mem_held_mb"}
     k, n = false_positive_rate(n_pairs=20)
     assert interval(k, n)[1] <= 0.05
 

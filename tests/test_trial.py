@@ -11,11 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, ContextManager, Iterator
 
+import orjson
 import pytest
 
 from optkit.bench import LoadSpec, StubServer
 from optkit.lab import (ROW_COLUMNS, ProcessSampler, environment_manifest, flatten_stats, load_trial,
-                        memory_per_request_kb, run_trial)
+                        memory_held_mb, run_trial)
 
 
 @contextlib.contextmanager
@@ -75,14 +76,15 @@ def test_flatten_stats_joins_nested_keys_and_summarizes_histograms() -> None:
 
 @pytest.mark.parametrize(("hold_kb", "low", "high"), [(1024, 0.8 * 1024, 1.25 * 1024),
                                                       (0, 0.0, 64.0)])
-def test_memory_per_request_reads_a_known_cost(tmp_path: Path, hold_kb: int, low: float,
-                                               high: float) -> None:
-    """A server holding 1 MiB per request in flight reads ~1024 KiB; one holding nothing ~0."""
+def test_memory_per_client_reads_a_known_cost(tmp_path: Path, hold_kb: int, low: float,
+                                              high: float) -> None:
+    """8 clients all waiting on a server that holds 1 MiB per request read ~1024 KiB per client."""
     result = run_trial({"name": "held"}, repository=tmp_path, load=LoadSpec.closed(8),
                        workload="digits", warmup_s=0.3, duration_s=1.0,
                        launcher=stub_process_launcher(service_ms=20, hold_kb=hold_kb))
     assert result.bench.summary["mean_in_flight"] == pytest.approx(8, rel=0.1)
-    mem = result.mem_per_request_kb
+    mem = result.mem_per_client_kb
+    assert result.mem_held_mb is None  # a closed loop's figure is per client
     assert (mem or 0.0) >= low and (mem or 0.0) <= high, (mem, result.services)
 
 
@@ -103,6 +105,13 @@ def test_trial_with_a_stub_stack_writes_a_readable_trial(tmp_path: Path) -> None
     row = load_trial(tmp_path / "t1").row()
     assert tuple(row) == ROW_COLUMNS and row == result.row()
     assert row["throughput_rps"] > 100 and row["errors"] == 0
+    # a trial recorded before 2026-12-06 (÷ requests in flight) reads back with today's figure
+    doc = orjson.loads((tmp_path / "t1" / "trial.json").read_bytes())
+    del doc["mem_per_client_kb"], doc["mem_held_mb"]
+    doc["mem_per_request_kb"] = 3.0
+    (tmp_path / "t1" / "trial.json").write_bytes(orjson.dumps(doc))
+    old = load_trial(tmp_path / "t1")
+    assert old.mem_per_client_kb == result.mem_per_client_kb and old.row() == result.row()
 
 
 def test_sampler_reports_cpu_and_rss_of_a_process() -> None:
@@ -128,12 +137,12 @@ def test_trial_against_the_real_stack(repository: Path, tmp_path: Path) -> None:
     assert set(result.services) == {"model-server", "gateway"}
     assert result.bench.summary["errors"] == {}
     assert result.bench.summary["achieved_fraction"] == pytest.approx(1.0, abs=0.03)
-    # memory per request is the documented formula on this trial's own readings
+    # an open loop's memory is what it held (peak - idle), on this trial's own readings
     idle = {n: u["rss_idle_mb"] * 2**20 for n, u in result.services.items()}
     load = {n: u["rss_load_mb"] * 2**20 for n, u in result.services.items()}
     assert min(idle.values()) > 10 * 2**20 and min(load.values()) > 10 * 2**20
-    assert result.mem_per_request_kb == memory_per_request_kb(
-        idle, load, result.bench.summary["mean_in_flight"])
+    assert result.mem_per_client_kb is None  # no fixed concurrency to divide by
+    assert result.mem_held_mb == memory_held_mb(result.services) > 0
     assert result.bench.summary["mean_in_flight"] == pytest.approx(
         result.bench.summary["throughput_rps"] * result.bench.summary["service_mean_ms"] / 1e3)
     assert result.stats_row()["gateway.server.accepted"] > 200  # /stats flattened, by tier

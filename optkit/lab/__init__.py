@@ -35,7 +35,7 @@ from ._slo import SloSearch, compare_at_slo, latency_vs_load, throughput_at_slo
 from ._smoke import run_smoke
 from ._soak import SoakSettings, run_soak
 from ._trial import (ROW_COLUMNS, ProcessSampler, TrialResult, flatten_stats, load_trial,
-                     memory_per_request_kb, run_trial)
+                     memory_held_mb, memory_per_client_kb, run_trial)
 from .week import report
 
 __all__ = [
@@ -43,7 +43,8 @@ __all__ = [
     "compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD", "parse_load",
     "load_deltas", "noise_band", "NoiseBand", "plan_pairs", "Plan",
     # trials and arms
-    "run_trial", "TrialResult", "ROW_COLUMNS", "load_trial", "memory_per_request_kb",
+    "run_trial", "TrialResult", "ROW_COLUMNS", "load_trial", "memory_per_client_kb",
+    "memory_held_mb",
     "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "git_state", "ExternalArm",
     "ExternalStack", "load_arm", "is_arm", "preflight", "ChurnPlan", "ChurnEvent", "Churn",
     # the performance gate

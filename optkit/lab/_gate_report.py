@@ -33,7 +33,7 @@ from .stats import detectable_range
 __all__ = ["markdown", "to_json", "junit_xml", "write_outputs", "error_markdown"]
 
 _ICON = {"passed": "✅", "failed": "❌", "error": "⚠️"}
-_UNITS = {"throughput_rps": "req/s", "mem_per_request_kb": "KiB"}
+_UNITS = {"throughput_rps": "req/s", "mem_per_client_kb": "KiB"}
 
 
 def _value(metric: str, value: float | None) -> str:

@@ -44,7 +44,7 @@ from .._exceptions import ConfigError
 from .._schema import Document, read_mapping
 from ._arms import ExternalArm
 from ._settings import CompareSettings
-from .stats import EXTRA_METRICS, METRICS
+from .stats import EXTRA_METRICS, METRICS, RETIRED_METRICS
 
 __all__ = ["GateSpec", "load_gate_spec", "DEFAULT_GATE"]
 
@@ -160,6 +160,9 @@ def load_gate_spec(source: str | Path | Mapping[str, Any] | None = None, *,
     gate = dict(doc.mapping("gate", DEFAULT_GATE))
     known = {**METRICS, **EXTRA_METRICS}
     for metric, allowed in gate.items():
+        if metric in RETIRED_METRICS:
+            raise ConfigError(f"{doc.name('gate')}: metric {metric!r} is no longer judged: "
+                              f"{RETIRED_METRICS[metric]}")
         if metric not in known:
             raise ConfigError(f"{doc.name('gate')}: unknown metric {metric!r} (known: "
                               f"{', '.join(known)})")

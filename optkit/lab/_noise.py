@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .stats import DEFAULT_DELTAS, scaled_delta
+from .stats import DEFAULT_DELTAS, METRICS, RETIRED_METRICS, metrics_for_load, scaled_delta
 
 __all__ = ["NoiseBand", "cell_key", "calibration_cells", "noise_band", "load_deltas"]
 
@@ -79,7 +79,7 @@ def calibration_cells(calibration: str | Path | Mapping[str, Any] | None
                                                     "created": doc.get("created")})
     if doc.get("deltas") is not None:  # the widest band over the cells (or the only one)
         cells["*"] = {"deltas": doc["deltas"], "created": doc.get("created")}
-    elif doc and all(k in DEFAULT_DELTAS for k in doc):  # a bare {metric: delta} mapping
+    elif doc and all(k in DEFAULT_DELTAS or k in RETIRED_METRICS for k in doc):  # bare mapping
         cells["*"] = {"deltas": doc}
     return cells, where
 
@@ -113,10 +113,16 @@ def noise_band(calibration: str | Path | Mapping[str, Any] | None, *, load: str 
     n_cal = min(n_cals) if n_cals else None
     created = cell.get("created")
     scaled = any(s == "scaled" for s in sources.values())
+    # a core metric this cell never measured (e.g. mem_per_client_kb in a calibration made
+    # before it existed) keeps its default band: say so rather than pass it off as measured
+    core = METRICS if load is None else metrics_for_load(METRICS, load)
+    unmeasured = [m for m in core if sources.get(m) == "default"]
     text = (f"calibration {where}: {n_cal or '?'} A/A pairs"
             + (f" of {cell['config_name']}" if cell.get("config_name") else "")
             + (f", {str(created)[:10]}" if created else "")
-            + (f"; scaled to {n_pairs} pairs" if scaled else ""))
+            + (f"; scaled to {n_pairs} pairs" if scaled else "")
+            + (f"; default band for {', '.join(unmeasured)} (not in this calibration)"
+               if unmeasured else ""))
     return NoiseBand(workload, load or "*", n_pairs, deltas, sd, sources, n_cal=n_cal,
                      created=created, source=text)
 

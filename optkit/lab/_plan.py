@@ -83,13 +83,12 @@ def plan_pairs(settings: CompareSettings, calibration: Any, *,
         max_pairs: the budget.
     """
     effects = dict(DEFAULT_EFFECTS if effects is None else effects)
-    metrics = settings.analysed_metrics()
-    family = len(settings.loads) * len(metrics)
+    family = sum(len(settings.analysed_metrics(load)) for load in settings.loads)
     floor = min_pairs_for(alpha, family)
     rows, needed = [], []
     for load in settings.loads:
         band = noise_band(calibration, workload=settings.workload, load=load)
-        for metric in metrics:
+        for metric in settings.analysed_metrics(load):
             sd = band.sd_d.get(metric)
             n_cal = band.n_cal
             effect = effects.get(metric)

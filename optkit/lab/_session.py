@@ -52,7 +52,7 @@ def _analyse_session(trials: pd.DataFrame, settings: CompareSettings, calibratio
                           n_pairs=max(2, kept))
         bands[load_text] = band
         try:
-            per_load[load_text] = analyse(subset, metrics=settings.analysed_metrics(),
+            per_load[load_text] = analyse(subset, metrics=settings.analysed_metrics(load_text),
                                           deltas=band.deltas, sources=band.sources,
                                           seed=settings.seed)
         except ValueError as exc:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from .._exceptions import ConfigError
 from ..bench import LoadSpec, ValidityGates, wrk_available
 from ._churn import ChurnPlan
-from .stats import DEFAULT_PAIRS, EXTRA_METRICS, METRICS
+from .stats import DEFAULT_PAIRS, EXTRA_METRICS, METRICS, metrics_for_load
 
 __all__ = ["CompareSettings", "parse_load", "QUICK", "STANDARD"]
 
@@ -26,8 +26,9 @@ __all__ = ["CompareSettings", "parse_load", "QUICK", "STANDARD"]
 class CompareSettings:
     """How a session runs: pairs, trial timing, loads, workload, seed.
 
-    ``metrics`` names columns analysed besides the four core ones (throughput, p50, p99,
-    memory per request), from ``optkit.lab.stats.EXTRA_METRICS``: e.g. ``("ttfb_p99_ms",
+    ``metrics`` names columns analysed besides the four core ones (throughput, p50, p99, and
+    memory: per client in a closed loop, held in an open one), from
+    ``optkit.lab.stats.EXTRA_METRICS``: e.g. ``("ttfb_p99_ms",
     "gateway_peak_mb")`` for the streaming day. They join the same Holm family.
     """
 
@@ -73,9 +74,11 @@ class CompareSettings:
         out["churn"] = self.churn.to_dict() if self.churn else None
         return out
 
-    def analysed_metrics(self) -> dict[str, bool]:
-        """Metric -> higher_is_better for every column this session's verdicts cover."""
-        return {**METRICS, **{m: EXTRA_METRICS[m] for m in self.metrics}}
+    def analysed_metrics(self, load: str | None = None) -> dict[str, bool]:
+        """Metric -> higher_is_better for every column this session's verdicts cover; at
+        ``load``, only those defined there (``stats.metrics_for_load``)."""
+        metrics = {**METRICS, **{m: EXTRA_METRICS[m] for m in self.metrics}}
+        return metrics if load is None else metrics_for_load(metrics, load)
 
 
 def parse_load(text: str, *, engine: str = "auto") -> Any:

@@ -33,7 +33,8 @@ def simulate_trials(
     invalid_prob: float = 0.0,
     throughput_rps: float = 1000.0,
     p50_ms: float = 4.0,
-    mem_per_request_kb: float = 64.0,
+    mem_per_client_kb: float = 64.0,
+    mem_held_mb: float = 8.0,
     load: str = "closed:32",
     labels: tuple[str, str] = ("A", "B"),
     seed: int = 0,
@@ -52,11 +53,13 @@ def simulate_trials(
         drift: total relative slow-down of the machine across the session.
         walk: sd of the per-trial random-walk step of the machine's speed.
         p50_effect, p99_effect: true relative change of B's p50/p99; default 1/(1+effect) - 1.
-        mem_effect: true relative change of B's memory per request.
+        mem_effect: true relative change of B's memory (per client, or held in open loop).
         latency_cv: own noise of p50 (log sd); tail_cv: scale of p99's t(3) noise.
         outlier_prob, outlier_size: chance and size of a bad trial.
         invalid_prob: chance that a trial is marked invalid (to exercise pair exclusion).
-        throughput_rps, p50_ms, mem_per_request_kb: arm A's true values.
+        throughput_rps, p50_ms, mem_per_client_kb, mem_held_mb: arm A's true values (memory
+            per client fills a closed loop's rows, memory held an open loop's; the other is NaN,
+            as in real trial rows).
         load: the ``load`` column; labels: the ``label`` of arms A and B.
         seed: seed of everything random.
     Returns:
@@ -83,7 +86,8 @@ def simulate_trials(
     log_p99 = np.log(4 * p50_ms) - log_speed + is_b * np.log1p(e99) + tail
     p50, p99 = np.exp(log_p50), np.exp(log_p99)
     p999 = p99 * 1.5 * np.exp(np.abs(rng.normal(0, tail_cv, n)))
-    mem = mem_per_request_kb * (1 + is_b * mem_effect) * np.exp(rng.normal(0, 0.02, n))
+    mem = (1 + is_b * mem_effect) * np.exp(rng.normal(0, 0.02, n))
+    is_open = str(load).startswith("open:")
     invalid = rng.random(n) < invalid_prob
     return pd.DataFrame({
         "pair": np.repeat(np.arange(n_pairs), 2),
@@ -97,7 +101,8 @@ def simulate_trials(
         "p99_ms": p99,
         "p999_ms": p999,
         "max_ms": p999 * 1.3,
-        "mem_per_request_kb": mem,
+        "mem_per_client_kb": np.nan * mem if is_open else mem_per_client_kb * mem,
+        "mem_held_mb": mem_held_mb * mem if is_open else np.nan * mem,
         "errors": 0,
         "valid": ~invalid,
         "invalid_reasons": np.where(invalid, "simulated: unstable windows", ""),

@@ -15,14 +15,16 @@
 CPU and load RSS come only from samples inside the window. ``TrialResult.stats_row()``
 flattens the ``/stats`` taken after the window into one row (``server_stats.csv``).
 
-**Memory per request** = Σ over service processes of (median RSS during the
-window − idle RSS) ÷ mean requests in flight, where requests in flight come
-from Little's law: throughput × mean service time (end − start). Idle RSS is
-taken after one request per model (lazy one-time set-up is done) and *before*
-the warm-up: allocators keep the pages a load made them take, so an idle RSS
-after the warm-up already holds the load's working set and the difference
-reads ~0. RSS is coarse (pages, allocator caching), so it is measured the same
-way for A and B and only differences between arms mean anything.
+**Memory** (docs/measurement.md, "Memory per client"): in a closed loop,
+``mem_per_client_kb`` = Σ over service processes of (median RSS during the window −
+idle RSS) ÷ the loop's clients (its concurrency, the same in both arms); in an open loop,
+``mem_held_mb`` = Σ (peak RSS in the window − idle RSS), never divided by requests in
+flight (a faster arm has fewer in flight, and would look worse per request). Idle RSS is
+taken after one request per model (lazy one-time set-up is done) and *before* the warm-up:
+allocators keep the pages a load made them take, so an idle RSS after the warm-up already
+holds the load's working set and the difference reads ~0. RSS is coarse (pages, allocator
+caching), so it is measured the same way for A and B and only differences between arms mean
+anything.
 
 A trial that fails a gate is returned with ``valid=False`` and its reasons:
 it is marked, never dropped. ``TrialResult.row()`` is one row of the tidy
@@ -43,7 +45,7 @@ from typing import Any, Callable, ContextManager, Mapping
 
 import orjson
 
-from .._exceptions import BenchError
+from .._exceptions import BenchError, ConfigError
 from ..bench import BenchResult, LoadSpec, ValidityGates, Workload, load_run, prepare, run_bench
 from ..bench._target import http_get_json, parse_target
 from ..service import launch_stack
@@ -51,30 +53,58 @@ from ._arms import ExternalArm, load_arm
 from ._churn import Churn, ChurnPlan
 from ._manifest import environment_manifest
 
-__all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_request_kb",
-           "ProcessSampler", "flatten_stats"]
+__all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_client_kb",
+           "memory_held_mb", "ProcessSampler", "flatten_stats"]
 
 ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
-               "p99_ms", "p999_ms", "max_ms", "mem_per_request_kb", "ttfb_p50_ms", "ttfb_p99_ms",
+               "p99_ms", "p999_ms", "max_ms", "mem_per_client_kb", "mem_held_mb", "ttfb_p50_ms",
+               "ttfb_p99_ms",
                "gateway_peak_mb", "model_server_peak_mb", "gateway_grown_mb",
                "model_server_grown_mb", "offered_rps", "achieved_fraction", "dropped", "errors",
                "valid", "invalid_reasons")
 
 
-def memory_per_request_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
-                          mean_in_flight: float) -> float | None:
-    """KiB held per in-flight request: Σ (load − idle) bytes ÷ requests in flight.
+def memory_per_client_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
+                         clients: int) -> float | None:
+    """KiB held per closed-loop client: Σ (load − idle) bytes ÷ the loop's clients.
 
-    None when it cannot be measured: no requests in flight, or no net growth over idle
-    (RSS moves in pages, so a tiny working set can read as zero or below; clipping such
-    readings to 0 per process would bias the sum upward, and a ratio of zeros means nothing).
+    The divisor is the load's concurrency, the same in both arms of a comparison, so the
+    ratio of two arms is the ratio of the memory they held. (``mem_per_request_kb`` divided
+    by requests in flight: about the clients in a closed loop, but in an open loop a faster
+    arm has fewer in flight for the same memory held, and read worse per request.)
+
+    None when it cannot be measured: no clients, or no net growth over idle (RSS moves in
+    pages, so a tiny working set can read as zero or below; clipping such readings to 0 per
+    process would bias the sum upward, and a ratio of zeros means nothing).
     """
-    if mean_in_flight <= 0 or not load_rss:
+    if clients <= 0 or not load_rss:
         return None
     grown = sum(load_rss[name] - idle_rss.get(name, load_rss[name]) for name in load_rss)
     if grown <= 0:
         return None
-    return grown / mean_in_flight / 1024.0
+    return grown / clients / 1024.0
+
+
+def memory_held_mb(services: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """MB the load made the service hold: Σ over processes of (peak RSS in the window − idle
+    RSS), each floored at a page (as the ``*_grown_mb`` columns). None if none was sampled.
+
+    The open loop's memory figure: arms face the same arrival rate, so what they hold is
+    comparable as it is; it is never divided by requests in flight.
+    """
+    grown = [g for g in map(_grown, services.values()) if g is not None]
+    return sum(grown) if grown else None
+
+
+def _memory(load: LoadSpec, services: Mapping[str, Mapping[str, Any]]
+            ) -> tuple[float | None, float | None]:
+    """(mem_per_client_kb, mem_held_mb) of a trial: each only for the loop it is defined for."""
+    if load.mode == "open":
+        return None, memory_held_mb(services)
+    idle = {n: u["rss_idle_mb"] * 2**20 for n, u in services.items()
+            if u.get("rss_idle_mb") is not None}
+    load_rss = {n: u["rss_load_mb"] * 2**20 for n, u in services.items() if u.get("rss_load_mb")}
+    return memory_per_client_kb(idle, load_rss, load.concurrency), None
 
 
 def flatten_stats(doc: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -200,7 +230,10 @@ class TrialResult:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     stats_before: dict[str, Any] = field(default_factory=dict)
     stats_after: dict[str, Any] = field(default_factory=dict)
-    mem_per_request_kb: float | None = None
+    #: closed loop only: KiB held per client (see :func:`memory_per_client_kb`)
+    mem_per_client_kb: float | None = None
+    #: open loop only: MB held, peak - idle (see :func:`memory_held_mb`)
+    mem_held_mb: float | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     valid: bool = True
     invalid_reasons: tuple[str, ...] = ()
@@ -223,7 +256,8 @@ class TrialResult:
                "label": self.label, "load": self.load,
                "throughput_rps": s.get("throughput_rps"), "p50_ms": s.get("p50_ms"),
                "p90_ms": s.get("p90_ms"), "p99_ms": s.get("p99_ms"), "p999_ms": s.get("p999_ms"),
-               "max_ms": s.get("max_ms"), "mem_per_request_kb": self.mem_per_request_kb,
+               "max_ms": s.get("max_ms"), "mem_per_client_kb": self.mem_per_client_kb,
+               "mem_held_mb": self.mem_held_mb,
                # time to first byte (built-in generator only; wrk cannot see it) and each
                # tier's peak resident memory in the window: what streaming should change
                "ttfb_p50_ms": s.get("ttfb_p50_ms"), "ttfb_p99_ms": s.get("ttfb_p99_ms"),
@@ -255,7 +289,8 @@ class TrialResult:
         """Everything but the raw records, JSON-ready (``trial.json``)."""
         return {"schema_version": self.bench.summary.get("schema_version"), "label": self.label,
                 "load": self.load, "services": self.services, "stats_before": self.stats_before,
-                "stats_after": self.stats_after, "mem_per_request_kb": self.mem_per_request_kb,
+                "stats_after": self.stats_after, "mem_per_client_kb": self.mem_per_client_kb,
+                "mem_held_mb": self.mem_held_mb,
                 "manifest": self.manifest, "valid": self.valid,
                 "invalid_reasons": list(self.invalid_reasons), "pair": self.pair,
                 "position": self.position, "arm": self.arm, "events": list(self.events)}
@@ -278,6 +313,13 @@ def load_trial(path: str | Path) -> TrialResult:
     doc.pop("schema_version", None)
     doc["invalid_reasons"] = tuple(doc.get("invalid_reasons") or ())
     doc["events"] = tuple(doc.get("events") or ())
+    # trials recorded before 2026-12-06 hold mem_per_request_kb (÷ requests in flight), never
+    # judged now; their services' RSS readings give the memory figures of today's definition
+    doc.pop("mem_per_request_kb", None)
+    if "mem_per_client_kb" not in doc:
+        with contextlib.suppress(BenchError, ConfigError, KeyError, TypeError):
+            doc["mem_per_client_kb"], doc["mem_held_mb"] = _memory(
+                LoadSpec.parse(str(doc.get("load"))), doc.get("services") or {})
     return TrialResult(bench=load_run(folder / "bench"), path=folder, **doc)
 
 
@@ -339,8 +381,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         events = tuple(churner.records()) if isinstance(churner, Churn) else ()
     for name, use in services.items():
         use["rss_idle_mb"] = idle[name] / 2**20 if name in idle else None
-    load_rss = {n: u["rss_load_mb"] * 2**20 for n, u in services.items() if u["rss_load_mb"]}
-    mem = memory_per_request_kb(idle, load_rss, float(bench.summary.get("mean_in_flight") or 0))
+    per_client, held = _memory(load, services)
     reasons = list(bench.invalid_reasons)
     reasons += [f"service {name!r} exited during the trial" for name in sorted(lost)]
     manifest = environment_manifest(
@@ -348,7 +389,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         load=load.to_dict(), warmup_s=warmup_s, duration_s=duration_s, gateway=gateway,
         cpus={k: sorted(v) for k, v in (cpus or {}).items()})
     result = TrialResult(label=label, load=load.label, bench=bench, services=services,
-                         stats_before=before, stats_after=after, mem_per_request_kb=mem,
+                         stats_before=before, stats_after=after, mem_per_client_kb=per_client,
+                         mem_held_mb=held,
                          manifest=manifest, valid=not reasons, invalid_reasons=tuple(reasons),
                          events=events)
     if out_dir is not None:

@@ -42,6 +42,8 @@ __all__ = [
     "DEFAULT_QUANTILES",
     "METRICS",
     "EXTRA_METRICS",
+    "RETIRED_METRICS",
+    "metrics_for_load",
     "MetricVerdict",
     "TukeyFences",
     "Verdict",
@@ -66,12 +68,31 @@ __all__ = [
 Verdict = Literal["improved", "regressed", "within noise", "no change detected"]
 
 #: Metric name -> higher_is_better. The columns of the tidy trial table that ``analyse`` reads.
+#: Memory has one column per kind of loop, each empty in the other, so a load gets four verdicts:
+#: ``mem_per_client_kb`` (closed loop: held ÷ clients) and ``mem_held_mb`` (open loop: peak −
+#: idle); see docs/measurement.md, "Memory per client".
 METRICS: Mapping[str, bool] = {
     "throughput_rps": True,
     "p50_ms": False,
     "p99_ms": False,
-    "mem_per_request_kb": False,
+    "mem_per_client_kb": False,
+    "mem_held_mb": False,
 }
+
+#: Metrics that earlier runs recorded and that are no longer judged, with the reason. Their
+#: verdicts in old ``results.json`` files are read but left out of the roll-up.
+RETIRED_METRICS: Mapping[str, str] = {
+    "mem_per_request_kb": "memory held ÷ requests in flight: a faster arm has fewer in flight, "
+                          "so it read as a memory regression (replaced by mem_per_client_kb, "
+                          "and mem_held_mb in open loop, 2026-12-06)",
+}
+
+
+def metrics_for_load(metrics: Mapping[str, bool], load: str) -> dict[str, bool]:
+    """The metrics that are defined at ``load`` ('closed:32', 'open:2500'): memory per client
+    only in a closed loop, memory held only in an open loop; the rest everywhere."""
+    skip = "mem_per_client_kb" if load.startswith("open:") else "mem_held_mb"
+    return {name: higher for name, higher in metrics.items() if name != skip}
 
 #: Further columns a session may ask to analyse (``CompareSettings.metrics``), all lower-is-better:
 #: time to first byte, the worst latency, each tier's peak resident memory in the window, and
@@ -84,13 +105,15 @@ EXTRA_METRICS: Mapping[str, bool] = {
 #: Default noise thresholds on the log scale (0.02 ~ 2 %). Throughput averages thousands of
 #: requests per trial, so trial-to-trial noise is a few % and a 2 % band is the smallest change
 #: worth a name. p50/p99 are order statistics (p99 rests on ~1 % of the window's requests) and
-#: memory per request divides two noisy readings, so they get 5 %. These are placeholders:
+#: memory per client is a difference of two RSS readings, so they get 5 %; memory held (an open
+#: loop's peak - idle) 10 %, like the per-tier ``*_grown_mb``. These are placeholders:
 #: replace them with ``calibrate_deltas`` measured on the machine at hand.
 DEFAULT_DELTAS: Mapping[str, float] = {
     "throughput_rps": 0.02,
     "p50_ms": 0.05,
     "p99_ms": 0.05,
-    "mem_per_request_kb": 0.05,
+    "mem_per_client_kb": 0.05,
+    "mem_held_mb": 0.10,
     "ttfb_p99_ms": 0.05,
     "max_ms": 0.10,  # one request's worst case: the noisiest order statistic of all
     "gateway_peak_mb": 0.05,

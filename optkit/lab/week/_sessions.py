@@ -213,7 +213,9 @@ def headline(cmp: Comparison) -> pd.DataFrame:
     """The verdicts for a person: one row per (load, metric), change and CI as percent with
     one decimal, the Holm p-value in scientific notation, the verdict in words; no index."""
     names = {"throughput_rps": "throughput", "p50_ms": "p50 latency", "p99_ms": "p99 latency",
-             "mem_per_request_kb": "memory per request", "ttfb_p99_ms": "p99 time to first byte",
+             "mem_per_client_kb": "memory per client (held ÷ clients)",
+             "mem_held_mb": "memory held under load (peak - idle, all tiers)",
+             "ttfb_p99_ms": "p99 time to first byte",
              "max_ms": "worst latency", "gateway_peak_mb": "gateway peak memory",
              "model_server_peak_mb": "model-server peak memory",
              "gateway_grown_mb": "gateway memory held under load (peak - idle)",
