@@ -89,11 +89,13 @@ def test_detectable_effect_falls_with_pairs_and_is_infinite_below_holms_floor(fa
 
 def _cell(settings: CompareSettings, load: str) -> dict:
     return {"workload": settings.workload, "load": load, "settings": settings.to_dict(),
-            "deltas": {"throughput_rps": {"delta": 0.03, "sd_d": 0.05, "n_pairs": 16}}}
+            "deltas": {"throughput_rps": {"delta": 0.03, "sd_d": 0.05,
+                                          "n_pairs": settings.pairs}}}
 
 
 @pytest.mark.parametrize("stored, measured", [
     ("same", []),                      # measured the same way: reused
+    ("more pairs", []),                # an older file's 16 pairs, more than the 12 taken now
     ("missing", ["closed:16"]),        # never measured here
     ("other gates", ["closed:16"]),    # measured with the stability gate on: again
     ("other warm-up", ["closed:16"]),  # measured after a 0.5 s warm-up: again
@@ -108,14 +110,16 @@ def test_a_day_measures_the_cells_it_lacks_or_that_were_measured_another_way(
     day = _days.day_settings(quick=False, pairs=24, warmup_s=1.0, duration_s=2.0,
                              loads=["closed:16"], seed=0, workload="large-output",
                              engine="builtin", gates={"check_stability": False})
-    other = {"same": day, "other gates": dataclasses.replace(day, gates=None),
+    other = {"same": dataclasses.replace(day, pairs=_days.CALIBRATION_PAIRS),
+             "more pairs": dataclasses.replace(day, pairs=16),
+             "other gates": dataclasses.replace(day, gates=None),
              "other warm-up": dataclasses.replace(day, warmup_s=0.5)}
     cells = {}
     if stored in other:
         cells["large-output|closed:16"] = _cell(other[stored], "closed:16")
     elif stored == "no settings":
-        cells["large-output|closed:16"] = {k: v for k, v in _cell(day, "closed:16").items()
-                                           if k != "settings"}
+        cells["large-output|closed:16"] = {k: v for k, v in _cell(other["same"], "closed:16")
+                                           .items() if k != "settings"}
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"schema_version": 2, "cells": cells}, default=str))
     calls: list[tuple[str, ...]] = []
@@ -130,11 +134,23 @@ def test_a_day_measures_the_cells_it_lacks_or_that_were_measured_another_way(
     monkeypatch.setattr(_days, "calibrate", fake_calibrate)
     plan = _days.plan_day(day, "batching", repository=tmp_path, calibration=path)
     assert [load for loads in calls for load in loads] == measured
-    assert plan.settings.pairs >= 16  # planned from the cell, never below its 16 pairs
+    assert plan.settings.pairs >= _days.MIN_SESSION_PAIRS  # never below the week's floor
     again: list[tuple[str, ...]] = []
     monkeypatch.setattr(_days, "calibrate", lambda *a, **k: again.append(k["settings"].loads))
     _days.plan_day(day, "batching", repository=tmp_path, calibration=path)
     assert again == []  # once measured this way, the next week reuses it
+
+
+def test_a_small_calibration_does_not_shorten_the_session_below_min_pairs() -> None:
+    """A 12-pair cell whose sd says 12 pairs would do still gets min_pairs (16), within the
+    budget; without min_pairs the calibration's own pairs are the floor."""
+    cal = {"cells": {"digits|closed:32": {"deltas": {
+        "throughput_rps": {"delta": 0.005, "sd_d": 0.01, "n_pairs": 12}}}}}
+    settings = CompareSettings(pairs=24, loads=("closed:32",))
+    assert plan_pairs(settings, cal, max_pairs=24).settings.pairs == 12
+    plan = plan_pairs(settings, cal, max_pairs=24, min_pairs=16)
+    assert plan.settings.pairs == 16 and plan.reachable
+    assert plan_pairs(settings, cal, max_pairs=14, min_pairs=16).settings.pairs == 14
 
 
 def test_a_gate_that_cannot_act_on_a_load_does_not_make_it_measured_again(

@@ -9,8 +9,9 @@ the calibration is part of the rate). Rates are asserted through their exact (Cl
 so the test is deterministic. docs/method.md ("The method is tested") quotes these figures.
 
 The week as run (the last test) goes through the lab's own planner and session analysis: each
-day's cells calibrated on 16 simulated A/A pairs, its pairs planned within its budget, its
-verdicts judged with Holm over its whole family.
+day's cells calibrated on 12 simulated A/A pairs (``week.CALIBRATION_PAIRS``), its pairs planned
+within its budget and never below 16 (``week.MIN_SESSION_PAIRS``), its verdicts judged with
+Holm over its whole family.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def test_power_with_a_calibrated_delta_at_default_pairs_at_least_80_percent():
     assert interval(k, n)[0] >= 0.80
 
 
-# -- the week as run: pairs planned from a 16-pair calibration, each day's budget and family --
+# -- the week as run: pairs planned from a 12-pair calibration, each day's budget and family --
 
 #: (day, loads in its Holm family, extra metrics analysed, the notebook's pair budget)
 WEEK_AS_RUN = (("mon", 1, (), 16), ("tue", 2, (), 16), ("thu", 1, ("max_ms",), 16))
@@ -157,13 +158,14 @@ N_WEEK = 150  # planned sessions per day and kind (power, A/A)
 def planned_session(loads: int, extra: tuple[str, ...], budget: int, effect: float, seed: int,
                     noise: Mapping[str, float]) -> tuple[bool, list]:
     """One day as ``optkit week`` runs it: each cell calibrated on simulated A/A pairs
-    (``calibrate``'s 16), pairs planned for +10 % throughput within the budget, then the
+    (``plan_day``'s 12), pairs planned for +10 % throughput within the budget and never below
+    ``plan_day``'s floor of 16, then the
     session analysed by the lab's own session analysis (bands per cell, Holm over every test
     of every load). Returns (the plan said it reaches 80 % power, the verdicts, first load's
     throughput first). The true effect is on the first load's throughput only."""
     from optkit.lab import CompareSettings, plan_pairs
     from optkit.lab._session import _analyse_session
-    from optkit.lab.week import CALIBRATION_PAIRS
+    from optkit.lab.week import CALIBRATION_PAIRS, MIN_SESSION_PAIRS
 
     names = [f"closed:{32 >> i}" for i in range(loads)]
     metrics = list({**METRICS, **{m: False for m in extra}})
@@ -173,7 +175,7 @@ def planned_session(loads: int, extra: tuple[str, ...], budget: int, effect: flo
         cells[f"digits|{load}"] = {"deltas": calibrate_deltas(
             aa, metrics=metrics, n_resamples=N_RESAMPLES, seed=seed)}
     settings = CompareSettings(pairs=budget, loads=tuple(names), metrics=extra, seed=seed)
-    plan = plan_pairs(settings, {"cells": cells}, max_pairs=budget)
+    plan = plan_pairs(settings, {"cells": cells}, max_pairs=budget, min_pairs=MIN_SESSION_PAIRS)
     trials = pd.concat([simulate_trials(plan.settings.pairs, effect=effect if i == 0 else 0.0,
                                         load=load, seed=900_000 + 10 * seed + i, **noise)
                         for i, load in enumerate(names)], ignore_index=True)
@@ -183,10 +185,11 @@ def planned_session(loads: int, extra: tuple[str, ...], budget: int, effect: flo
 
 @pytest.mark.parametrize("day, loads, extra, budget", WEEK_AS_RUN, ids=[d[0] for d in WEEK_AS_RUN])
 def test_the_week_as_run_keeps_its_false_positives_and_its_power(day, loads, extra, budget):
-    """At each day's own settings (16-pair calibration, planned pairs, the day's budget and
-    Holm family): A/A calls anything in <= 5 % of sessions (95 % upper bound), and where the
-    plan says its pairs reach a 10 % change, the change is called improved in >= 80 % of
-    sessions (95 % lower bound); on this machine's quiet noise most plans reach it."""
+    """At each day's own settings (12-pair calibration, planned pairs from 16, the day's
+    budget and Holm family): A/A calls anything in <= 5 % of sessions (95 % upper bound), and
+    where the plan says its pairs reach a 10 % change, the change is called improved in >= 80 %
+    of sessions (95 % lower bound); on this machine's quiet noise over a third of plans reach
+    it (Tuesday, two loads: 56 / 150, against 64 / 150 from a 16-pair calibration)."""
     reached = found = false = 0
     for s in range(N_WEEK):
         ok, verdicts = planned_session(loads, extra, budget, 0.10, s, QUIET)
@@ -196,4 +199,4 @@ def test_the_week_as_run_keeps_its_false_positives_and_its_power(day, loads, ext
         _, aa = planned_session(loads, extra, budget, 0.0, 50_000 + s, QUIET)
         false += any(v.verdict in ("improved", "regressed") for v in aa)
     assert interval(false, N_WEEK)[1] <= 0.05, (false, N_WEEK)
-    assert reached >= N_WEEK * 0.4 and interval(found, reached)[0] >= 0.80, (found, reached)
+    assert reached >= N_WEEK / 3 and interval(found, reached)[0] >= 0.80, (found, reached)

@@ -8,16 +8,20 @@
     per metric: the fewest n whose detectable effect (Holm over the session's whole family,
     the band scaled to n, the sd taken at its upper 90 % bound) is within the effect sought
         ▼
-    n = the largest of those, and never fewer than the calibration's own pairs (nor than
-    Holm needs to reach alpha at all), at most the budget; the table says, for every
-    metric, what that n can and cannot see
+    n = the largest of those, and never fewer than the calibration's own pairs, nor than
+    ``min_pairs`` (the week: 16), nor than Holm needs to reach alpha at all; at most the
+    budget; the table says, for every metric, what that n can and cannot see
 
-Why the bound and the floor: an A/A calibration of 16 pairs often holds none of the rare
-slow trials a shared machine produces (a 5 % chance per trial misses all 32 trials one time in
-five), so its sd reads low and a plan built on it alone under-delivers. On the simulator
-(tests/test_stats_simulation.py), plans from a 16-pair calibration at the sd's 80 % bound
-with no floor found a true 10 % change in 77 % of sessions; at the 90 % bound and the floor,
-in 86-90 %.
+Why the bound and the floor: a small A/A calibration often holds none of the rare slow trials
+a shared machine produces (a 2 % chance per trial misses all 24 trials of a 12-pair one six
+times in ten), so its sd reads low and a plan built on it alone under-delivers; and the
+planner's model (a t approximation of the sign-flip test and the CI) is optimistic at few
+pairs. On the simulator (tests/test_stats_simulation.py), plans from a 16-pair calibration at
+the sd's 80 % bound with no floor found a true 10 % change in 77 % of sessions; at the 90 %
+bound and the floor, in 86-90 %. From a 12-pair calibration, sessions planned down to 12 or 14
+pairs found it in 82-89 % (95 % lower bounds 73-78 %, and A/A false positives up to 4 / 150),
+while a floor of 16 kept 91-93 % (lower bounds >= 82 %): the week calibrates on 12 pairs and
+never runs a session below 16 (``week.MIN_SESSION_PAIRS``).
 
 The number is fixed before the first trial: the session never stops early because a p-value
 dipped. Where the budget cannot reach an effect, the plan says so before the session runs.
@@ -47,8 +51,8 @@ DEFAULT_EFFECTS: Mapping[str, float] = {"throughput_rps": 10.0}
 
 def sd_upper(sd: float, n: int, level: float = 0.90) -> float:
     """The upper ``level`` confidence bound of a standard deviation estimated from n values
-    (chi-square): an A/A calibration of 16 pairs can read sd 25 % low by luck, and a plan built
-    on that luck would miss its power."""
+    (chi-square): an A/A calibration of 12 pairs reads sd 29 % low one time in ten (16 pairs:
+    25 %), and a plan built on that luck would miss its power."""
     if n < 2:
         return math.inf
     return sd * math.sqrt((n - 1) / float(_st.chi2.ppf(1 - level, n - 1)))
@@ -72,7 +76,8 @@ class Plan:
 
 def plan_pairs(settings: CompareSettings, calibration: Any, *,
                effects: Mapping[str, float] | None = None, pairs: int | None = None,
-               max_pairs: int = 32, power: float = 0.80, alpha: float = 0.05) -> Plan:
+               max_pairs: int = 32, min_pairs: int = 0, power: float = 0.80,
+               alpha: float = 0.05) -> Plan:
     """Choose the session's pairs from its cells' calibration (or report on ``pairs`` given).
 
     Args:
@@ -81,6 +86,8 @@ def plan_pairs(settings: CompareSettings, calibration: Any, *,
         effects: metric -> the change to find, in % (``{"throughput_rps": 10, "p99_ms": -20}``).
         pairs: a fixed number instead of a planned one (the table then says what it can see).
         max_pairs: the budget.
+        min_pairs: the fewest pairs a planned session runs (within the budget), however few
+            the calibration says would do: below 16 the planner's power is optimistic.
     """
     effects = dict(DEFAULT_EFFECTS if effects is None else effects)
     family = sum(len(settings.analysed_metrics(load)) for load in settings.loads)
@@ -114,7 +121,8 @@ def plan_pairs(settings: CompareSettings, calibration: Any, *,
             rows.append(row)
     reachable = bool(needed) and all(n is not None for n in needed)
     calibrated = [int(r["_n_cal"]) for r in rows if r["_n_cal"]]
-    floor = max([floor, *calibrated])  # never fewer pairs than the calibration measured
+    # never fewer pairs than the calibration measured, nor than the caller's floor
+    floor = max([floor, min_pairs, *calibrated])
     chosen = pairs if pairs is not None else min(max_pairs, max(
         [floor, *(n if n is not None else max_pairs for n in needed)])) if needed \
         else settings.pairs

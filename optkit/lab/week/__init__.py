@@ -18,8 +18,8 @@ Every public name is re-exported here; ``report`` is a namespace of its own.
 
 from . import report
 from ._browser_check import ReportCheck, browser_problem, check_report_folder, check_reports
-from ._days import (CALIBRATION_PAIRS, DAYS, SERVICE_DAY, Day, config, day_settings,
-                    ensure_repository, experiment, plan_day, project_root)
+from ._days import (CALIBRATION_PAIRS, DAYS, MIN_SESSION_PAIRS, SERVICE_DAY, Day, config,
+                    day_settings, ensure_repository, experiment, plan_day, project_root)
 from ._measures import bulk_scoring, latency_curve, slo_table, startup_times
 from ._runner import record_day, run_week
 from ._service import (SERVICE_LAYERS, check_fronted, gateway_summary, record_service,
@@ -32,7 +32,8 @@ from ._sessions import (batch_histogram, batch_summary, conclusion, headline, ke
 from ._summary import latest_report, summary_rows, week_summary
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
-           "day_settings", "plan_day", "CALIBRATION_PAIRS", "pool_summary", "batch_summary",
+           "day_settings", "plan_day", "CALIBRATION_PAIRS", "MIN_SESSION_PAIRS", "pool_summary",
+           "batch_summary",
            "batch_histogram", "layer_summary", "load_events", "load_timeline", "headline",
            "key_figure", "startup_times", "bulk_scoring", "latency_curve", "slo_table",
            "conclusion", "record_day", "run_week", "week_summary", "summary_rows",

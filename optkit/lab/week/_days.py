@@ -28,10 +28,15 @@ from .._plan import Plan, plan_pairs
 from .._settings import QUICK, STANDARD, CompareSettings, parse_load
 
 __all__ = ["Day", "DAYS", "SERVICE_DAY", "project_root", "experiment", "config", "ensure_repository",
-           "day_settings", "plan_day", "CALIBRATION_PAIRS", "PROCEDURE", "procedure"]
+           "day_settings", "plan_day", "CALIBRATION_PAIRS", "MIN_SESSION_PAIRS", "PROCEDURE",
+           "procedure"]
 
 #: A/A pairs measured per (workload, load) cell the first time a day judges it on a machine
-CALIBRATION_PAIRS = 16
+#: (a cell measured with more, such as an older file's 16, is kept: cells are keyed by procedure)
+CALIBRATION_PAIRS = 12
+#: the fewest pairs a day's planned session runs: on the simulator, plans from a 12-pair
+#: calibration keep 80 % power at a true 10 % change only from 16 pairs (``_plan``'s docstring)
+MIN_SESSION_PAIRS = 16
 #: what a trial does, as far as its noise goes: a cell measured another way is measured again
 PROCEDURE = ("warmup_s", "duration_s", "engine", "churn", "gates")
 
@@ -163,7 +168,9 @@ def plan_day(settings: CompareSettings, arm: Any, *, repository: str | Path,
     trial procedure (warm-up, window, engine, gates, churn: :data:`PROCEDURE`), is measured
     now: an A/A session of ``arm`` (the day's starting config) with the day's own settings (workload, churn,
     gates, timing) and ``calibration_pairs`` pairs, stored in ``calibration`` for every later
-    day and week. Quick mode (CI) measures nothing and keeps its few pairs: provisional.
+    day and week. The session's pairs are never fewer than :data:`MIN_SESSION_PAIRS` (nor than
+    the cell's own pairs), at most the budget. Quick mode (CI) measures nothing and keeps its
+    few pairs: provisional.
     """
     if settings.quick:
         return Plan(settings, plan_pairs(settings, calibration, effects=effects,
@@ -179,4 +186,5 @@ def plan_day(settings: CompareSettings, arm: Any, *, repository: str | Path,
                 calibrate(arm, repository=repository, out=calibration, progress=progress,
                           settings=dataclasses.replace(settings, loads=(load,),
                                                        pairs=calibration_pairs))
-    return plan_pairs(settings, calibration, effects=effects, max_pairs=settings.pairs)
+    return plan_pairs(settings, calibration, effects=effects, max_pairs=settings.pairs,
+                      min_pairs=MIN_SESSION_PAIRS)
