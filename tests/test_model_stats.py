@@ -143,3 +143,14 @@ def test_record_in_tritons_format() -> None:
                                    "compute_infer": {"count": 1, "ns": 30},
                                    "compute_output": {"count": 1, "ns": 2}}]
     assert book.find("other") == [] and ModelStats("x", "2").triton()["batch_stats"] == []
+
+
+def test_baseline_books_no_queue(stack: Stack) -> None:
+    """Batching off (the baseline): one model call per request, nothing queued, on both tiers."""
+    asyncio.run(_load(stack.url))  # through the gateway: each request forwarded alone
+    for base in (stack.url, stack.model_server_url):
+        record = _stats(base)
+        _check_record(record, N, N * ROWS)
+        assert record["execution_count"] == N
+        assert record["inference_stats"]["queue"]["ns"] == 0
+        assert record["batch_stats"] == [{**record["batch_stats"][0], "batch_size": ROWS}]
