@@ -207,7 +207,7 @@ class ModelServer:
             ride = _Ride(inputs)
             t = perf_counter_ns()
             outputs = await batcher.submit(
-                ride, rows=len(next(iter(inputs.values()))),
+                ride, rows=ride.rows,
                 deadline=None if req.timeout_us is None else request_deadline(req, time.monotonic()),
                 alive=None if transport is None else (lambda: not transport.is_closing()))
             # waiting for its batch to start is queue; its batch's model call is its compute
