@@ -202,6 +202,9 @@ CASES: list[Case] = [
          _j({"pixels": [[0] * 64] * 16385})),
     Case("generate_stream unknown model", "POST", "/v2/models/nope/generate_stream", 404,
          _j({"pixels": []})),
+    # -- the statistics extension ----------------------------------------------------
+    Case("stats of an unknown model", "GET", "/v2/models/nope/stats", 404),
+    Case("stats of an unknown version", "GET", _M + "/versions/99/stats", 404),
     # -- the repository extension ----------------------------------------------------
     Case("repository index malformed JSON", "POST", "/v2/repository/index", 400, b"{"),
     Case("repository index not an object", "POST", "/v2/repository/index", 400, b"[]"),

@@ -2,7 +2,8 @@
 
 Real processes on 127.0.0.1: the parent deals connections to the workers in turn (each
 answer says which worker gave it in ``optkit-worker``), a keep-alive connection stays
-with its worker, each worker's own port reports exactly the requests it answered, and
+with its worker, each worker's own port reports exactly the requests it answered (in
+``/stats`` and in Triton's statistics extension), and
 SIGTERM to the parent drains both: every request in flight is answered 200.
 """
 
@@ -65,6 +66,9 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(repository: Path,
         for row in table:
             own = _get(str(row["url"]) + "/stats")["server"]
             assert own["infer_requests"] == answered[str(row["worker"])], (row, answered)
+            # Triton's statistics extension too: each worker's own, nothing summed
+            (model,) = _get(str(row["url"]) + "/v2/models/digits-mlp/stats")["model_stats"]
+            assert model["inference_stats"]["success"]["count"] == answered[str(row["worker"])]
         # drain: slow requests in flight on both workers, then SIGTERM to the parent alone
         results: list[tuple[int, str] | BaseException] = []
 

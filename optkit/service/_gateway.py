@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 from typing import Any, Sequence
 from urllib.parse import quote, urlsplit
 
@@ -74,6 +75,7 @@ from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, Upst
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
     build_app, infer_response, json_response, model_ref, read_body
+from ._model_stats import ModelStats, ModelStatsBook
 from ._metadata import (MetadataCache, MetadataCacheStatistics, ModelMeta, check_unsigned,
                         check_unsigned_generate, model_meta)
 
@@ -130,10 +132,21 @@ class GatewayStatistics:
 class _Pending:
     """One client request while it rides the gateway's batcher."""
 
-    __slots__ = ("req", "body", "headers", "runs")
+    __slots__ = ("req", "body", "headers", "runs", "started", "ended")
 
     def __init__(self, req: InferRequest, body: bytes, headers: dict[str, str]) -> None:
         self.req, self.body, self.headers, self.runs = req, body, headers, 0
+        self.started = self.ended = 0  # when its batch's upstream call ran (perf_counter_ns)
+
+
+class _Clock:
+    """One request's time on the gateway, in parts (ns), as its handler sees it."""
+
+    __slots__ = ("input_ns", "queue_ns", "infer_ns", "output_ns", "rows")
+
+    def __init__(self, input_ns: int) -> None:
+        self.input_ns, self.queue_ns, self.infer_ns, self.output_ns = input_ns, 0, 0, 0
+        self.rows = 0
 
 
 class _Misfit(Exception):
@@ -171,6 +184,8 @@ class Gateway:
         self.config = config or ServiceConfig()
         self.upstreams = parse_upstreams(upstreams)
         self.counters = ServerCounters()
+        #: the gateway's own side in Triton's statistics format (_model_stats.py)
+        self.stats_book = ModelStatsBook()
         self._limit = self.config.server.max_body_bytes
         self._resend = self.config.balancing.resend_infer  # infer POSTs: see layers.balancing
         # one client (pool) per upstream; the balancer picks, ejects and probes them
@@ -270,13 +285,31 @@ class Gateway:
 
     # -- v2 endpoints -----------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.StreamResponse:
+        t0 = perf_counter_ns()
         name, version = model_ref(request)
         # the model first, as the model server does: an unknown one is a 404 whatever the body
         at_step("metadata")
         meta = await self.metadata.get(name, version)
+        stats = self.stats_book.model(name, version or "")  # a model the upstream knows
+        clock = _Clock(0)
+        try:
+            response = await self._infer(request, name, version, meta, clock)
+        except Exception:
+            stats.failed(perf_counter_ns() - t0)
+            raise
+        if response.status >= 400:  # the upstream's own refusal, passed on
+            stats.failed(perf_counter_ns() - t0)
+        else:
+            stats.ok(clock.rows, perf_counter_ns() - t0, clock.input_ns, clock.queue_ns,
+                     clock.infer_ns, clock.output_ns)
+        return response
+
+    async def _infer(self, request: web.Request, name: str, version: str | None,
+                     meta: ModelMeta, clock: "_Clock") -> web.StreamResponse:
         at_step("body")
         body = await read_body(request, self._limit)
         at_step("validation")
+        t_in = perf_counter_ns()
         head_len = binary_header_length(request)
         req = parse_infer_request(body, head_len)
         if meta.source == "passthrough":
@@ -290,6 +323,7 @@ class Gateway:
                 raise ProtocolError(f"unknown output(s) {sorted(unknown)}")
         at_step("upstream")  # the batcher's queue included: its refusals count as "queue"
         self.counters.infer_rows += req.batch_size
+        clock.rows = req.batch_size
         # JSON as parsed, whatever the client's header said (a third-party upstream may insist)
         headers = {"Content-Type": "application/json"}
         if head_len is not None:
@@ -302,6 +336,7 @@ class Gateway:
                 {i.name: i.array for i in req.inputs}, request_id=req.id, outputs=tuple(req.outputs),
                 parameters={k: v for k, v in req.parameters.items() if k != "binary_data_output"})
             headers = {"Content-Type": "application/json"}
+        clock.input_ns = perf_counter_ns() - t_in
         if self.config.batching.enabled:
             if self._streamer.config.enabled and self._large(req, meta):
                 # a large answer is streamed, not held whole in a merged one: it goes alone
@@ -309,9 +344,11 @@ class Gateway:
             else:
                 key = self._merge_key(name, version, req, meta)
                 if key is not None:
-                    return await self._infer_batched(request, key, meta, req, body, headers)
+                    return await self._infer_batched(request, key, meta, req, body, headers,
+                                                     clock)
                 self._unmergeable += 1
-        return await self._forward(request, name, version, "/infer", body, headers)
+        return await self._forward(request, name, version, "/infer", body, headers,
+                                   clock=clock)
 
     def _large(self, req: InferRequest, meta: ModelMeta) -> bool:
         """Whether the answer will likely exceed the streaming threshold (an estimate from the
@@ -342,8 +379,8 @@ class Gateway:
                                    {"Content-Type": "application/json"}, sse=True)
 
     async def _forward(self, request: web.Request, name: str, version: str | None, tail: str,
-                       body: bytes, headers: dict[str, str], *,
-                       sse: bool = False) -> web.StreamResponse:
+                       body: bytes, headers: dict[str, str], *, sse: bool = False,
+                       clock: _Clock | None = None) -> web.StreamResponse:
         """Send one request upstream alone; pass its answer through, relayed if large.
 
         Streaming on: an answer over the threshold (or of unknown length) is relayed
@@ -353,18 +390,36 @@ class Gateway:
         """
         path = _model_path(name, version) + tail
         self.counters.model_calls += 1
+        t = perf_counter_ns()
         if not self._streamer.config.enabled:
             resp = await self._upstream("POST", path, body, headers, resend=self._resend)
         else:
             async with self._balancer.stream("POST", path, body=body, headers=headers,
                                              resend=self._resend) as up:
                 if up.status == 200 and self._streamer.wants_stream(up.content_length):
-                    return await self._relay(request, up, sse=sse)
+                    # relayed: the upstream's answer and its writing to the client overlap
+                    response = await self._relay(request, up, sse=sse)
+                    self._upstream_done(name, version, clock, t, 0)
+                    return response
                 resp = UpstreamResponse(up.status, up.content_type, await up.read(),
                                         up.headers, up.retried)
         if resp.status == 404:
             self.metadata.invalidate(name, version)
-        return self._passthrough(resp)
+        t_out = self._upstream_done(name, version, clock, t, 0)
+        response = self._passthrough(resp)
+        if clock is not None:
+            clock.output_ns = perf_counter_ns() - t_out
+        return response
+
+    def _upstream_done(self, name: str, version: str | None, clock: _Clock | None,
+                       t: int, input_ns: int) -> int:
+        """Book an inference forwarded alone, its upstream call from ``t`` to now."""
+        now = perf_counter_ns()
+        if clock is not None:
+            clock.infer_ns = now - t
+            self.stats_book.model(name, version or "").executed(clock.rows, input_ns,
+                                                                 now - t, 0)
+        return now
 
     async def _relay(self, request: web.Request, up: UpstreamStream, *,
                      sse: bool) -> web.StreamResponse:
@@ -400,7 +455,7 @@ class Gateway:
 
     async def _infer_batched(self, request: web.Request, key: tuple[Any, ...], meta: ModelMeta,
                              req: InferRequest, body: bytes,
-                             headers: dict[str, str]) -> web.Response:
+                             headers: dict[str, str], clock: _Clock) -> web.Response:
         batcher = self._batchers.get(key)
         if batcher is None:
             batcher = self._batchers[key] = DynamicBatcher(
@@ -410,37 +465,53 @@ class Gateway:
                 alone=self.counters.alone)
         pending = _Pending(req, body, headers)
         transport = request.transport
+        t = perf_counter_ns()
         result = await batcher.submit(
             pending, rows=req.batch_size, deadline=request_deadline(req, time.monotonic()),
             alive=None if transport is None else (lambda: not transport.is_closing()))
+        t_out = perf_counter_ns()
+        # waiting for its batch's upstream call is queue; that call is its compute_infer
+        clock.queue_ns = max(0, pending.started - t)
+        clock.infer_ns = pending.ended - pending.started
         if isinstance(result, UpstreamResponse):
             response = self._passthrough(result)
             if pending.runs > 1:
                 response.headers[FALLBACK_HEADER] = "1"
                 self._fallbacks += 1
-            return response
-        merged: _Merged = result
-        return infer_response(key[0], merged.version, merged.outputs, req)
+        else:
+            merged: _Merged = result
+            response = infer_response(key[0], merged.version, merged.outputs, req)
+        clock.output_ns = perf_counter_ns() - t_out
+        return response
 
     def _batch_runner(self, key: tuple[Any, ...]) -> Any:
         name, version, _, outputs = key
         path = _model_path(name, version) + "/infer"
         counters = self.counters
+        stats = self.stats_book.model(name, version or "")
 
         async def run(items: Sequence[_Pending]) -> list[Any]:
             for item in items:
                 item.runs += 1
             counters.model_calls += 1
+            t0 = perf_counter_ns()
             if len(items) == 1:  # alone: forwarded exactly as the client sent it
                 only = items[0]
                 resp = await self._upstream("POST", path, only.body, only.headers,
                                             resend=self._resend)
+                only.started, only.ended = t0, perf_counter_ns()
+                stats.executed(only.req.batch_size, 0, only.ended - t0, 0)
                 if resp.status == 404:
                     self.metadata.invalidate(name, version)
                 return [resp]
             self._merged_calls += 1
-            resp = await self._upstream("POST", path, *await self._merged_body(items, outputs),
-                                        resend=self._resend)
+            merged_body = await self._merged_body(items, outputs)
+            t1 = perf_counter_ns()
+            resp = await self._upstream("POST", path, *merged_body, resend=self._resend)
+            t2 = perf_counter_ns()
+            for item in items:
+                item.started, item.ended = t1, t2
+            stats.executed(sum(item.req.batch_size for item in items), t1 - t0, t2 - t1, 0)
             if resp.status != 200:
                 if resp.status in _SPLIT_STATUSES:
                     raise _Refused(resp)
@@ -506,6 +577,28 @@ class Gateway:
             params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
             doc["parameters"] = {**params, "max_batch_size": signature["max_batch_size"]}
         return json_response(doc)
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        """Triton's statistics extension for the gateway's own side (``_model_stats.py``).
+
+        These are the gateway's books, not a proxy of its upstreams' (an optkit model
+        server upstream answers its own ``/v2/models/{m}/stats``): decode and validation
+        here are compute_input, waiting in the gateway's batcher queue, the upstream call
+        (network and the upstream's whole time) compute_infer, encoding or passing on the
+        answer compute_output. Records are kept per model and version as the clients
+        named them ("" for no version). ``/v2/models/stats`` lists the models this gateway
+        has served; a named model it has not served is asked of the upstream (404 if unknown
+        there) and answered with zeros.
+        """
+        book = self.stats_book
+        if "model" not in request.match_info:
+            return json_response(book.answer(book.find()))
+        name, version = model_ref(request)
+        records = book.find(name, version or None)
+        if not records:
+            await self.metadata.get(name, version)  # the upstream's 404 for an unknown model
+            records = [ModelStats(name, version or "")]
+        return json_response(book.answer(records))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         path = _model_path(*model_ref(request)) + "/ready"

@@ -14,7 +14,8 @@
 Endpoints: health (``/v2/health/live|ready``), server metadata (``/v2``), model
 metadata and readiness, inference, and the repository extension
 (``/v2/repository/index``, ``/v2/repository/models/{m}/load|unload``), plus
-``/stats`` (JSON) and ``/metrics`` (Prometheus). In the baseline, models are
+``/stats`` (JSON) and ``/metrics`` (Prometheus), and Triton's statistics extension
+(``/v2/models[/{m}[/versions/{v}]]/stats``, see ``_model_stats.py``). In the baseline, models are
 loaded synchronously on the serving loop, at start-up and on ``load``; with
 ``loading.mode: background`` the loading layer (``layers/loading.py``) loads them
 in workers while the loop serves. Every inference holds its model from
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from time import perf_counter_ns
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ from ..models import ModelRepository, RepositoryStatistics
 from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.loading import LoadingStatistics, ModelLoader
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
+from ._model_stats import ModelStats, ModelStatsBook
 from ._streams import stream_generate, stream_infer
 from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
     build_app, infer_response, json_response, model_ref, read_body
@@ -89,6 +92,7 @@ class ModelServer:
         self.repository = ModelRepository(repository, overrides=self.config.loading.parameters)
         self.loader = ModelLoader(self.repository, self.config.loading)
         self.counters = ServerCounters()
+        self.stats_book = ModelStatsBook()  # Triton's statistics extension (_model_stats.py)
         self._limit = self.config.server.max_body_bytes
         self._batching = self.config.batching
         # model name -> (the model object it batches for, its batcher); a reload gets a new one
@@ -142,49 +146,82 @@ class ModelServer:
     async def infer(self, request: web.Request) -> web.StreamResponse:
         # in the gateway's order: the model's metadata (404), the body checked against it
         # (400, even for a model not loaded), and only then the model itself (503)
+        t0 = perf_counter_ns()
         name, version = model_ref(request)
         at_step("metadata")
         cfg = self.repository.config(name, version)
-        at_step("body")
-        body = await read_body(request, self._limit)
-        at_step("validation")
-        req = parse_infer_request(body, binary_header_length(request))
-        _check_infer(req, cfg)
-        at_step("loading")
-        model = await self.loader.acquire(name, version)  # counted in flight: never evicted
+        stats = self.stats_book.model(name, cfg.version)  # a known model from here on
         try:
-            if model.config is not cfg:  # another version was installed meanwhile
-                _check_infer(req, model.config)
-            return await self._infer(request, name, model, req)
-        finally:
-            self.loader.release(name)
+            at_step("body")
+            body = await read_body(request, self._limit)
+            at_step("validation")
+            t_in = perf_counter_ns()
+            req = parse_infer_request(body, binary_header_length(request))
+            _check_infer(req, cfg)
+            clock = _Clock(perf_counter_ns() - t_in)
+            at_step("loading")
+            model = await self.loader.acquire(name, version)  # counted in flight: never evicted
+            try:
+                if model.config is not cfg:  # another version was installed meanwhile
+                    _check_infer(req, model.config)
+                    stats = self.stats_book.model(name, model.config.version)
+                response = await self._infer(request, name, model, req, clock)
+            finally:
+                self.loader.release(name)
+        except Exception:
+            stats.failed(perf_counter_ns() - t0)
+            raise
+        stats.ok(req.batch_size, perf_counter_ns() - t0, clock.input_ns, clock.queue_ns,
+                 clock.infer_ns, clock.output_ns)
+        return response
 
     async def _infer(self, request: web.Request, name: str, model: Model,
-                     req: InferRequest) -> web.StreamResponse:
+                     req: InferRequest, clock: "_Clock") -> web.StreamResponse:
         cfg = model.config
         at_step("model")  # its batcher's queue included: that queue's refusals are "queue"
         self.counters.infer_rows += req.batch_size
         inputs = {item.name: item.array for item in req.inputs}
         if self._streamer.config.enabled:  # large answers in chunks, rows in sub-batches
-            return await stream_infer(self._streamer, request, name, cfg.version, req, inputs,
-                                      lambda part: self._compute(request, name, model, part, req))
-        return infer_response(name, cfg.version,
-                              await self._compute(request, name, model, inputs, req), req)
+            t = perf_counter_ns()
+            response = await stream_infer(
+                self._streamer, request, name, cfg.version, req, inputs,
+                lambda part: self._compute(request, name, model, part, req, clock))
+            # streamed: encoding and writing interleave with the sub-batches' model calls
+            clock.output_ns = max(0, perf_counter_ns() - t - clock.queue_ns - clock.infer_ns)
+            return response
+        outputs = await self._compute(request, name, model, inputs, req, clock)
+        t = perf_counter_ns()
+        response = infer_response(name, cfg.version, outputs, req)
+        clock.output_ns = perf_counter_ns() - t
+        return response
 
     async def _compute(self, request: web.Request, name: str, model: Model,
-                       inputs: Mapping[str, np.ndarray], req: Any) -> dict[str, np.ndarray]:
+                       inputs: Mapping[str, np.ndarray], req: Any,
+                       clock: "_Clock") -> dict[str, np.ndarray]:
         """Run ``inputs`` through the model: directly, or riding its batcher."""
         if self._batching.enabled:
             entry = self._batchers.get(name)
             batcher = entry[1] if entry is not None and entry[0] is model \
                 else self._batcher(name, model)
             transport = request.transport
-            return await batcher.submit(
-                inputs, rows=len(next(iter(inputs.values()))),
+            ride = _Ride(inputs)
+            t = perf_counter_ns()
+            outputs = await batcher.submit(
+                ride, rows=ride.rows,
                 deadline=None if req.timeout_us is None else request_deadline(req, time.monotonic()),
                 alive=None if transport is None else (lambda: not transport.is_closing()))
+            # waiting for its batch to start is queue; its batch's model call is its compute
+            clock.queue_ns += max(0, ride.started - t)
+            clock.infer_ns += ride.ended - ride.started
+            return outputs
         self.counters.model_calls += 1
-        return _predict(model, inputs)
+        rows = len(next(iter(inputs.values())))
+        t = perf_counter_ns()
+        outputs = _predict(model, inputs)
+        infer_ns = perf_counter_ns() - t
+        clock.infer_ns += infer_ns
+        self.stats_book.model(name, model.config.version).executed(rows, 0, infer_ns, 0)
+        return outputs
 
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
         """``generate_stream``: rows scored in sub-batches, one Server-Sent Event each."""
@@ -212,7 +249,8 @@ class ModelServer:
         self.counters.infer_rows += req.batch_size
         sub_rows = min(streaming.sub_batch_rows, cfg.max_batch_size or streaming.sub_batch_rows)
         return await stream_generate(self._streamer, request, name, cfg.version, req,
-                                     lambda part: self._compute(request, name, model, part, req),
+                                     lambda part: self._compute(request, name, model, part, req,
+                                                                _Clock(0)),
                                      sub_rows)
 
     def _batcher(self, name: str, model: Model) -> DynamicBatcher[Mapping[str, np.ndarray],
@@ -239,24 +277,35 @@ class ModelServer:
         """The batch function: concatenate the items' rows, predict once, split row for row."""
         executor = self._executor
         counters = self.counters
+        stats = self.stats_book.model(model.config.name, model.config.version)
 
-        async def run(items: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        async def run(items: Sequence[_Ride]) -> list[dict[str, np.ndarray]]:
             counters.model_calls += 1
+            t0 = perf_counter_ns()
             if len(items) == 1:
-                inputs = items[0]
+                inputs = items[0].inputs
             else:
-                inputs = {k: np.concatenate([item[k] for item in items]) for k in items[0]}
+                first = items[0].inputs
+                inputs = {k: np.concatenate([item.inputs[k] for item in items]) for k in first}
+            t1 = perf_counter_ns()
             if executor is None:  # on the loop: requests that arrive meanwhile form the next batch
                 outputs = _predict(model, inputs)
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     executor, _predict, model, inputs)
+            t2 = perf_counter_ns()
+            for item in items:
+                item.started, item.ended = t1, t2
+            rows = len(next(iter(inputs.values())))
             if len(items) == 1:
+                stats.executed(rows, t1 - t0, t2 - t1, 0)
                 return [outputs]
             try:
-                return split_rows(outputs, [len(next(iter(item.values()))) for item in items])
+                parts = split_rows(outputs, [item.rows for item in items])
             except ValueError as exc:
                 raise InferenceError(f"model {model.config.name!r}: {exc}") from None
+            stats.executed(rows, t1 - t0, t2 - t1, perf_counter_ns() - t2)
+            return parts
 
         return run
 
@@ -279,6 +328,20 @@ class ModelServer:
         name, version = model_ref(request)
         cfg = self.repository.config(name, version)
         return json_response(cfg.metadata(versions=self.repository.versions(name)))
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        """Triton's statistics extension (``_model_stats.py``): every model in the repository
+        (one zero record for a model not yet asked), or the one named (404 if unknown)."""
+        book = self.stats_book
+        if "model" not in request.match_info:
+            records = []
+            for name in self.repository.names():
+                records += book.find(name) or [_empty(name, self.repository)]
+            return json_response(book.answer(records))
+        name, version = model_ref(request)
+        self.repository.version_dir(name, version)  # 404 for an unknown model or version
+        return json_response(book.answer(book.find(name, version)
+                                         or [_empty(name, self.repository, version)]))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name, version = model_ref(request)
@@ -322,6 +385,31 @@ class ModelServer:
         name, _ = model_ref(request)
         self.loader.unload(name)
         return json_response({})
+
+
+class _Clock:
+    """One request's time on the model server, in parts (ns), as its handler sees it."""
+
+    __slots__ = ("input_ns", "queue_ns", "infer_ns", "output_ns")
+
+    def __init__(self, input_ns: int) -> None:
+        self.input_ns, self.queue_ns, self.infer_ns, self.output_ns = input_ns, 0, 0, 0
+
+
+class _Ride:
+    """One request's rows in the batcher; the batch stamps when its model call ran."""
+
+    __slots__ = ("inputs", "rows", "started", "ended")
+
+    def __init__(self, inputs: Mapping[str, np.ndarray]) -> None:
+        self.inputs = inputs
+        self.rows = len(next(iter(inputs.values())))
+        self.started = self.ended = 0
+
+
+def _empty(name: str, repository: ModelRepository, version: str | None = None) -> ModelStats:
+    """A model's record before its first request: zeros, under the version it would serve."""
+    return ModelStats(name, version or repository.versions(name)[-1])
 
 
 def _check_infer(req: InferRequest, cfg: ModelConfig) -> None:

@@ -16,12 +16,12 @@ anywhere from 16/16 to 11/21, and the worker holding more sets the tail latency.
 Node's cluster module deals connections from its primary for the same reason.
 The cost is one hop through the parent per *connection* (not per request).
 
-Statistics, honestly: nothing is added up across processes. Every answer says
-which worker gave it (``optkit-worker: <i>``), so ``/stats`` and ``/metrics`` on
-the shared port are the answering worker's own. Each worker also listens on a
-port of its own (loopback, like the shared one); the parent writes them to
-``<port-file>.workers.json`` (``[{"worker", "pid", "url"}]``) and prints them. Scrape
-each worker there (one Prometheus target per worker) and sum, e.g.
+Statistics, honestly: nothing is added up across processes. Every answer says which
+worker gave it (``optkit-worker: <i>``), so ``/stats``, ``/metrics`` and
+``/v2/models[/{m}]/stats`` on the shared port are the answering worker's own. Each
+worker also listens on a port of its own (loopback, like the shared one); the parent
+writes them to ``<port-file>.workers.json`` (``[{"worker", "pid", "url"}]``) and prints
+them. Scrape each worker there (one Prometheus target per worker) and sum, e.g.
 ``sum(optkit_model_server_server_infer_requests)``.
 
 Lifecycle: the parent listens before it starts the workers (so ``--port 0`` works
