@@ -251,14 +251,14 @@ def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
 
 
 def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypatch) -> None:
-    """Quick mode (CI) runs 3 short pairs at the day's first load; standard mode what the
+    """Quick mode (CI) runs 2 short pairs at the day's first load; standard mode what the
     notebook says; further fields (workload, metrics) apply in both."""
     from optkit.lab.week import day_settings
 
     monkeypatch.delenv("OPTKIT_QUICK", raising=False)
     loads = ["closed:32", "closed:1"]
     quick = day_settings(quick=True, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads, seed=3)
-    assert quick.loads == ("closed:32",) and quick.pairs == 3 and quick.quick and quick.seed == 3
+    assert quick.loads == ("closed:32",) and quick.pairs == 2 and quick.quick and quick.seed == 3
     full = day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads, seed=3,
                         workload="large-output", metrics=("ttfb_p99_ms",))
     assert full.loads == ("closed:32", "closed:1") and full.pairs == 12 and not full.quick

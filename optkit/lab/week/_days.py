@@ -126,7 +126,7 @@ def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
 
 
 def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
-                 loads: Sequence[str], seed: int, quick_pairs: int = 3,
+                 loads: Sequence[str], seed: int, quick_pairs: int = 2,
                  quick_duration_s: float | None = None, quick_warmup_s: float | None = None,
                  **extra: Any) -> CompareSettings:
     """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
@@ -142,7 +142,7 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
     runs the notebooks under nbmake, which cannot pass papermill parameters.
     """
     if quick or os.environ.get("OPTKIT_QUICK") == "1":  # CI: does the day run end to end?
-        # a few pairs (3; a day's secondary session 2): enough for every analysis step to run
+        # two pairs (the fewest analysis takes): enough for every analysis step to run
         # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
         return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
                                    duration_s=quick_duration_s or QUICK.duration_s,
