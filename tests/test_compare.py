@@ -205,9 +205,10 @@ def test_compare_at_slo_pairs_searches(repository: Path) -> None:
     from optkit.lab._slo import compare_at_slo
     from optkit.lab.plotting import latency_vs_load
 
+    # max_steps=2: still a bisection (half the capacity, then the midpoint of the bracket)
     verdict, searches, steps = compare_at_slo(
         _synthetic("slow", 800.0), _synthetic("fast", 400.0), repository=repository, pairs=2,
-        slo_ms=20.0, workload="synthetic", step_s=0.5, warmup_s=0.1, max_steps=2)  # still a bisection
+        slo_ms=20.0, workload="synthetic", step_s=0.5, warmup_s=0.1, max_steps=2)
     assert len(searches) == 4 and set(searches["arm"]) == {"A", "B"}
     assert verdict.metric == "slo_rps" and verdict.n_pairs == 2  # censored searches stay in
     assert (searches["slo_rps"] > 0).all()
