@@ -205,9 +205,10 @@ def test_compare_at_slo_pairs_searches(repository: Path) -> None:
     from optkit.lab._slo import compare_at_slo
     from optkit.lab.plotting import latency_vs_load
 
+    # max_steps=2: still a bisection (half the capacity, then the midpoint of the bracket)
     verdict, searches, steps = compare_at_slo(
         _synthetic("slow", 800.0), _synthetic("fast", 400.0), repository=repository, pairs=2,
-        slo_ms=20.0, workload="synthetic", step_s=0.5, warmup_s=0.1, max_steps=3)
+        slo_ms=20.0, workload="synthetic", step_s=0.5, warmup_s=0.1, max_steps=2)
     assert len(searches) == 4 and set(searches["arm"]) == {"A", "B"}
     assert verdict.metric == "slo_rps" and verdict.n_pairs == 2  # censored searches stay in
     assert (searches["slo_rps"] > 0).all()
@@ -251,14 +252,14 @@ def test_batch_summary_and_histogram_come_from_the_servers_counters() -> None:
 
 
 def test_day_settings_quick_mode_keeps_the_first_load_and_quick_timing(monkeypatch) -> None:
-    """Quick mode (CI) runs 3 short pairs at the day's first load; standard mode what the
+    """Quick mode (CI) runs 2 short pairs at the day's first load; standard mode what the
     notebook says; further fields (workload, metrics) apply in both."""
     from optkit.lab.week import day_settings
 
     monkeypatch.delenv("OPTKIT_QUICK", raising=False)
     loads = ["closed:32", "closed:1"]
     quick = day_settings(quick=True, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads, seed=3)
-    assert quick.loads == ("closed:32",) and quick.pairs == 3 and quick.quick and quick.seed == 3
+    assert quick.loads == ("closed:32",) and quick.pairs == 2 and quick.quick and quick.seed == 3
     full = day_settings(quick=False, pairs=12, warmup_s=1.0, duration_s=2.0, loads=loads, seed=3,
                         workload="large-output", metrics=("ttfb_p99_ms",))
     assert full.loads == ("closed:32", "closed:1") and full.pairs == 12 and not full.quick

@@ -179,3 +179,19 @@ def test_a_gate_that_cannot_act_on_a_load_does_not_make_it_measured_again(
 def dataclasses_replace(settings, **changes):  # noqa: D103
     import dataclasses
     return dataclasses.replace(settings, **changes)
+
+
+def test_a_notebooks_relative_repository_is_read_from_its_folder(tmp_path, monkeypatch):
+    """``"../build/models"`` in a notebook (cwd notebooks/) is the project's build/models, not
+    a folder beside the project; ``optkit week`` passes the project as the root."""
+    from optkit.lab.week import _days
+
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "experiments").mkdir()
+    built = []
+    monkeypatch.setattr(_days, "build_repository", lambda repo: built.append(repo))
+    monkeypatch.chdir(project / "notebooks")
+    assert _days.ensure_repository("../build/models") == (project / "build" / "models").resolve()
+    assert _days.ensure_repository("build/models", project) == (project / "build" / "models").resolve()
+    assert built == [(project / "build" / "models").resolve()] * 2

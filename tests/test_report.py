@@ -164,7 +164,8 @@ def final_reports(week_dir: Path) -> dict[str, str]:
     return run_reports(week_dir)
 
 
-@pytest.mark.slow
+# No server and no load (papermill over recorded results): not `slow`, so make test runs them
+# beside the other unit tests (xdist) instead of alone in the serial run.
 def test_final_reports_are_generated_with_figures(week_dir: Path,
                                                   final_reports: dict[str, str]) -> None:
     """The three report notebooks run over the recorded week; HTML (figures inline, no code)
@@ -186,7 +187,6 @@ def test_final_reports_are_generated_with_figures(week_dir: Path,
     assert "optkit serve gateway" in guide and "loading.mode: sync" in guide
 
 
-@pytest.mark.slow
 def test_final_reports_read_well_in_a_browser(week_dir: Path, final_reports: dict[str, str],
                                               browser_check: Any) -> None:
     """The three final HTML reports rendered in headless Chromium: every image loaded (the

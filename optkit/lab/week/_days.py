@@ -122,16 +122,23 @@ def config(name: str, *, models: Sequence[str] | None = None,
 
 
 def ensure_repository(path: str | Path, root: str | Path | None = None) -> Path:
-    """The model repository at ``path`` (relative to the project), built if missing."""
+    """The model repository at ``path``, built if missing.
+
+    A relative ``path`` is read from ``root`` (the project, as ``optkit week`` passes it) or,
+    without one, from the current folder, as a notebook's ``"../build/models"`` means it: from
+    ``notebooks/``. (Read from the project instead, that default named a folder beside the
+    project, where each fresh clone built the models again.)
+    """
     repo = Path(path)
     if not repo.is_absolute():
-        repo = project_root(root) / repo
+        repo = (Path(root) if root is not None else Path.cwd()) / repo
+    repo = repo.resolve()
     build_repository(repo)  # no-op for models already built
     return repo
 
 
 def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
-                 loads: Sequence[str], seed: int, quick_pairs: int = 3,
+                 loads: Sequence[str], seed: int, quick_pairs: int = 2,
                  quick_duration_s: float | None = None, quick_warmup_s: float | None = None,
                  **extra: Any) -> CompareSettings:
     """Quick mode takes the QUICK timing and the first load only (CI); otherwise the
@@ -147,7 +154,7 @@ def day_settings(*, quick: bool, pairs: int, warmup_s: float, duration_s: float,
     runs the notebooks under nbmake, which cannot pass papermill parameters.
     """
     if quick or os.environ.get("OPTKIT_QUICK") == "1":  # CI: does the day run end to end?
-        # a few pairs (3; a day's secondary session 2): enough for every analysis step to run
+        # two pairs (the fewest analysis takes): enough for every analysis step to run
         # (a verdict, a CI, Holm), not for a claim: quick verdicts are marked provisional
         return dataclasses.replace(QUICK, pairs=max(2, min(pairs, quick_pairs)),
                                    duration_s=quick_duration_s or QUICK.duration_s,
