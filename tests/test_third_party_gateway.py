@@ -58,6 +58,8 @@ UPSTREAM_ANSWERS = {
     "unknown version": "which versions exist is the upstream's to say",
     "unknown version, bad body": "which versions exist is the upstream's to say",
     "unknown version metadata": "which versions exist is the upstream's to say",
+    "stats of an unknown version": "which versions exist is the upstream's to say (KServe "
+                                   "answers 501: no versioning; the gateway says 502, naming it)",
     "repository index malformed JSON": "the repository extension is forwarded as it is",
     "repository index not an object": "the repository extension is forwarded as it is",
     "repository load of an unknown model": "the repository extension is forwarded as it is",
