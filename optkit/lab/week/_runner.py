@@ -72,6 +72,18 @@ def record_day(cmp: Comparison | Sequence[Comparison], *, day: str, out_dir: str
     return path
 
 
+def _arm_file(option: str, path: str | Path) -> str:
+    """The resolved path of an arm file given to ``option``; a ConfigError (exit 2) if it is
+    missing or not an arm file."""
+    arm_file = Path(path).resolve()
+    if not arm_file.is_file():
+        raise ConfigError(f"{option} {path}: no such file")
+    if not is_arm(arm_file):
+        raise ConfigError(f"{option} {path}: not an arm file (kind: command or kind: url; see "
+                          f"experiments/external/)")
+    return str(arm_file)
+
+
 def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
              out: str | Path | None = None, repository: str | Path = "build/models",
              root: str | Path | None = None, progress: bool = True,
@@ -101,21 +113,10 @@ def run_week(days: Sequence[str] | None = None, *, quick: bool = False,
         raise ConfigError(f"unknown day(s) {unknown}; known: {list(DAYS)}")  # exit 2, no traceback
     plan: list[tuple[Day, dict[str, Any]]] = [(DAYS[key], {}) for key in chosen]
     if service is not None:
-        arm_file = Path(service).resolve()
-        if not arm_file.is_file():
-            raise ConfigError(f"--service {service}: no such file")
-        if not is_arm(arm_file):
-            raise ConfigError(f"--service {service}: not an arm file (kind: command or kind: "
-                              f"url; see experiments/external/)")
-        own: dict[str, Any] = {"service": str(arm_file), "quick_service": None}
+        own: dict[str, Any] = {"service": _arm_file("--service", service),
+                               "quick_service": None}
         if fronted is not None:
-            fronted_file = Path(fronted).resolve()
-            if not fronted_file.is_file():
-                raise ConfigError(f"--fronted {fronted}: no such file")
-            if not is_arm(fronted_file):
-                raise ConfigError(f"--fronted {fronted}: not an arm file (kind: command or "
-                                  f"kind: url)")
-            own["fronted_service"] = str(fronted_file)
+            own["fronted_service"] = _arm_file("--fronted", fronted)
         plan.append((SERVICE_DAY, own))
     elif fronted is not None:
         raise ConfigError("--fronted names the setting behind the gateway of --service: give "
