@@ -115,6 +115,34 @@ async def test_concurrent_loads_share_one(repo: Path, executor: str) -> None:
     assert stats.load_s.count == 1
 
 
+@pytest.mark.parametrize("nice", [0, 7])
+async def test_loader_processes_run_at_lower_cpu_priority(repo: Path, nice: int) -> None:
+    """``nice`` lowers the loader processes' CPU priority, never the server's own."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    own = me.nice()
+    async with ModelLoader(ModelRepository(repo), LoadingConfig(
+            mode="background", executor="process", workers=2, nice=nice)) as loader:
+        await asyncio.gather(loader.load("slow"), loader.load("fast"))
+        workers = [p for p in me.children(recursive=True) if p.pid not in before
+                   and "multiprocessing" in " ".join(p.cmdline())
+                   and "resource_tracker" not in " ".join(p.cmdline())]
+        assert workers, "the loads ran in no worker process"
+        assert {w.nice() for w in workers} == {min(19, own + nice)}
+    assert me.nice() == own
+
+
+def test_loading_nice_is_bounded() -> None:
+    """A priority outside 0-19 is a config error naming the key."""
+    from optkit._exceptions import ConfigError
+
+    for bad in (-1, 20, 1.5):
+        with pytest.raises(ConfigError, match="loading.nice"):
+            LoadingConfig(nice=bad)
+
+
 async def test_states_unavailable_loading_ready(repo: Path) -> None:
     """A version goes UNAVAILABLE -> LOADING (while a worker builds it) -> READY."""
     repository = ModelRepository(repo)

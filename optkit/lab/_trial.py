@@ -60,7 +60,8 @@ ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p5
                "p99_ms", "p999_ms", "max_ms", "mem_per_client_kb", "mem_held_mb", "ttfb_p50_ms",
                "ttfb_p99_ms",
                "gateway_peak_mb", "model_server_peak_mb", "gateway_grown_mb",
-               "model_server_grown_mb", "offered_rps", "achieved_fraction", "dropped", "errors",
+               "model_server_grown_mb", "gateway_cpu_percent", "model_server_cpu_percent",
+               "children_cpu_percent", "offered_rps", "achieved_fraction", "dropped", "errors",
                "valid", "invalid_reasons")
 
 
@@ -161,7 +162,9 @@ class ProcessSampler:
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: list[tuple[int, str, float, int]] = []  # (t_ns, name, cpu_s, rss)
+        # (t_ns, name, cpu_s, rss, children_cpu_s): children are the process's own
+        # helpers (the model server's loader processes, MLServer's workers), live ones
+        self.samples: list[tuple[int, str, float, int, float]] = []
         self.lost: set[str] = set()
 
     def __repr__(self) -> str:
@@ -175,10 +178,18 @@ class ProcessSampler:
             try:
                 with proc.oneshot():
                     cpu = proc.cpu_times()
-                    self.samples.append((time.monotonic_ns(), name, cpu.user + cpu.system,
-                                         proc.memory_info().rss))
+                    rss = proc.memory_info().rss
+                    children = proc.children(recursive=True)
             except psutil.Error:
                 self.lost.add(name)
+                continue
+            child_cpu = 0.0
+            for child in children:
+                with contextlib.suppress(psutil.Error):
+                    times = child.cpu_times()
+                    child_cpu += times.user + times.system
+            self.samples.append((time.monotonic_ns(), name, cpu.user + cpu.system, rss,
+                                 child_cpu))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -195,19 +206,26 @@ class ProcessSampler:
         self.sample()
 
     def usage(self, start_ns: int, end_ns: int) -> dict[str, dict[str, float | None]]:
-        """Per process: CPU % of a core, median and peak RSS (MiB) within [start, end]."""
+        """Per process within [start, end]: CPU % of a core, median and peak RSS (MiB), and
+        ``children_cpu_percent``, the CPU its helper processes used (a child that started or
+        ended inside the window counts for the part of it seen; one that lived between two
+        samples is missed)."""
         out: dict[str, dict[str, float | None]] = {}
         for name in self._procs:
             rows = [s for s in self.samples if s[1] == name]
             inside = [s for s in rows if start_ns <= s[0] <= end_ns]  # never idle samples
             if len(inside) < 1:
-                out[name] = {"cpu_percent": None, "rss_load_mb": None, "rss_peak_mb": None}
+                out[name] = {"cpu_percent": None, "rss_load_mb": None, "rss_peak_mb": None,
+                             "children_cpu_percent": None}
                 continue
             first, last = inside[0], inside[-1]
             dt = (last[0] - first[0]) / 1e9
             rss = sorted(s[3] for s in inside)
+            # children come and go: add up the increases between samples, never a drop
+            child_s = sum(max(0.0, b[4] - a[4]) for a, b in zip(inside, inside[1:]))
             out[name] = {"cpu_percent": 100.0 * (last[2] - first[2]) / dt if dt > 0 else None,
-                         "rss_load_mb": rss[len(rss) // 2] / 2**20, "rss_peak_mb": rss[-1] / 2**20}
+                         "rss_load_mb": rss[len(rss) // 2] / 2**20, "rss_peak_mb": rss[-1] / 2**20,
+                         "children_cpu_percent": 100.0 * child_s / dt if dt > 0 else None}
         return out
 
 
@@ -266,6 +284,13 @@ class TrialResult:
                # the peak above the idle process: what the load itself made the tier hold
                "gateway_grown_mb": _grown(self.services.get("gateway")),
                "model_server_grown_mb": _grown(self.services.get("model-server")),
+               # CPU % of a core in the window: each tier, and the model server's helper
+               # processes (its background loaders: what Thursday's loads cost)
+               "gateway_cpu_percent": self.services.get("gateway", {}).get("cpu_percent"),
+               "model_server_cpu_percent":
+                   self.services.get("model-server", {}).get("cpu_percent"),
+               "children_cpu_percent":
+                   self.services.get("model-server", {}).get("children_cpu_percent"),
                # open loop: what was offered, the share of it answered in the window, and the
                # requests the generator dropped (a target is judged at the load served)
                "offered_rps": s.get("offered_rps"), "achieved_fraction": s.get("achieved_fraction"),

@@ -109,8 +109,10 @@ def _read(root: str, name: str, version: str,
     return ModelRepository(root, overrides=overrides).read(name, version)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: leave when the server that started this worker is gone.
+def _init_worker(parent: int, nice: int) -> None:
+    """Worker initializer: lower this worker's CPU priority by ``nice``, so a load takes
+    the CPU the serving loop leaves idle; and leave when the server that started this
+    worker is gone.
 
     A worker blocks on its call queue, whose pipe it holds both ends of, so it never
     sees the server die: a SIGKILLed (or OOM-killed) server would leave its workers,
@@ -121,6 +123,8 @@ def _exit_with_parent(parent: int) -> None:
             time.sleep(0.5)
         os._exit(0)
 
+    if nice:
+        os.nice(nice)  # this process only: the server keeps its own priority
     threading.Thread(target=watch, name="optkit-parent-watch", daemon=True).start()
 
 
@@ -303,7 +307,7 @@ class ModelLoader(Layer):
         if self._processes is None:  # spawn: no fork of a process running a loop and threads
             self._processes = ProcessPoolExecutor(
                 self.config.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent, initargs=(os.getpid(),))
+                initializer=_init_worker, initargs=(os.getpid(), self.config.nice))
         repo = self.repository
         model = await loop.run_in_executor(self._processes, _read, str(repo.root), name, version,
                                            repo.overrides)
