@@ -16,7 +16,7 @@ import yaml
 from optkit.bench import LoadSpec, StubServer
 from optkit.lab import (BREAKDOWN_COLUMNS, breakdown_table, client_mean_ms, combine_tiers,
                         load_trial, plotting, run_trial, tier_means)
-from optkit.lab._stats_poller import StatsPoller
+from optkit.bench._server_stats import StatsPoller
 from optkit.service import launch_service
 
 
@@ -101,6 +101,9 @@ def test_breakdown_table_takes_medians_of_valid_trials_per_load_and_arm() -> Non
     assert table.loc[("closed:8", "a"), "trials"] == 3
     assert math.isnan(table.loc[("closed:8", "b"), "queue_ms"])
     assert table.loc[("closed:8", "b"), "mean_ms"] == 7.0
+    # two sessions (a Comparison has .trials) stack: the arm in both pools its trials
+    two = breakdown_table(SimpleNamespace(trials=pd.DataFrame(rows[:2])), pd.DataFrame(rows[2:]))
+    assert two.loc[("closed:8", "a"), "trials"] == 3 and len(two) == 2
     old = breakdown_table(pd.DataFrame([{"load": "closed:8", "label": "x", "p99_ms": 1.0}]))
     assert old["queue_ms"].isna().all()  # a trials.csv from before the breakdown still reads
 

@@ -98,7 +98,7 @@ class Comparison:
         """Per load and arm, the median over valid trials of the mean request time split into
         queue, decode + validate, model, encode and the rest (``breakdown_table``); draw it
         with ``plotting.breakdown_bars``."""
-        return breakdown_table(self.trials)
+        return breakdown_table(self)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ CPU and load RSS come only from samples inside the window. ``TrialResult.stats_r
 flattens the ``/stats`` taken after the window into one row (``server_stats.csv``).
 
 **Breakdown** (``_breakdown.py``): through the run each tier's ``/v2/models/stats`` (Triton's
-statistics extension) is polled (``_stats_poller.py``); the snapshots nearest the window's two
+statistics extension) is polled (``bench/_server_stats.py``); the snapshots nearest the window's two
 ends, differenced, split the client's mean latency into queue, compute_input, compute_infer,
 compute_output and the rest (``TrialResult.breakdown``, the trial table's ``*_ms`` breakdown
 columns; the two snapshots themselves in ``model_stats``). A server without the extension
@@ -55,13 +55,13 @@ import orjson
 
 from .._exceptions import BenchError, ConfigError
 from ..bench import BenchResult, LoadSpec, ValidityGates, Workload, load_run, prepare, run_bench
+from ..bench._server_stats import StatsPoller, poll_interval_s, tier_means
 from ..bench._target import http_get_json, parse_target
 from ..service import launch_stack
 from ._arms import ExternalArm, load_arm
-from ._breakdown import BREAKDOWN_COLUMNS, client_mean_ms, combine_tiers, tier_means
+from ._breakdown import BREAKDOWN_COLUMNS, client_mean_ms, combine_tiers
 from ._churn import Churn, ChurnPlan
 from ._manifest import environment_manifest
-from ._stats_poller import StatsPoller
 
 __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_client_kb",
            "memory_held_mb", "ProcessSampler", "flatten_stats"]
@@ -381,8 +381,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         before = {name: _stats(url) for name, url in urls.items() if url}
         common = dict(workload=workload, seed=seed, cpus=bench_cpus, gates=gates)
         prepare(stack.url, workload, seed=seed)  # one request per model: lazy set-up done
-        poll_s = min(0.5, max(0.05, duration_s / 20))  # brackets the window to 5 % each end
-        pollers = {tier: StatsPoller(url, poll_s) for tier, url in _stats_tiers(stack).items()}
+        pollers = {tier: StatsPoller(url, poll_interval_s(duration_s))
+                   for tier, url in _stats_tiers(stack).items()}
         sampler = ProcessSampler(stack.pids, sample_interval_s)
         for _ in range(3):  # idle RSS: three quick samples (the stack has just answered)
             time.sleep(min(sample_interval_s, 0.01))

@@ -1,4 +1,4 @@
-"""Snapshots of a tier's Triton statistics, taken through a trial's run, kept for its window.
+"""A server's Triton statistics over a run: snapshots through it, differenced over its window.
 
 ::
 
@@ -9,13 +9,18 @@
     during the run      every ``interval_s``: GET /v2/models/stats on each connection
                         -> (t_ns, {worker: answer})
     after the run       window(ws, we): the first snapshot at or after the window's start
-                        and the last at or before its end (``_breakdown.tier_means``
-                        differences them)
+                        and the last at or before its end; tier_means(start, end) differences
+                        them into mean ms per successful request of each of Triton's parts
 
 The load generator runs in its own process, so the window's exact start is only known
 afterwards; polling brackets it to within ``interval_s`` at each end. A server that answers
 anything but 200 with JSON (no statistics extension: 404) is *unavailable*: no snapshots, no
 error. Polling costs each worker one small GET per interval (~20 a second at most).
+
+Each part is Triton's (and perf_analyzer's) per-request convention: cumulative ns divided by
+successful requests, so a request riding a batch carries its batch's whole model time. The
+lab's breakdown (``optkit.lab._breakdown``) and ``optkit bench --out``'s perf_analyzer CSV
+(``_perf_csv.py``) both read these.
 """
 
 from __future__ import annotations
@@ -23,18 +28,29 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from typing import Any
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import orjson
 
-from ..bench._target import parse_target
+from ._target import parse_target
 
-__all__ = ["StatsPoller", "STATS_PATH", "WORKER_HEADER"]
+__all__ = ["StatsPoller", "STATS_PATH", "WORKER_HEADER", "PARTS", "tier_means", "poll_interval_s",
+           "client_mean_ms"]
+
+#: Triton's parts of a request's time on one tier, in the order a request meets them
+PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
 
 STATS_PATH = "/v2/models/stats"
 #: the header optkit's model server marks each answer with under ``--workers N``
 WORKER_HEADER = "optkit-worker"
 _MAX_CONNECTIONS = 33  # discovery bound: 32 workers and one repeat
+
+
+def poll_interval_s(duration_s: float) -> float:
+    """How often to snapshot during a window of ``duration_s``: brackets it to 5 % at each
+    end, between 20 and 2 snapshots a second."""
+    return min(0.5, max(0.05, duration_s / 20))
 
 
 class StatsPoller:
@@ -148,3 +164,70 @@ class StatsPoller:
         if len(inside) < 2:
             return None
         return inside[0], inside[-1]
+
+
+def _totals(doc: Any, models: Iterable[str] | None) -> dict[str, int] | None:
+    """Σ over a ``{"model_stats": [...]}`` answer's entries (of ``models`` if given):
+    success count and ns, and each part's ns. None when it is not Triton's format."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("model_stats"), list):
+        return None
+    wanted = set(models) if models is not None else None
+    out = {"success_n": 0, "success_ns": 0, **{part: 0 for part in PARTS}}
+    try:
+        for entry in doc["model_stats"]:
+            if wanted is not None and entry.get("name") not in wanted:
+                continue
+            stats = entry["inference_stats"]
+            out["success_n"] += int(stats["success"]["count"])  # uint64 may come as a string
+            out["success_ns"] += int(stats["success"]["ns"])
+            for part in PARTS:
+                out[part] += int(stats[part]["ns"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return out
+
+
+def tier_means(start: Mapping[str, Any], end: Mapping[str, Any],
+               models: Iterable[str] | None = None) -> dict[str, float] | None:
+    """One tier's mean ms per successful request between two snapshots.
+
+    Args:
+        start, end: worker id -> that worker's statistics answer (one process: one entry,
+            any id). Only workers in both snapshots count: a mean over some workers' requests
+            is still a mean per request.
+        models: the models to add up (None: every model listed).
+
+    Returns:
+        ``{"requests", "server_ms", "queue_ms", "compute_input_ms", "compute_infer_ms",
+        "compute_output_ms"}`` (``server_ms``: the tier's whole time, Triton's success), or
+        None when no request succeeded in between or an answer is not Triton's format.
+    """
+    names = list(models) if models is not None else None
+    delta = {"success_n": 0, "success_ns": 0, **{part: 0 for part in PARTS}}
+    for worker in set(start) & set(end):
+        a, b = _totals(start[worker], names), _totals(end[worker], names)
+        if a is None or b is None:
+            return None
+        for key in delta:
+            delta[key] += b[key] - a[key]
+    n = delta["success_n"]
+    if n <= 0 or any(v < 0 for v in delta.values()):  # none, or a worker restarted
+        return None
+    out = {"requests": float(n), "server_ms": delta["success_ns"] / n / 1e6}
+    out.update({f"{part}_ms": delta[part] / n / 1e6 for part in PARTS})
+    return out
+
+
+def client_mean_ms(records: Mapping[str, np.ndarray], start_ns: int, end_ns: int,
+                   ok_code: int = 0) -> tuple[float | None, int]:
+    """Mean latency (end − scheduled, ms) of the successful requests answered within
+    [start_ns, end_ns], and how many: the client's side of the same span the servers'
+    snapshots cover (their counters move when a request is answered)."""
+    if not records or "end_ns" not in records:
+        return None, 0
+    end, sched = records["end_ns"], records["scheduled_ns"]
+    sel = (records["error_code"] == ok_code) & (end >= start_ns) & (end <= end_ns)
+    n = int(sel.sum())
+    if n == 0:
+        return None, 0
+    return float((end[sel] - sched[sel]).mean() / 1e6), n
