@@ -24,7 +24,7 @@ ARTEFACT = Path(__file__).resolve().parent.parent / "build/models/digits-sklearn
 MODEL = "digits-sklearn"
 
 
-def app(artefact: Path):  # noqa: ANN201 - imports after the fork, in each worker
+def app(artefact: Path):  # imports after the fork, in each worker
     import joblib
     import numpy as np
     import orjson

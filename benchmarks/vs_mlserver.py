@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 import optkit.lab as lab
 from optkit import OptkitError
@@ -190,7 +191,7 @@ def headline(cmp: lab.Comparison) -> dict[str, Any]:
             "range": {cmp.a.name: [float(by_arm.min()["A"]), float(by_arm.max()["A"])],
                       cmp.b.name: [float(by_arm.min()["B"]), float(by_arm.max()["B"])]}}
     # where each arm's mean request time goes (median over its trials; NaN: no statistics)
-    out["breakdown"] = [{"arm": label, **{k: (None if v != v else round(float(v), 4))
+    out["breakdown"] = [{"arm": label, **{k: (None if pd.isna(v) else round(float(v), 4))
                                           for k, v in row.items()}}
                         for (_, label), row in cmp.breakdown().iterrows()]
     return out
@@ -204,7 +205,7 @@ def target_of(name: str) -> float | None:
 def describe_targets(verdicts: list[dict[str, Any]]) -> str:
     """Issue 28's targets, one row per yardstick: met when the throughput ratio's whole CI is
     at or above the target and optkit's median p99 is at most P99_MS."""
-    lines = [f"| optkit vs | target | throughput ratio (95 % CI) | verdict | optkit p99 ms | met |",
+    lines = ["| optkit vs | target | throughput ratio (95 % CI) | verdict | optkit p99 ms | met |",
              "|---|---|---|---|---|---|"]
     for h in verdicts:
         target, m, p99 = target_of(h["a"]), h.get("throughput_rps"), h.get("p99_ms")

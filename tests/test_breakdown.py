@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from optkit.bench import LoadSpec, StubServer
+from optkit.bench._server_stats import StatsPoller
 from optkit.lab import (BREAKDOWN_COLUMNS, breakdown_table, client_mean_ms, combine_tiers,
                         load_trial, plotting, run_trial, tier_means)
-from optkit.bench._server_stats import StatsPoller
 from optkit.service import launch_service
 
 
