@@ -1,4 +1,4 @@
-"""optkit's model server against MLServer on the same scikit-learn artefact: a paired verdict.
+"""optkit's model server against MLServer (and Triton, and the bare probe) on one artefact.
 
 ::
 
@@ -6,7 +6,13 @@
       optkit-2w-batching.yaml         optkit serve model-server --workers 2, batching on
       mlserver-<preset>.yaml          MLServer 1.7.1 from .venv-mlserver, its settings.json and
       mlserver-<preset>/                digits-sklearn/model-settings.json in the folder
+      bare-probe-2w.yaml              the yardstick: benchmarks/bare_probe.py, 2 processes
       workload.yaml                   one real digits row per request (FP32 [1, 64])
+    experiments/external/triton.yaml  Triton 2.51 via pytriton (``make triton``)
+
+    --yardsticks: one run, three paired sessions: optkit against the bare probe, Triton's best
+    and MLServer's best (issue 28's targets: >= 0.95x, >= 6x, >= 8x at p99 <= 5 ms), each
+    with the breakdown of every arm's mean request time (Triton's statistics, where served).
 
     1. screening (--screen R, optional): every MLServer preset R times, a shuffled order per
        round ──▶ "MLServer's best" = the highest median req/s. Its trials are thrown away.
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 import optkit.lab as lab
 from optkit import OptkitError
@@ -41,6 +48,13 @@ REPO = Path(__file__).resolve().parent.parent
 ARMS = REPO / "benchmarks" / "vs-mlserver"
 WORKLOAD = ARMS / "workload.yaml"
 OPTKIT_ARM = ARMS / "optkit-2w-batching.yaml"
+PROBE_ARM = ARMS / "bare-probe-2w.yaml"
+TRITON_ARM = REPO / "experiments" / "external" / "triton.yaml"
+#: --against names that are not MLServer presets
+NAMED = {"bare-probe": PROBE_ARM, "triton": TRITON_ARM}
+#: issue 28: optkit's throughput over each yardstick's (by arm-name prefix), at p99 <= P99_MS
+TARGETS = {"bare-probe": 0.95, "triton": 6.0, "mlserver": 8.0}
+P99_MS = 5.0
 #: MLServer's best in every screening so far (benchmarks/README.md); --screen re-decides it
 BEST_KNOWN = "pw0-batch-lean"
 LOAD = "closed:32"  # wrk -t1 -c32: the engine's one thread drives 32 connections
@@ -51,10 +65,13 @@ class SetupError(Exception):
 
 
 def arm_path(name: str) -> Path:
-    """A preset name (``default``) or an arm file's path -> the arm file."""
+    """A preset name (``default``), ``bare-probe``, ``triton`` or an arm file's path -> the
+    arm file."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         return path.resolve()
+    if name in NAMED:
+        return NAMED[name]
     path = ARMS / f"mlserver-{name}.yaml"
     if not path.is_file():
         known = ", ".join(p.stem[len("mlserver-"):] for p in presets())
@@ -87,6 +104,29 @@ def mlserver_versions(arm: Any) -> dict[str, str]:
         raise SetupError(f"MLServer's venv has scikit-learn {found['scikit-learn']}, optkit's "
                          f"{version('scikit-learn')}: delete it and run `make mlserver`")
     return found
+
+
+def plan_against(names: list[str], *, yardsticks: bool, screen: bool) -> list[Path]:
+    """The A arms, in the order their sessions run: ``--against`` as given, or with
+    ``--yardsticks`` the bare probe, Triton, then MLServer's best (the screening's winner is
+    added after screening; otherwise BEST_KNOWN unless an MLServer preset is named)."""
+    against = [arm_path(name) for name in names]
+    if not yardsticks:
+        return against
+    against = [PROBE_ARM, TRITON_ARM, *[p for p in against if p not in (PROBE_ARM, TRITON_ARM)]]
+    if not screen and not any(p.stem.startswith("mlserver-") for p in against):
+        against.append(arm_path(BEST_KNOWN))
+    return against
+
+
+def triton_ready(arm: Any) -> None:
+    """SetupError unless the Triton arm's two virtualenvs exist (``make triton``)."""
+    failed = REPO / "build" / "third-party" / "triton.failed"
+    python = Path(arm.cwd or ".") / arm.command[0]
+    if failed.exists() or not python.exists() or not (REPO / ".venv-triton-stub").is_dir():
+        why = failed.read_text().strip()[:300] if failed.exists() else f"no {python}"
+        raise SetupError(f"arm {arm.name}: Triton is not installed ({why}); `make triton` "
+                         "builds .venv-triton and .venv-triton-stub (benchmarks/README.md)")
 
 
 def screen(arms: list[Path], *, rounds: int, settings: lab.CompareSettings,
@@ -150,7 +190,44 @@ def headline(cmp: lab.Comparison) -> dict[str, Any]:
                        cmp.b.name: float(by_arm.median()["B"])},
             "range": {cmp.a.name: [float(by_arm.min()["A"]), float(by_arm.max()["A"])],
                       cmp.b.name: [float(by_arm.min()["B"]), float(by_arm.max()["B"])]}}
+    # where each arm's mean request time goes (median over its trials; NaN: no statistics)
+    out["breakdown"] = [{"arm": label, **{k: (None if pd.isna(v) else round(float(v), 4))
+                                          for k, v in row.items()}}
+                        for (_, label), row in cmp.breakdown().iterrows()]
     return out
+
+
+def target_of(name: str) -> float | None:
+    """Issue 28's throughput target against the arm called ``name`` (None: none set)."""
+    return next((t for prefix, t in TARGETS.items() if name.startswith(prefix)), None)
+
+
+def describe_targets(verdicts: list[dict[str, Any]]) -> str:
+    """Issue 28's targets, one row per yardstick: met when the throughput ratio's whole CI is
+    at or above the target and optkit's median p99 is at most P99_MS."""
+    lines = ["| optkit vs | target | throughput ratio (95 % CI) | verdict | optkit p99 ms | met |",
+             "|---|---|---|---|---|---|"]
+    for h in verdicts:
+        target, m, p99 = target_of(h["a"]), h.get("throughput_rps"), h.get("p99_ms")
+        if target is None or m is None or p99 is None:
+            continue
+        mine = p99["median"][h["b"]]
+        met = m["ci"][0] >= target and mine <= P99_MS
+        lines.append(f"| {h['a']} | >= {target:g}x at p99 <= {P99_MS:g} ms | {m['ratio']:.3g}x "
+                     f"({m['ci'][0]:.3g}-{m['ci'][1]:.3g}) | {m['verdict']} | {mine:.2f} | "
+                     f"{'yes' if met else 'no'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def describe_breakdown(h: dict[str, Any]) -> str:
+    """The arms' breakdown as a Markdown table (ms per request, medians over trials)."""
+    cols = ("mean_ms", "queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms",
+            "rest_ms")
+    lines = ["| arm | mean | queue | decode | model | encode | rest |", "|---|---|---|---|---|---|---|"]
+    for row in h.get("breakdown") or []:
+        cells = ["-" if row.get(c) is None else f"{row[c]:.3f}" for c in cols]
+        lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def describe(h: dict[str, Any]) -> str:
@@ -194,7 +271,13 @@ def describe_screening(rows: list[dict]) -> str:
 def write(out: Path, doc: dict[str, Any]) -> None:
     """summary.json (everything) and summary.md (the tables), rewritten after every step."""
     (out / "summary.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    parts = [describe(h) for h in doc["verdicts"]]
+    targets = describe_targets(doc["verdicts"])
+    parts = [f"Issue 28's targets:\n\n{targets}"] if targets else []
+    for h in doc["verdicts"]:
+        parts.append(describe(h))
+        if describe_breakdown(h):
+            parts.append("Where the mean request time goes (ms, median over trials; `-`: the "
+                         "server keeps no statistics):\n\n" + describe_breakdown(h))
     if doc["screening"]:
         parts.append(f"Screening ({doc['screening']['rounds']} round(s), best: "
                      f"{doc['screening']['best']}):\n\n" + describe_screening(
@@ -207,7 +290,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--against", action="append", default=[], metavar="PRESET|ARM.yaml",
                    help=f"arm A, one verdict each; repeatable (default {BEST_KNOWN}, or the "
-                        "screening's winner with --screen)")
+                        "screening's winner with --screen); also bare-probe or triton")
+    p.add_argument("--yardsticks", action="store_true",
+                   help="against the bare probe, Triton's best and MLServer's best (the "
+                        f"screening's winner with --screen, else {BEST_KNOWN}), in that order")
     p.add_argument("--optkit", default=str(OPTKIT_ARM), metavar="ARM.yaml", help="arm B")
     p.add_argument("--screen", type=int, default=0, metavar="ROUNDS",
                    help="first pick MLServer's best from every preset, ROUNDS trials each")
@@ -235,12 +321,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {args.pairs} pairs: Holm over {len(settings.analysed_metrics())} "
               f"metrics needs >= {least} to reach 0.05: no verdict can be significant")
     optkit_arm = lab.load_arm(Path(args.optkit).resolve())
-    against = [arm_path(name) for name in args.against]
-    mlservers = {p: lab.load_arm(p) for p in (presets() if args.screen else against)}
+    against = plan_against(args.against, yardsticks=args.yardsticks, screen=bool(args.screen))
+    mlservers = {p: lab.load_arm(p) for p in (presets() if args.screen else [])}
+    mlservers.update({p: lab.load_arm(p) for p in against})
     versions = {}
     for arm in mlservers.values():
         if arm.kind == "command" and Path(arm.command[0]).name == "mlserver":
             versions = mlserver_versions(arm)  # one venv behind every preset
+        if arm.name.startswith("triton"):
+            triton_ready(arm)
     out = (args.out or REPO / "runs" / time.strftime("vs-mlserver-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     git = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
@@ -252,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.screen:
         print(f"screening {len(mlservers)} MLServer presets, {args.screen} round(s) each")
-        best, rows = screen(list(mlservers), rounds=args.screen, settings=settings,
+        best, rows = screen(presets(), rounds=args.screen, settings=settings,
                             repository=args.repository, out=out / "screening")
         doc["screening"] = {"rule": "highest median req/s over valid trials, valid in most "
                                     "rounds; these trials are not reused by the verdict",
@@ -260,7 +349,8 @@ def run(args: argparse.Namespace) -> int:
         print(describe_screening(rows))
         print(f"screening: MLServer's best is {best.stem}")
         write(out, doc)
-        against = [best, *[p for p in against if p != best]]
+        against = ([*[p for p in against if p != best], best] if args.yardsticks
+                   else [best, *[p for p in against if p != best]])
     against = against or [arm_path(BEST_KNOWN)]
     status = 0
     for path in against:

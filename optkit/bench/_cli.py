@@ -8,7 +8,10 @@
     optkit bench --target http://127.0.0.1:8080 --model digits-sklearn --input pixels:FP32:64
                  (a server whose metadata lists no inputs, e.g. MLServer; or --body FILE)
 
-Prints the summary; ``--out`` keeps ``summary.json`` and ``records.npz``.
+Prints the summary; ``--out`` keeps ``summary.json`` and ``records.npz``, and writes
+``perf_analyzer.csv``: perf_analyzer's ``-f`` columns, with the server's queue and compute
+times when it answers Triton's statistics (``/v2/models/stats``, polled through the run;
+see ``_perf_csv.py`` and docs/measurement.md).
 Exit status: 0 run done (valid or not; ``--strict`` makes an invalid run 3),
 1 the run could not be done (bad target, not v2, generator failure), 2 usage.
 """
@@ -16,6 +19,7 @@ Exit status: 0 run done (valid or not; ``--strict`` makes an invalid run 3),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -24,7 +28,9 @@ import orjson
 from .._exceptions import BenchError, ConfigError
 from ._engine import run_bench
 from ._load import LoadSpec
+from ._perf_csv import perf_analyzer_csv
 from ._results import format_summary
+from ._server_stats import StatsPoller, poll_interval_s
 from ._workload import InputSpec, builtin_workloads
 
 __all__ = ["add_parser", "run"]
@@ -67,7 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, seconds")
     p.add_argument("--late-threshold-ms", type=float, default=1.0)
     p.add_argument("--max-requests", type=int, default=5_000_000)
-    p.add_argument("--out", help="folder for summary.json and records.npz")
+    p.add_argument("--out", help="folder for summary.json, records.npz and perf_analyzer.csv")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--strict", action="store_true", help="exit 3 when the run is invalid")
     p.set_defaults(func=run)
@@ -83,14 +89,19 @@ def run(args: argparse.Namespace) -> int:
                         rate=args.rate or 0.0, arrival=args.arrival,
                         connections=args.connections, max_in_flight=args.max_in_flight,
                         engine=args.engine)
-        result = run_bench(args.target, load, args.workload, model=args.model,
-                           batch_size=args.batch_size, warmup_s=args.warmup,
-                           duration_s=args.duration, seed=args.seed, out_dir=args.out,
-                           timeout_s=args.timeout, late_threshold_ms=args.late_threshold_ms,
-                           max_requests=args.max_requests, ray_actors=args.ray_actors,
-                           ray_address=args.ray_address,
-                           inputs=[InputSpec.parse(t) for t in args.input or ()],
-                           body=args.body)
+        # --out: the server's statistics through the run, for perf_analyzer's server columns
+        poller = StatsPoller(args.target, poll_interval_s(args.duration)) if args.out else None
+        with poller or contextlib.nullcontext():
+            result = run_bench(args.target, load, args.workload, model=args.model,
+                               batch_size=args.batch_size, warmup_s=args.warmup,
+                               duration_s=args.duration, seed=args.seed, out_dir=args.out,
+                               timeout_s=args.timeout, late_threshold_ms=args.late_threshold_ms,
+                               max_requests=args.max_requests, ray_actors=args.ray_actors,
+                               ray_address=args.ray_address,
+                               inputs=[InputSpec.parse(t) for t in args.input or ()],
+                               body=args.body)
+        if args.out:
+            perf_analyzer_csv(result, poller, f"{args.out}/perf_analyzer.csv")
     except ConfigError as exc:
         print(f"optkit bench: error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         if result.path is not None:
             print(f"  records      {result.path}")
+            print(f"  perf_analyzer CSV  {result.path / 'perf_analyzer.csv'}")
     return 3 if args.strict and not result.valid else 0
 
 

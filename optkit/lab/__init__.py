@@ -3,6 +3,8 @@
 ::
 
     arms (optkit configs, commands, URLs) ──run_trial──▶ one fresh service, warm-up, window, gates
+                                                         + the breakdown: the servers' statistics
+                                                           over the window (breakdown_table)
     compare(A, B): n pairs, A/B order by a seeded coin ──▶ d = ln(B/A) per pair
         ──▶ sign-flip p, BCa CI, Holm, noise band δ (calibrate) ──▶ improved / regressed / ...
     run_gate(spec, base=REF, head=REF)     two git checkouts as arms of one session; exit 1
@@ -18,6 +20,8 @@ there imports it back.
 
 from . import plotting, stats, week
 from ._arms import ExternalArm, ExternalStack, is_arm, load_arm, preflight
+from ._breakdown import (BREAKDOWN_COLUMNS, PARTS, breakdown_table, client_mean_ms, combine_tiers,
+                         tier_means)
 from ._churn import Churn, ChurnEvent, ChurnPlan
 from ._manifest import environment_manifest, git_commit, git_state
 from ._calibration import calibrate
@@ -47,6 +51,9 @@ __all__ = [
     "memory_held_mb",
     "flatten_stats", "ProcessSampler", "environment_manifest", "git_commit", "git_state", "ExternalArm",
     "ExternalStack", "load_arm", "is_arm", "preflight", "ChurnPlan", "ChurnEvent", "Churn",
+    # where the time goes (Triton's statistics over each trial's window)
+    "breakdown_table", "BREAKDOWN_COLUMNS", "PARTS", "tier_means", "combine_tiers",
+    "client_mean_ms",
     # the performance gate
     "run_gate", "GateResult", "GateCheck", "GateSpec", "GateError", "load_gate_spec", "judge",
     "gate_error_rates",

@@ -6,6 +6,7 @@
       trials          one row per trial (valid or not, re-runs kept under negative pair ids)
       verdicts        load -> [MetricVerdict]   (Holm over every test of the session)
       verdict_table() means() figures()         what a notebook shows
+      breakdown()     per load and arm, where a request's time goes (``_breakdown.py``)
       save(dir)       trials.csv, server_stats.csv, verdict.json, figures/*.png
 """
 
@@ -22,6 +23,7 @@ import pandas as pd
 
 from .._config import ServiceConfig
 from . import plotting
+from ._breakdown import breakdown_table
 from ._noise import NoiseBand
 from ._settings import CompareSettings
 from .stats import MetricVerdict, verdict_table
@@ -91,6 +93,12 @@ class Comparison:
         valid = self.trials[self.trials["valid"].astype(bool) & (self.trials["pair"] >= 0)]
         cols = [c for c in self.settings.analysed_metrics() if c in valid.columns]
         return valid.groupby(["load", "arm"])[cols].mean()
+
+    def breakdown(self) -> pd.DataFrame:
+        """Per load and arm, the median over valid trials of the mean request time split into
+        queue, decode + validate, model, encode and the rest (``breakdown_table``); draw it
+        with ``plotting.breakdown_bars``."""
+        return breakdown_table(self)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -12,8 +12,16 @@
                           ├─ GET /stats (both tiers)                          after
                           └─ stop; gates (the run's + "service exited"); manifest
 
+
 CPU and load RSS come only from samples inside the window. ``TrialResult.stats_row()``
 flattens the ``/stats`` taken after the window into one row (``server_stats.csv``).
+
+**Breakdown** (``_breakdown.py``): through the run each tier's ``/v2/models/stats`` (Triton's
+statistics extension) is polled (``bench/_server_stats.py``); the snapshots nearest the window's two
+ends, differenced, split the client's mean latency into queue, compute_input, compute_infer,
+compute_output and the rest (``TrialResult.breakdown``, the trial table's ``*_ms`` breakdown
+columns; the two snapshots themselves in ``model_stats``). A server without the extension
+gives no breakdown, and no error.
 
 **Memory** (docs/measurement.md, "Memory per client"): in a closed loop,
 ``mem_per_client_kb`` = Σ over service processes of (median RSS during the window −
@@ -47,9 +55,11 @@ import orjson
 
 from .._exceptions import BenchError, ConfigError
 from ..bench import BenchResult, LoadSpec, ValidityGates, Workload, load_run, prepare, run_bench
+from ..bench._server_stats import StatsPoller, poll_interval_s, tier_means
 from ..bench._target import http_get_json, parse_target
 from ..service import launch_stack
 from ._arms import ExternalArm, load_arm
+from ._breakdown import BREAKDOWN_COLUMNS, client_mean_ms, combine_tiers
 from ._churn import Churn, ChurnPlan
 from ._manifest import environment_manifest
 
@@ -60,9 +70,9 @@ ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p5
                "p99_ms", "p999_ms", "max_ms", "mem_per_client_kb", "mem_held_mb", "ttfb_p50_ms",
                "ttfb_p99_ms",
                "gateway_peak_mb", "model_server_peak_mb", "gateway_grown_mb",
-               "model_server_grown_mb", "gateway_cpu_percent", "model_server_cpu_percent",
-               "children_cpu_percent", "offered_rps", "achieved_fraction", "dropped", "errors",
-               "valid", "invalid_reasons")
+               "model_server_grown_mb", "offered_rps", "achieved_fraction", "dropped", "errors",
+               "valid", "invalid_reasons", "gateway_cpu_percent", "model_server_cpu_percent",
+               "children_cpu_percent", *BREAKDOWN_COLUMNS)
 
 
 def memory_per_client_kb(idle_rss: Mapping[str, float], load_rss: Mapping[str, float],
@@ -261,6 +271,11 @@ class TrialResult:
     arm: str | None = None
     #: model lifecycle events during the run (a ChurnPlan's; see ``_churn``), plain rows
     events: tuple[dict[str, Any], ...] = ()
+    #: the client's mean latency split into the servers' parts (``_breakdown.py``), with the
+    #: span it covers and each tier's means; None when no tier keeps Triton's statistics
+    breakdown: dict[str, Any] | None = None
+    #: per tier, the two ``/v2/models/stats`` snapshots the breakdown differences
+    model_stats: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         s = self.bench.summary
@@ -284,6 +299,12 @@ class TrialResult:
                # the peak above the idle process: what the load itself made the tier hold
                "gateway_grown_mb": _grown(self.services.get("gateway")),
                "model_server_grown_mb": _grown(self.services.get("model-server")),
+               # open loop: what was offered, the share of it answered in the window, and the
+               # requests the generator dropped (a target is judged at the load served)
+               "offered_rps": s.get("offered_rps"), "achieved_fraction": s.get("achieved_fraction"),
+               "dropped": s.get("dropped"),
+               "errors": int(s.get("errors_total") or 0), "valid": self.valid,
+               "invalid_reasons": "; ".join(self.invalid_reasons),
                # CPU % of a core in the window: each tier, and the model server's helper
                # processes (its background loaders: what Thursday's loads cost)
                "gateway_cpu_percent": self.services.get("gateway", {}).get("cpu_percent"),
@@ -291,12 +312,11 @@ class TrialResult:
                    self.services.get("model-server", {}).get("cpu_percent"),
                "children_cpu_percent":
                    self.services.get("model-server", {}).get("children_cpu_percent"),
-               # open loop: what was offered, the share of it answered in the window, and the
-               # requests the generator dropped (a target is judged at the load served)
-               "offered_rps": s.get("offered_rps"), "achieved_fraction": s.get("achieved_fraction"),
-               "dropped": s.get("dropped"),
-               "errors": int(s.get("errors_total") or 0), "valid": self.valid,
-               "invalid_reasons": "; ".join(self.invalid_reasons)}
+               # the breakdown: mean_ms is the client's mean over the span the servers'
+               # snapshots cover (the window's mean when there is no breakdown)
+               **{c: (self.breakdown or {}).get(c) for c in BREAKDOWN_COLUMNS}}
+        if row["mean_ms"] is None:
+            row["mean_ms"] = s.get("mean_ms")
         unknown = set(overrides) - set(ROW_COLUMNS)
         if unknown:
             raise ValueError(f"unknown trial-table column(s): {', '.join(sorted(unknown))}")
@@ -318,7 +338,8 @@ class TrialResult:
                 "mem_held_mb": self.mem_held_mb,
                 "manifest": self.manifest, "valid": self.valid,
                 "invalid_reasons": list(self.invalid_reasons), "pair": self.pair,
-                "position": self.position, "arm": self.arm, "events": list(self.events)}
+                "position": self.position, "arm": self.arm, "events": list(self.events),
+                "breakdown": self.breakdown, "model_stats": self.model_stats}
 
 
 def _grown(use: Mapping[str, Any] | None) -> float | None:
@@ -385,6 +406,8 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         before = {name: _stats(url) for name, url in urls.items() if url}
         common = dict(workload=workload, seed=seed, cpus=bench_cpus, gates=gates)
         prepare(stack.url, workload, seed=seed)  # one request per model: lazy set-up done
+        pollers = {tier: StatsPoller(url, poll_interval_s(duration_s))
+                   for tier, url in _stats_tiers(stack).items()}
         sampler = ProcessSampler(stack.pids, sample_interval_s)
         for _ in range(3):  # idle RSS: three quick samples (the stack has just answered)
             time.sleep(min(sample_interval_s, 0.01))
@@ -393,7 +416,9 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
                 for name in stack.pids if name not in sampler.lost}
         churner = Churn(churn, stack.model_server_url) if churn and stack.model_server_url \
             else contextlib.nullcontext()
-        with sampler, churner:
+        with sampler, churner, contextlib.ExitStack() as polling:
+            for poller in pollers.values():  # connected before the load's connections
+                polling.enter_context(poller)
             # one generator run: the warm-up flows straight into the window (no idle gap,
             # no second probe); five windows so the stability gate (>= 3) always applies
             bench = run_bench(stack.url, load, warmup_s=warmup_s, duration_s=duration_s,
@@ -404,6 +429,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         services = sampler.usage(ws, we)
         lost = set(sampler.lost)
         events = tuple(churner.records()) if isinstance(churner, Churn) else ()
+    breakdown, model_stats = _breakdown(bench, pollers)
     for name, use in services.items():
         use["rss_idle_mb"] = idle[name] / 2**20 if name in idle else None
     per_client, held = _memory(load, services)
@@ -417,7 +443,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
                          stats_before=before, stats_after=after, mem_per_client_kb=per_client,
                          mem_held_mb=held,
                          manifest=manifest, valid=not reasons, invalid_reasons=tuple(reasons),
-                         events=events)
+                         events=events, breakdown=breakdown, model_stats=model_stats)
     if out_dir is not None:
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -425,3 +451,38 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
             result.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         result = dataclasses.replace(result, path=folder)
     return result
+
+
+def _stats_tiers(stack: Any) -> dict[str, str]:
+    """The URLs whose statistics a trial polls: the gateway's, and the server's behind it (an
+    external arm's own URL when nothing is in front of it)."""
+    gateway = getattr(stack, "gateway_url", None)
+    server = (getattr(stack, "model_server_url", None) or getattr(stack, "upstream_url", None)
+              or (None if gateway else stack.url))
+    return {tier: url for tier, url in (("gateway", gateway), ("model-server", server)) if url}
+
+
+def _breakdown(bench: BenchResult, pollers: Mapping[str, StatsPoller]
+               ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The trial's breakdown and the snapshots it came from (see ``_breakdown.py``)."""
+    ws, we = bench.summary.get("window_start_ns"), bench.summary.get("window_end_ns")
+    if ws is None or we is None:
+        return None, {}
+    spans = {tier: p.window(int(ws), int(we)) for tier, p in pollers.items()}
+    spans = {tier: span for tier, span in spans.items() if span is not None}
+    if not spans:
+        return None, {}
+    models = bench.summary.get("models") or None
+    raw = {tier: {"start_ns": a[0], "end_ns": b[0], "start": a[1], "end": b[1]}
+           for tier, (a, b) in spans.items()}
+    means = {tier: tier_means(a[1], b[1], models) for tier, (a, b) in spans.items()}
+    start = max(a[0] for a, _ in spans.values())
+    end = min(b[0] for _, b in spans.values())
+    mean, n = client_mean_ms(bench.records, start, end)
+    if mean is None and not bench.records:  # wrk: no records, only the window's mean
+        mean = bench.summary.get("mean_ms")
+    parts = combine_tiers(mean, means)
+    if parts is None:
+        return None, raw
+    return {**parts, "span_ns": [start, end], "client_requests": n,
+            "tiers": {tier: m for tier, m in means.items() if m is not None}}, raw

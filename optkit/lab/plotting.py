@@ -21,6 +21,7 @@ __all__ = [
     "PERCENTILE_TICKS",
     "VERDICT_COLORS",
     "batch_sizes",
+    "breakdown_bars",
     "effect_forest",
     "latency_percentiles",
     "latency_vs_load",
@@ -243,6 +244,69 @@ def batch_sizes(hist: pd.DataFrame) -> Figure:
         ax.set_title(tier.replace("_", " "))
         if arms:
             ax.legend(fontsize="small")
+    return fig
+
+
+#: the breakdown's parts as drawn, in the order a request meets them: (column, legend)
+BREAKDOWN_PARTS: tuple[tuple[str, str], ...] = (
+    ("queue_ms", "queue"), ("compute_input_ms", "decode + validate"),
+    ("compute_infer_ms", "model"), ("compute_output_ms", "encode"),
+    ("rest_ms", "rest: network, framework, client"))
+
+
+def breakdown_bars(table: pd.DataFrame) -> Figure:
+    """Where each arm's mean request time goes: one stacked horizontal bar per arm.
+
+    Args:
+        table: ``breakdown_table`` output (index (load, label) or label; columns mean_ms and
+            the parts queue_ms .. rest_ms, in ms per request).
+    Returns:
+        a figure with one bar per row, its segments the parts (a part is labelled with its
+        ms when it is wide enough to hold it); an arm whose servers kept no statistics is one
+        hatched bar of its client mean. A negative rest (the servers' parts exceed the client's
+        mean: clocks or spans disagree) is drawn as zero and said at the bar's end.
+    """
+    need = {"mean_ms", *(c for c, _ in BREAKDOWN_PARTS)}
+    if missing := need - set(table.columns):
+        raise ValueError(f"breakdown_bars needs columns {sorted(missing)}")
+    rows = list(table.itertuples())
+    loads = {r.Index[0] for r in rows if isinstance(r.Index, tuple)}
+    labels = [(r.Index[1] if len(loads) <= 1 else f"{r.Index[1]} @ {r.Index[0]}")
+              if isinstance(r.Index, tuple) else str(r.Index) for r in rows]
+    fig = Figure(figsize=(8, 1.0 + 0.55 * max(len(rows), 1)), layout="constrained")
+    ax = fig.subplots()
+    colors = [_PALETTE[i] for i in (7, 0, 2, 1, 4)]
+    widest = max([float(r.mean_ms) for r in rows if pd.notna(r.mean_ms)] or [1.0])
+    for y, row in enumerate(rows):
+        values = [getattr(row, column) for column, _ in BREAKDOWN_PARTS]
+        if any(pd.isna(v) for v in values):
+            if pd.notna(row.mean_ms):
+                ax.barh(y, row.mean_ms, color="0.9", edgecolor="0.4", hatch="//")
+                ax.annotate("no server statistics", (row.mean_ms, y), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize="small")
+            continue
+        left = 0.0
+        for value, color in zip(values, colors):
+            width = max(float(value), 0.0)
+            ax.barh(y, width, left=left, color=color, edgecolor="white")
+            if width > 0.08 * widest:
+                ax.annotate(f"{width:.2f}", (left + width / 2, y), ha="center", va="center",
+                            fontsize="x-small")
+            left += width
+        note = f"{row.mean_ms:.2f} ms" + (" (rest < 0)" if row.rest_ms < 0 else "")
+        ax.annotate(note, (left, y), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize="small")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()  # the first arm on top
+    ax.set_xlim(0, widest * 1.3)
+    ax.set_xlabel("mean time per request (ms)")
+    title = "where a request's time goes (median over trials)"
+    ax.set_title(title + (f", {next(iter(loads))}" if len(loads) == 1 else ""))
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=name) for (_, name), c in zip(BREAKDOWN_PARTS, colors)],
+              fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / max(len(rows), 1)),
+              ncol=3, frameon=False)
     return fig
 
 
