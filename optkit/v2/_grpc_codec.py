@@ -80,8 +80,9 @@ def infer_request_body(msg: pb.ModelInferRequest) -> tuple[bytes, int]:
                 raise ProtocolError(f"input {tensor.name!r}: both contents and "
                                     f"raw_input_contents given")
             params["binary_data_size"] = len(raws[i])
-        else:
+        elif typed or not all(tensor.shape):
             entry["data"] = _typed_values(tensor)
+        # no contents for a non-empty shape: no "data", and the codec's REST message says so
         if params:
             entry["parameters"] = params
         inputs.append(entry)
@@ -104,11 +105,11 @@ def _typed_values(tensor: Any) -> list[Any]:
     field = CONTENTS_FIELD.get(tensor.datatype)
     contents = tensor.contents
     given = [f.name for f, _ in contents.ListFields()] if tensor.HasField("contents") else []
-    if given and (field is None or given != [field]):
-        raise ProtocolError(f"input {tensor.name!r}: {tensor.datatype} values go in "
-                            f"{field or 'raw_input_contents'}, got {', '.join(given)}")
     if field is None or field == "bytes_contents" or not given:
-        return []  # the codec names the datatype it refuses, or the count it misses
+        return []  # the codec names the datatype it refuses (or finds the shape empty)
+    if given != [field]:
+        raise ProtocolError(f"input {tensor.name!r}: {tensor.datatype} values go in "
+                            f"{field}, got {', '.join(given)}")
     values = list(getattr(contents, field))
     if field in ("fp32_contents", "fp64_contents") and not np.isfinite(values).all():
         # JSON has no NaN: the REST binary path's refusal, word for word
