@@ -27,9 +27,13 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from optkit import ServerConfig
-from optkit.service import Stack, launch_stack
+from optkit import (DeadlineExceeded, ModelNotFound, ModelNotReady, ProtocolError, QueueFull,
+                    ServerConfig, UpstreamTimeout)
+from optkit.service import GrpcFront, Stack, launch_stack
 from optkit.service._grpc import STATUS_CODES
+from optkit.service._http import ServerCounters
+from optkit.v2._proto.grpc_service_pb2_grpc import \
+    add_GRPCInferenceServiceServicer_to_server as add_servicer
 
 from bad_requests import CASES, Case
 
@@ -314,3 +318,46 @@ def test_bad_requests_get_the_rest_message_over_grpc(grpc_stack: Stack) -> None:
                     problems.append(f"{tier} {case.name}: gRPC {code.name} {details!r}, "
                                     f"REST {status} {doc['error']!r}")
     assert not problems, "\n".join(problems)
+
+
+class _Refusing:
+    """A tier whose every infer raises ``error`` (the gRPC front end over a fake)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def infer(self, request: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        async def unused(request: Any) -> Any:
+            raise AssertionError(name)
+        return unused
+
+
+@pytest.mark.parametrize("error, code", [
+    (QueueFull("digits-mlp: 1024 items waiting"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded("past its deadline"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ModelNotReady("model 'm' is loading"), grpc.StatusCode.UNAVAILABLE),
+    (ProtocolError("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound("unknown model 'm'"), grpc.StatusCode.NOT_FOUND),
+    (UpstreamTimeout("upstream slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
+])
+async def test_refusals_map_to_tritons_codes(error: Exception, code: grpc.StatusCode) -> None:
+    """A full queue is RESOURCE_EXHAUSTED (a 503 over REST), a deadline DEADLINE_EXCEEDED,
+    not ready UNAVAILABLE; the message is the error's own."""
+    counters = ServerCounters()
+    server = grpc.aio.server()
+    add_servicer(GrpcFront(_Refusing(error), counters), server)  # type: ignore[arg-type]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            msg = pb.ModelInferRequest(model_name="m")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ModelInfer(msg, timeout=10)
+        assert (info.value.code(), info.value.details()) == (code, str(error))
+        assert counters.infer_requests == 1 and counters.handed == counters.completed == 1
+    finally:
+        await server.stop(None)
