@@ -238,7 +238,10 @@ class GrpcFront(pb_grpc.GRPCInferenceServiceServicer):
                         context=context)
         response = await self._call(self._infer, call)
         raw = response.headers.get(BINARY_HEADER)
-        return infer_response_message(response.body, None if raw is None else int(raw))
+        try:
+            return infer_response_message(response.body, None if raw is None else int(raw))
+        except (ProtocolError, ValueError) as exc:  # an upstream's answer a gateway passed on
+            raise _Refusal(grpc.StatusCode.INTERNAL, f"unusable v2 answer: {exc}") from None
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         return await self._answer(context, self._model_infer(request, context))

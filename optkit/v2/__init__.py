@@ -18,7 +18,8 @@ from ._codec import (BINARY_HEADER, DATATYPES, InferInput, InferRequest, InferRe
                      encode_infer_request, encode_infer_response, error_body, json_dumps,
                      json_loads, parse_infer_request, request_deadline, split_rows,
                      validate_inputs)
-from ._grpc_codec import infer_request_body, infer_response_message, parameters_dict
+from ._grpc_codec import (encode_grpc_infer_request, infer_request_body, infer_response_message,
+                          parameters_dict)
 from ._stream import (binary_data_piece, datatype_of, encode_infer_response_frames,
                       json_data_piece, parse_generate_request)
 
@@ -28,4 +29,4 @@ __all__ = ["DATATYPES", "BINARY_HEADER", "TensorSpec", "InferInput", "InferReque
            "decode_infer_result", "encode_binary_infer_request", "json_dumps", "json_loads",
            "error_body", "datatype_of", "encode_infer_response_frames", "json_data_piece",
            "binary_data_piece", "parse_generate_request", "infer_request_body",
-           "infer_response_message", "parameters_dict"]
+           "infer_response_message", "parameters_dict", "encode_grpc_infer_request"]

@@ -22,15 +22,17 @@ are refused as over REST. The cost is one small JSON head each way.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .._exceptions import ProtocolError
 from ._codec import DATATYPES, json_dumps, json_loads
+from ._stream import datatype_of
 from ._proto import grpc_service_pb2 as pb
 
-__all__ = ["infer_request_body", "infer_response_message", "parameters_dict", "pb"]
+__all__ = ["infer_request_body", "infer_response_message", "parameters_dict",
+           "encode_grpc_infer_request", "pb"]
 
 #: v2 datatype -> the InferTensorContents field its typed values travel in (Triton's table)
 CONTENTS_FIELD = {
@@ -146,3 +148,19 @@ def infer_response_message(body: bytes, header_length: int | None) -> pb.ModelIn
         return msg
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"malformed v2 response: {exc!r}") from None
+
+
+def encode_grpc_infer_request(model: str, inputs: Mapping[str, np.ndarray], *,
+                              version: str = "", outputs: Sequence[str] = (),
+                              request_id: str = "") -> pb.ModelInferRequest:
+    """A ``ModelInferRequest`` with every tensor in ``raw_input_contents`` (as
+    ``tritonclient.grpc`` sends them; used by the load generator)."""
+    msg = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, arr in inputs.items():
+        arr = np.ascontiguousarray(arr)
+        msg.inputs.add(name=name, datatype=datatype_of(arr.dtype), shape=list(arr.shape))
+        msg.raw_input_contents.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+                                      .tobytes())
+    for name in outputs:
+        msg.outputs.add(name=name)
+    return msg
