@@ -14,7 +14,7 @@ WEEK_ARGS ?=
 
 .PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
 	external external-example third-party soak-short heavy \
-	mlserver vs-mlserver gate-check gate-demo triton triton-check jupyterlab-check
+	mlserver vs-mlserver gate-check gate-demo triton triton-check jupyterlab-check grpc-proto
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -38,6 +38,11 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)
+
+# Regenerate the committed gRPC code (optkit/v2/_proto) from Triton's .proto files beside it;
+# installs never need this (the generated modules are committed).
+grpc-proto: $(STAMP)
+	$(BIN)/python -m optkit.v2._proto._generate
 
 # wrk is optional: the built-in load generator works without it.
 wrk:

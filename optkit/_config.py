@@ -54,6 +54,8 @@ class ServerConfig:
         upstream_connect_timeout_s: time allowed to open an upstream connection.
         shutdown_timeout_s: how long SIGTERM waits for in-flight requests.
         access_log: log every request (off: it costs throughput).
+        grpc_port: serve the v2 gRPC protocol (Triton's ``GRPCInferenceService``) on this
+            port beside REST, on ``host``; 0 picks a free one; None (the default): off.
     """
 
     host: str = "127.0.0.1"
@@ -63,9 +65,14 @@ class ServerConfig:
     upstream_connect_timeout_s: float = 1.0
     shutdown_timeout_s: float = 10.0
     access_log: bool = False
+    grpc_port: int | None = None
 
     def __post_init__(self) -> None:
         _integer("server.max_body_bytes", self.max_body_bytes)
+        if self.grpc_port is not None and (type(self.grpc_port) is not int
+                                           or not 0 <= self.grpc_port <= 65535):
+            raise ConfigError(f"server.grpc_port must be a port number 0..65535 (0: any free "
+                              f"one) or null (off), got {self.grpc_port!r}")
         _integer("server.max_upstream_response_bytes", self.max_upstream_response_bytes)
         _bool("server.access_log", self.access_log)
         _positive("server.upstream_timeout_s", self.upstream_timeout_s)

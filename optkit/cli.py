@@ -3,7 +3,9 @@
 ::
 
     optkit serve model-server --repository DIR [--host H] [--port P] [--config FILE] [--workers N]
+                              [--grpc-port G]
     optkit serve gateway --upstream URL[,URL...] [--host H] [--port P] [--config FILE]
+                         [--grpc-port G]
     optkit models build --repository DIR [--models a,b] [--seed S] [--force]
     optkit bench ...        (see optkit bench --help)
       the lab (pip install 'optkit[lab]'):
@@ -38,7 +40,7 @@ from ._config import load_config
 from ._exceptions import OptkitError
 from .bench._cli import add_parser as add_bench_parser
 from .models import ModelRepository, build_repository
-from .service import create_gateway, create_model_server, run_workers, serve
+from .service import GRPC_PORT_FILE_KEY, create_gateway, create_model_server, run_workers, serve
 
 __all__ = ["main", "build_parser"]
 
@@ -60,11 +62,18 @@ def _lab() -> types.ModuleType:
 
 def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.grpc_port is not None:  # the flag over the config's server.grpc_port
+        config = dataclasses.replace(config, server=dataclasses.replace(
+            config.server, grpc_port=None if args.grpc_port < 0 else args.grpc_port))
     host = args.host or config.server.host
     if not _is_loopback(host):
         print(f"optkit: warning: binding {host}, which is not loopback", file=sys.stderr)
     if args.kind == "model-server" and not 1 <= args.workers <= MAX_WORKERS:
         print(f"optkit: --workers must be 1..{MAX_WORKERS}, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.kind == "model-server" and args.workers > 1 and config.server.grpc_port is not None:
+        print("optkit: gRPC (server.grpc_port) serves one process; not with --workers > 1",
+              file=sys.stderr)
         return 2
     if args.kind == "model-server" and args.workers > 1 and args.worker_id is None:
         child = ["--repository", args.repository]
@@ -76,6 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_model_server(args.repository, config)
     else:
         app = create_gateway(args.upstream, config)
+    if args.grpc_port_file:
+        app[GRPC_PORT_FILE_KEY] = args.grpc_port_file
     serve(app, host=host, port=args.port, port_file=args.port_file,
           shutdown_timeout=config.server.shutdown_timeout_s, access_log=config.server.access_log,
           worker=getattr(args, "worker_id", None), channel_fd=getattr(args, "channel_fd", None))
@@ -281,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8000 if kind == "gateway" else 8001)
         p.add_argument("--config", default=None, help="service config YAML")
         p.add_argument("--port-file", default=None, help="write the bound port here once listening")
+        p.add_argument("--grpc-port", type=int, default=None,
+                       help="also serve v2 over gRPC on this port (0: a free one; -1: off; "
+                            "default: the config's server.grpc_port, off unless set)")
+        p.add_argument("--grpc-port-file", default=None,
+                       help="write the bound gRPC port here once listening")
         p.set_defaults(func=_serve)
 
     models = sub.add_parser("models", help="build the model repository")

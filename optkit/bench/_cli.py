@@ -7,6 +7,8 @@
                  --arrival poisson --duration 10 --out runs/zipf-2000
     optkit bench --target http://127.0.0.1:8080 --model digits-sklearn --input pixels:FP32:64
                  (a server whose metadata lists no inputs, e.g. MLServer; or --body FILE)
+    optkit bench --target grpc://127.0.0.1:8011 --model digits-mlp --concurrency 32
+                 (the v2 gRPC service of a tier started with --grpc-port)
 
 Prints the summary; ``--out`` keeps ``summary.json`` and ``records.npz``, and writes
 ``perf_analyzer.csv``: perf_analyzer's ``-f`` columns, with the server's queue and compute
@@ -41,7 +43,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="offer a load to a loopback v2 service and measure it",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", required=True, help="base URL (loopback only)")
+    p.add_argument("--target", required=True,
+                   help="base URL, http://HOST:PORT or grpc://HOST:PORT (loopback only)")
     p.add_argument("--model", help="model to hit (overrides the workload's models)")
     p.add_argument("--workload", help=f"YAML file or built-in name "
                                       f"({', '.join(sorted(builtin_workloads()))}); default digits")

@@ -6,7 +6,8 @@
       │ run_bench(...)                         synchronous, no event loop needed
       ├─ parse_target / probe / check_infer    fail fast with a clear BenchError
       ├─ Workload.build                        bodies encoded before the run
-      ├─ engine builtin: python -m optkit.bench._worker  (its own process and CPU)
+      ├─ engine builtin: python -m optkit.bench._worker  (its own process and CPU;
+      │                  HTTP/1.1, or gRPC for a grpc:// target: ``_grpc_client``)
       │  engine ray:     the same generator split over N Ray actors, merged (``_ray``)
       │  engine wrk:     wrk -s v2.lua (closed loop; builtin if wrk is absent)
       └─ summarize -> BenchResult  (written to out_dir when given)
@@ -89,13 +90,26 @@ def prepare(target: str, workload: Workload | Mapping[str, Any] | str | Path | N
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
         wl = wl.replace(models=[model] if model else None, rows=batch_size, inputs=inputs)
-    signatures = probe(tgt, wl.models, timeout_s=probe_timeout_s,
-                       need_inputs=not wl.inputs and body is None)
+    need_inputs = not wl.inputs and body is None
+    if tgt.transport == "grpc":
+        from ._grpc_client import grpc_probe
+
+        signatures = grpc_probe(tgt.grpc_target, wl.models, timeout_s=probe_timeout_s,
+                                need_inputs=need_inputs)
+    else:
+        signatures = probe(tgt, wl.models, timeout_s=probe_timeout_s, need_inputs=need_inputs)
     pool = _body_file_pool(body, wl.models[0]) if body is not None else wl.build(signatures,
                                                                                   seed=seed)
     for index, name in enumerate(pool.model_names):
         first = next((b for b, m in zip(pool.bodies, pool.models) if m == index), None)
-        if first is not None:
+        if first is None:
+            continue
+        if tgt.transport == "grpc":
+            from ._grpc_client import grpc_check_infer, grpc_request
+
+            grpc_check_infer(tgt.grpc_target, grpc_request(name, first),
+                             timeout_s=max(probe_timeout_s, 5.0))
+        else:
             check_infer(tgt, name, first, timeout_s=max(probe_timeout_s, 5.0))
     return tgt, wl, pool
 
@@ -119,6 +133,18 @@ def _body_file_pool(path: str | Path, model: str, max_bytes: int = 16 * 2**20) -
     return BodyPool((model,), (orjson.dumps(doc),), (0,), (max(rows, 1),))
 
 
+def _requests(tgt: Target, pool: BodyPool) -> tuple[bytes, ...]:
+    """The pool's bodies as the generator sends them: HTTP/1.1 requests, or serialized
+    ``ModelInferRequest`` messages for a gRPC target."""
+    if tgt.transport == "grpc":
+        from ._grpc_client import grpc_request
+
+        return tuple(grpc_request(pool.model_names[m], body)
+                     for m, body in zip(pool.models, pool.bodies))
+    return tuple(encode_request("POST", tgt.infer_path(pool.model_names[m]), tgt.host_header,
+                                body) for m, body in zip(pool.models, pool.bodies))
+
+
 def run_bench(target: str, load: LoadSpec,
               workload: Workload | Mapping[str, Any] | str | Path | None = None, *,
               model: str | None = None, batch_size: int | None = None,
@@ -133,7 +159,8 @@ def run_bench(target: str, load: LoadSpec,
     """Offer ``load`` to a loopback v2 ``target`` and measure it.
 
     Args:
-        target: base URL, e.g. ``http://127.0.0.1:8000`` (loopback only).
+        target: base URL, e.g. ``http://127.0.0.1:8000``, or ``grpc://127.0.0.1:8001`` for
+            the v2 gRPC service (engine builtin or ray; loopback only).
         load: closed or open loop (see :class:`LoadSpec`).
         workload: a :class:`Workload`, a mapping, a built-in name or a YAML path
             (default ``digits``); ``model``/``batch_size`` override its models/rows.
@@ -166,6 +193,9 @@ def run_bench(target: str, load: LoadSpec,
     tgt, wl, pool = prepare(target, workload, model=model, batch_size=batch_size, seed=seed,
                             probe_timeout_s=probe_timeout_s, inputs=inputs, body=body)
     engine = load.engine
+    if tgt.transport == "grpc" and engine == "wrk":
+        raise ConfigError("engine 'wrk' speaks HTTP only; a grpc:// target needs engine "
+                          "'builtin' (or 'ray')")
     if engine == "wrk" and wrk_available() is None:
         engine = "builtin"  # documented fallback; the summary says what happened
     meta: dict[str, Any] = {
@@ -185,10 +215,8 @@ def run_bench(target: str, load: LoadSpec,
         result = BenchResult(summary, {})
     else:
         job = GeneratorJob(
-            host=tgt.host, port=tgt.port,
-            requests=tuple(encode_request("POST", tgt.infer_path(pool.model_names[m]),
-                                          tgt.host_header, body)
-                           for m, body in zip(pool.models, pool.bodies)),
+            host=tgt.host, port=tgt.port, transport=tgt.transport,
+            requests=_requests(tgt, pool),
             models=pool.models, load=load, warmup_s=warmup_s, duration_s=duration_s,
             seed=seed, timeout_s=timeout_s, max_requests=max_requests,
             connect_timeout_s=probe_timeout_s, cpus=tuple(sorted(cpus or ())))

@@ -62,6 +62,9 @@ class GeneratorJob:
     #: wall-clock instant (``time.time_ns``) the shards of a split run agree to start at;
     #: 0 starts as soon as the connections are open
     start_unix_ns: int = 0
+    #: "http": ``requests`` are HTTP/1.1 requests, one per keep-alive connection; "grpc":
+    #: serialized ``ModelInferRequest`` messages, slots on one channel (``_grpc_client``)
+    transport: str = "http"
 
 
 async def _sleep_until(t_ns: int) -> None:
@@ -110,16 +113,40 @@ class Generator:
         self.capped = asyncio.Event()  # set when max_requests rows are used up
         self.cpu = [0.0, 0.0]
         self.start_late_ms = 0.0
+        self.channel: Any = None  # transport "grpc": the channel every slot shares
+        self.grpc_call: Any = None
 
     def __repr__(self) -> str:
         return (f"<Generator {self.job.load.label} [Requests: {self.outstanding} outstanding, "
                 f"{len(self.pending)} waiting | Connections: {len(self.conns)}]>")
 
     async def _connect(self) -> HttpConnection:
-        _, conn = await self.loop.create_connection(
-            lambda: HttpConnection(self), self.job.host, self.job.port)
+        if self.job.transport == "grpc":
+            conn: Any = await self._grpc_slot()
+        else:
+            _, conn = await self.loop.create_connection(
+                lambda: HttpConnection(self), self.job.host, self.job.port)
         self.conns.append(conn)
-        return conn
+        return conn  # type: ignore[no-any-return]
+
+    async def _grpc_slot(self) -> Any:
+        """A gRPC slot on the run's one channel (opened by the first slot)."""
+        from ._grpc_client import MODEL_INFER, GrpcSlot  # grpc only for gRPC runs
+
+        if self.channel is None:
+            import grpc
+
+            host = f"[{self.job.host}]" if ":" in self.job.host else self.job.host
+            self.channel = grpc.aio.insecure_channel(f"{host}:{self.job.port}")
+            # bytes in, bytes out: requests are serialized before the run, answers not parsed
+            self.grpc_call = self.channel.unary_unary(MODEL_INFER)
+        await self.channel.channel_ready()
+        return GrpcSlot(self, self.grpc_call)
+
+    async def _close_channel(self) -> None:
+        if self.channel is not None:
+            channel, self.channel = self.channel, None
+            await channel.close()
 
     # -- connection callbacks -------------------------------------------------
     def on_response(self, conn: HttpConnection, rid: int, end_ns: int) -> None:
@@ -256,6 +283,7 @@ class Generator:
                 asyncio.gather(*(self._connect() for _ in range(n_conns))), job.connect_timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             self._close_all()
+            await self._close_channel()
             raise BenchError(f"cannot open {n_conns} connections to {job.host}:{job.port}: "
                              f"{exc or 'timed out'}") from None
         self.idle = list(self.conns)
@@ -304,6 +332,7 @@ class Generator:
             self._expire(self.pending.popleft(), now)
         self._close_all()
         await asyncio.sleep(0.01)  # let connection_lost callbacks run
+        await self._close_channel()
         return self.rec.arrays(), self._stats(t0, ws, we, wall_end)
 
     def _schedule_left(self) -> bool:

@@ -2,7 +2,7 @@
 
 ::
 
-    parse_target(url)     http only; host must be 127.0.0.0/8, ::1 or localhost
+    parse_target(url)     http:// or grpc://; host must be 127.0.0.0/8, ::1 or localhost
     probe(target, models) GET /v2/health/ready -> 200
                           GET /v2/models/{m}   -> metadata with inputs
     check_infer(...)      POST one real body per model -> 200 with "outputs"
@@ -37,6 +37,13 @@ class Target:
     host: str
     port: int
     prefix: str = ""
+    #: "http" (REST), or "grpc" (``grpc://``: Triton's GRPCInferenceService on that port)
+    transport: str = "http"
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` as a gRPC channel names it."""
+        return self.host_header
 
     @property
     def host_header(self) -> str:
@@ -52,8 +59,8 @@ class Target:
 def parse_target(url: str) -> Target:
     """Check that ``url`` is an http URL on this machine's loopback interface."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http":
-        raise BenchError(f"target {url!r}: only http:// targets are supported")
+    if parts.scheme not in ("http", "grpc"):
+        raise BenchError(f"target {url!r}: only http:// and grpc:// targets are supported")
     host = parts.hostname or ""
     if host == "localhost":
         address = "127.0.0.1"
@@ -71,6 +78,10 @@ def parse_target(url: str) -> Target:
         port = parts.port or 80
     except ValueError:
         raise BenchError(f"target {url!r}: bad port") from None
+    if parts.scheme == "grpc":
+        if parts.port is None or parts.path.strip("/"):
+            raise BenchError(f"target {url!r}: a gRPC target is grpc://HOST:PORT, no path")
+        return Target(url=url, host=address, port=port, transport="grpc")
     return Target(url=url, host=address, port=port, prefix=parts.path.rstrip("/"))
 
 

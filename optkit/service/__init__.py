@@ -6,8 +6,10 @@
     ModelServer   v2 server over a model repository
     launch_stack  both as subprocesses on free loopback ports, stopped with a SIGTERM drain
     run_workers   N model-server processes on one port, connections dealt to them in turn
+    GrpcFront     either tier over gRPC (Triton's GRPCInferenceService), server.grpc_port
 """
 
+from ._grpc import GRPC_PORT_FILE_KEY, GrpcFront
 from ._gateway import GATEWAY_KEY, Gateway, GatewayStatistics, create_gateway, parse_upstreams
 from ._launcher import ServiceProcess, Stack, launch_service, launch_stack
 from ._metadata import MetadataCache, MetadataCacheStatistics, ModelMeta
@@ -20,4 +22,4 @@ __all__ = ["Gateway", "GatewayStatistics", "ModelServer", "ModelServerStatistics
            "MetadataCache", "MetadataCacheStatistics", "ModelMeta",
            "create_model_server", "create_gateway", "parse_upstreams", "launch_stack",
            "launch_service", "Stack", "ServiceProcess", "serve", "install_uvloop", "run_workers",
-           "GATEWAY_KEY", "MODEL_SERVER_KEY"]
+           "GATEWAY_KEY", "MODEL_SERVER_KEY", "GrpcFront", "GRPC_PORT_FILE_KEY"]

@@ -74,7 +74,8 @@ from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, Upst
                               UpstreamResponse, UpstreamStream)
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
-    build_app, infer_response, json_response, model_ref, read_body
+    build_app, infer_response, json_response, model_ref, read_body, streamable
+from ._grpc import attach_grpc
 from ._model_stats import ModelStats, ModelStatsBook
 from ._metadata import (MetadataCache, MetadataCacheStatistics, ModelMeta, check_unsigned,
                         check_unsigned_generate, model_meta)
@@ -206,6 +207,7 @@ class Gateway:
                         statistics=self.statistics, max_body_bytes=self._limit)
         app[GATEWAY_KEY] = self
         app.on_cleanup.append(lambda _app: self.aclose())
+        attach_grpc(app, self, self.counters, self.config.server)  # server.grpc_port set: gRPC too
         return app
 
     async def aclose(self) -> None:
@@ -391,7 +393,7 @@ class Gateway:
         path = _model_path(name, version) + tail
         self.counters.model_calls += 1
         t = perf_counter_ns()
-        if not self._streamer.config.enabled:
+        if not self._streamer.config.enabled or not streamable(request):  # gRPC: one message
             resp = await self._upstream("POST", path, body, headers, resend=self._resend)
         else:
             async with self._balancer.stream("POST", path, body=body, headers=headers,

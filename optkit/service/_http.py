@@ -46,7 +46,7 @@ from ._openapi import OPENAPI_PATH, openapi_json
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
            "at_step", "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
-           "STATS_KEY"]
+           "STATS_KEY", "streamable"]
 
 log = logging.getLogger("optkit.service")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -81,7 +81,7 @@ class ServerCounters:
     __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
                  "server_errors", "infer_requests", "infer_ok", "infer_refused",
                  "infer_cancelled", "infer_rows", "model_calls", "started_at", "connections",
-                 "busy")
+                 "busy", "handed")
 
     def __init__(self) -> None:
         self.accepted = self.completed = self.in_flight = self.cancelled = 0
@@ -96,6 +96,9 @@ class ServerCounters:
         #: requests read or being answered now, over every connection (-1: not known);
         #: set by the runner, which sees the HTTP server
         self.busy: Callable[[], int] = lambda: -1
+        #: requests handed to the handlers by a front end other than aiohttp's (gRPC):
+        #: the runner's count of requests in hand adds them
+        self.handed = 0
 
     def alone(self) -> bool:
         """The asking handler's request is the only one this server holds (read and not
@@ -300,6 +303,12 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
 
     router.add_route("*", "/{tail:.*}", guard(unmatched, counters))
     return app
+
+
+def streamable(request: web.Request) -> bool:
+    """Whether the answer may be written piecewise: an HTTP request's may; a gRPC call's
+    (``_grpc.GrpcCall``) is one message, answered whole."""
+    return isinstance(request, web.BaseRequest)
 
 
 def binary_header_length(request: web.Request) -> int | None:

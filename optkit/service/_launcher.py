@@ -192,6 +192,8 @@ class ServiceProcess:
     process: "subprocess.Popen[bytes] | _Forked"
     url: str
     log_path: Path
+    #: ``127.0.0.1:PORT`` of its gRPC front end (``server.grpc_port`` set), else None
+    grpc_target: str | None = None
 
     @property
     def pid(self) -> int:
@@ -274,6 +276,9 @@ def _wait_ready(svc: ServiceProcess, port_file: Path, deadline: float) -> str:
         try:
             with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as resp:
                 if resp.status == 200:
+                    grpc_port_file = port_file.with_suffix(".grpc-port")
+                    if grpc_port_file.exists():  # written before the REST port file
+                        svc.grpc_target = f"127.0.0.1:{int(grpc_port_file.read_text())}"
                     return url
         except (urllib.error.URLError, OSError):
             pass
@@ -312,9 +317,11 @@ def start_service(kind: str, args: list[str], *, workdir: Path, config_path: Pat
         raise LaunchError(f"start must be 'fork' or 'exec', got {start!r}")
     port_file = workdir / f"{kind}.port"
     log_path = workdir / f"{kind}.log"
+    grpc_port_file = workdir / f"{kind}.grpc-port"
     port_file.unlink(missing_ok=True)
+    grpc_port_file.unlink(missing_ok=True)
     argv = ["serve", kind, *args, "--port", str(port), "--port-file", str(port_file),
-            "--config", str(config_path)]
+            "--config", str(config_path), "--grpc-port-file", str(grpc_port_file)]
     environment = {**os.environ, **(env or {})}
     proc: Any
     if start == "fork":

@@ -15,7 +15,8 @@ Endpoints: health (``/v2/health/live|ready``), server metadata (``/v2``), model
 metadata and readiness, inference, and the repository extension
 (``/v2/repository/index``, ``/v2/repository/models/{m}/load|unload``), plus
 ``/stats`` (JSON) and ``/metrics`` (Prometheus), and Triton's statistics extension
-(``/v2/models[/{m}[/versions/{v}]]/stats``, see ``_model_stats.py``). In the baseline, models are
+(``/v2/models[/{m}[/versions/{v}]]/stats``, see ``_model_stats.py``); the same over
+gRPC with ``server.grpc_port`` set (``_grpc.py``). In the baseline, models are
 loaded synchronously on the serving loop, at start-up and on ``load``; with
 ``loading.mode: background`` the loading layer (``layers/loading.py``) loads them
 in workers while the loop serves. Every inference holds its model from
@@ -49,9 +50,10 @@ from ..layers.batching import BatchStatistics, DynamicBatcher
 from ..layers.loading import LoadingStatistics, ModelLoader
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
 from ._model_stats import ModelStats, ModelStatsBook
+from ._grpc import attach_grpc
 from ._streams import stream_generate, stream_infer
 from ._http import ServerCounters, ServerStatistics, at_step, binary_header_length, \
-    build_app, infer_response, json_response, model_ref, read_body
+    build_app, infer_response, json_response, model_ref, read_body, streamable
 
 __all__ = ["ModelServer", "ModelServerStatistics", "create_model_server", "MODEL_SERVER_KEY"]
 
@@ -113,6 +115,8 @@ class ModelServer:
         app[MODEL_SERVER_KEY] = self
         app.on_startup.append(lambda _app: self.start())
         app.on_cleanup.append(lambda _app: self.aclose())
+        # gRPC beside REST when server.grpc_port is set; it starts after the models load
+        attach_grpc(app, self, self.counters, self.config.server)
         return app
 
     async def start(self) -> None:
@@ -181,7 +185,8 @@ class ModelServer:
         at_step("model")  # its batcher's queue included: that queue's refusals are "queue"
         self.counters.infer_rows += req.batch_size
         inputs = {item.name: item.array for item in req.inputs}
-        if self._streamer.config.enabled:  # large answers in chunks, rows in sub-batches
+        if self._streamer.config.enabled and streamable(request):
+            # large answers in chunks, rows in sub-batches (a gRPC answer is one message)
             t = perf_counter_ns()
             response = await stream_infer(
                 self._streamer, request, name, cfg.version, req, inputs,

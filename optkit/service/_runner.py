@@ -144,9 +144,9 @@ def watch_server(runner: web.AppRunner, counters: Any) -> None:
 def _busy(server: Any, counters: Any) -> int:
     """Requests this server has read and not yet answered, on every connection.
 
-    Handed to a handler (aiohttp's ``requests_count``) minus answered or given up (the
-    guard's ``completed`` and ``cancelled``), plus those parsed and still queued on their
-    connection. A request read in this loop iteration is in one of the two, so 1 means the
+    Handed to a handler (aiohttp's ``requests_count``, and the gRPC front end's
+    ``handed``) minus answered or given up (the guard's ``completed`` and ``cancelled``),
+    plus those parsed and still queued on their connection. A request read in this loop iteration is in one of the two, so 1 means the
     asking handler's own request is the only one: no other can join a batch this iteration.
     aiohttp keeps the per-connection queue private; without it, the count is never 1.
     """
@@ -156,7 +156,8 @@ def _busy(server: Any, counters: Any) -> int:
         if messages is None:
             return -1
         queued += len(messages)
-    return server.requests_count - counters.completed - counters.cancelled + queued
+    return (server.requests_count + counters.handed - counters.completed - counters.cancelled
+            + queued)
 
 
 def _write_atomically(path: str, text: str) -> None:
