@@ -294,9 +294,10 @@ class LoadingConfig:
             least recently used idle models are unloaded to make room.
         load_timeout_s: how long a ``load`` request waits for its load before it is
             answered 503 (the load itself goes on).
-        nice: how much lower the CPU priority of the loader processes is than the
-            server's (``os.nice`` increment, 0-19; ``executor: process`` only): a load
-            takes the CPU the serving loop leaves idle instead of half a core from it.
+        priority: the CPU priority of the loader processes (``executor: process`` only):
+            ``idle`` (Linux's SCHED_IDLE: they run only on CPU nothing else wants; nice 19
+            where the OS has no such class), ``low`` (nice 10) or ``normal`` (the
+            server's own). The server's priority never changes.
     """
 
     mode: Literal["sync", "background"] = "sync"
@@ -312,8 +313,9 @@ class LoadingConfig:
     lazy_wait_s: float = 1.0
     memory_budget_bytes: int = 0
     load_timeout_s: float = 60.0
-    #: measured (Thursday, 2 cores): at nice 0 a 1 s load in a worker took a serving core
-    nice: int = 10
+    #: measured on Thursday's loads (docs/layers.md): idle kept the steady model's p50
+    #: within noise, normal and low did not
+    priority: Literal["idle", "low", "normal"] = "idle"
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "background"):
@@ -334,9 +336,9 @@ class LoadingConfig:
         _positive("loading.lazy_wait_s", self.lazy_wait_s, allow_zero=True)
         _integer("loading.memory_budget_bytes", self.memory_budget_bytes, allow_zero=True)
         _positive("loading.load_timeout_s", self.load_timeout_s)
-        _integer("loading.nice", self.nice, allow_zero=True)
-        if self.nice > 19:
-            raise ConfigError(f"loading.nice must be between 0 and 19, got {self.nice!r}")
+        if self.priority not in ("idle", "low", "normal"):
+            raise ConfigError(f"loading.priority must be 'idle', 'low' or 'normal', "
+                              f"got {self.priority!r}")
         if self.lazy and self.mode == "sync":
             raise ConfigError("loading.lazy needs loading.mode: background "
                               "(a lazy load on the serving loop would stall every request)")

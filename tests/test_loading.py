@@ -115,32 +115,37 @@ async def test_concurrent_loads_share_one(repo: Path, executor: str) -> None:
     assert stats.load_s.count == 1
 
 
-@pytest.mark.parametrize("nice", [0, 7])
-async def test_loader_processes_run_at_lower_cpu_priority(repo: Path, nice: int) -> None:
-    """``nice`` lowers the loader processes' CPU priority, never the server's own."""
+@pytest.mark.parametrize("priority", ["normal", "low", "idle"])
+async def test_loader_processes_run_at_lower_cpu_priority(repo: Path, priority: str) -> None:
+    """``priority`` lowers the loader processes' CPU priority, never the server's own."""
+    import os
+
     import psutil
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
-    own = me.nice()
+    own = me.nice(), os.sched_getscheduler(0)
     async with ModelLoader(ModelRepository(repo), LoadingConfig(
-            mode="background", executor="process", workers=2, nice=nice)) as loader:
+            mode="background", executor="process", workers=2, priority=priority)) as loader:
         await asyncio.gather(loader.load("slow"), loader.load("fast"))
         workers = [p for p in me.children(recursive=True) if p.pid not in before
                    and "multiprocessing" in " ".join(p.cmdline())
                    and "resource_tracker" not in " ".join(p.cmdline())]
         assert workers, "the loads ran in no worker process"
-        assert {w.nice() for w in workers} == {min(19, own + nice)}
-    assert me.nice() == own
+        seen = {(w.nice(), os.sched_getscheduler(w.pid)) for w in workers}
+    expected = {"normal": own, "low": (min(19, own[0] + 10), own[1]),
+                "idle": (own[0], os.SCHED_IDLE)}[priority]
+    assert seen == {expected}
+    assert (me.nice(), os.sched_getscheduler(0)) == own
 
 
-def test_loading_nice_is_bounded() -> None:
-    """A priority outside 0-19 is a config error naming the key."""
+def test_loading_priority_is_checked() -> None:
+    """An unknown priority is a config error naming the key and the choices."""
     from optkit._exceptions import ConfigError
 
-    for bad in (-1, 20, 1.5):
-        with pytest.raises(ConfigError, match="loading.nice"):
-            LoadingConfig(nice=bad)
+    for bad in ("lowest", 10, None):
+        with pytest.raises(ConfigError, match="loading.priority"):
+            LoadingConfig(priority=bad)
 
 
 async def test_states_unavailable_loading_ready(repo: Path) -> None:
