@@ -547,3 +547,33 @@ def test_config_validates_the_new_setting() -> None:
         BatchingConfig(max_concurrent_batches=0)
     with pytest.raises(ConfigError, match="max_rows"):
         batcher(Model(), max_rows=0)
+
+
+async def test_hold_runs_a_lone_item_in_the_callers_frame_and_others_queue_behind() -> None:
+    """idle() only with nobody around (alone); hold() counts a batch of one and keeps the
+    slot, so a submit made while it is held waits, then leaves as the next batch."""
+    calls: list[list[int]] = []
+
+    async def run(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        return [i * 10 for i in items]
+
+    others = {"n": 0}
+    b = DynamicBatcher(run, BatchingConfig(enabled=True), alone=lambda: others["n"] == 0)
+    assert b.idle()
+    others["n"] = 1
+    assert not b.idle()  # someone else is in the server: submit, don't hold
+    others["n"] = 0
+    with b.hold(rows=2):
+        assert not b.idle() and b.statistics().running == 1
+        queued = asyncio.ensure_future(b.submit(7))
+        await asyncio.sleep(0.01)
+        assert not queued.done() and calls == []  # the held slot keeps it waiting
+    assert await queued == 70 and calls == [[7]]
+    s = b.statistics()
+    assert (s.submitted, s.batches, s.items, s.rows, s.running, s.failed) == (2, 2, 2, 3, 0, 0)
+    with pytest.raises(ValueError), b.hold():
+        raise ValueError("the caller's own failure")
+    assert b.statistics().failed == 1 and b.statistics().running == 0
+    assert not DynamicBatcher(run, BatchingConfig(enabled=True)).idle()  # alone unknown
+    await b.aclose()

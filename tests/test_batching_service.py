@@ -347,3 +347,49 @@ async def test_busy_counts_the_requests_the_server_holds() -> None:
         assert seen == [1, 1, 2, 1]
     finally:
         await runner.cleanup()
+
+
+async def test_a_lone_request_on_an_idle_loop_model_runs_inline_and_is_counted(
+        repository: Path) -> None:
+    """executor: loop, nobody else in the server: the request is computed in its own handler
+    (a batch of one in the statistics), with the same answer; concurrent ones still merge."""
+    client = await _serve(create_model_server(repository, _config(executor="loop")))
+    try:
+        for i in range(3):
+            x = _rows(i, 2)
+            resp = await client.post(SYN, data=_body(x, f"lone-{i}"))
+            doc = orjson.loads(await resp.read())
+            assert resp.status == 200 and doc["id"] == f"lone-{i}"
+            np.testing.assert_allclose(doc["outputs"][0]["data"], x.sum(axis=1), rtol=1e-5)
+        stats = _batch_stats(client)
+        assert (stats.submitted, stats.items, stats.batches, stats.rows, stats.running) == \
+            (3, 3, 3, 6, 0)
+        assert stats.queue_delay_s.count == 3 and stats.batch_duration_s.count == 3
+        results = await _concurrently(client, 60)
+        assert all(status == 200 and doc["id"] == rid for status, doc, _, rid in results)
+        stats = _batch_stats(client)
+        assert stats.items == 63 and stats.batches < 63  # the concurrent ones merged
+        # a request with a deadline goes through the batcher, which checks it at dispatch
+        resp = await client.post(SYN, data=_body(_rows(9, 1), "late", timeout=1))
+        assert resp.status == 504
+    finally:
+        await client.close()
+
+
+async def test_a_lone_request_through_the_gateway_holds_the_batch_slot(
+        batching_stack: tuple[TestClient, TestClient]) -> None:
+    """The gateway forwards a lone request as it came, holding its batcher's slot (a batch of
+    one in the statistics); requests that arrive meanwhile still queue and merge."""
+    gateway, _ = batching_stack
+    for i in range(4):
+        x = _rows(100 + i, 1)
+        resp = await gateway.post(SYN, data=_body(x, f"lone-{i}"))
+        doc = orjson.loads(await resp.read())
+        assert resp.status == 200 and doc["id"] == f"lone-{i}"
+        np.testing.assert_allclose(doc["outputs"][0]["data"], x.sum(axis=1), rtol=1e-5)
+    (stats,) = gateway.server.app[GATEWAY_KEY].statistics().batching.values()
+    assert (stats.submitted, stats.items, stats.batches, stats.running, stats.queued) == \
+        (4, 4, 4, 0, 0)
+    results = await _concurrently(gateway, 40)
+    assert all(status == 200 and doc["id"] == rid for status, doc, _, rid in results)
+    assert gateway.server.app[GATEWAY_KEY].statistics().merged_calls > 0

@@ -55,10 +55,11 @@ is down) fails the whole batch with ``exc`` without re-running it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -225,6 +226,34 @@ class DynamicBatcher(Layer, Generic[T, R]):
         except asyncio.CancelledError:
             self._withdraw(entry)
             raise
+
+    def idle(self) -> bool:
+        """Nothing waits, runs or is about to leave, and (``alone``) no other submit can come
+        this loop iteration: the caller may run its item itself, inside :meth:`hold`, instead
+        of submitting it."""
+        return (not self._queue and not self._running and not self._scheduled
+                and not self._closed and self._alone is not None and self._alone())
+
+    @contextlib.contextmanager
+    def hold(self, rows: int = 1) -> Iterator[None]:
+        """Run one item in the caller's own frame as a batch of one, the batcher :meth:`idle`.
+
+        The slot is held until the block ends, so items submitted meanwhile (the caller
+        awaited an upstream) queue and leave as the next batch when it ends, as behind any
+        batch; the statistics count it like one. It skips the submit path's layers of
+        coroutines and callbacks: for a lone client that is the whole cost of batching.
+        """
+        start = self._clock()
+        self._submitted += 1
+        self._start(1, rows)
+        self._queue_delay.observe(0.0)
+        try:
+            yield
+        except Exception:
+            self._failed += 1
+            raise
+        finally:
+            self._finish(start)
 
     def _withdraw(self, entry: _Item) -> None:
         """A submitter was cancelled: if its item still waits, it leaves the queue, unrun."""

@@ -459,6 +459,12 @@ class Gateway:
                              req: InferRequest, body: bytes,
                              headers: dict[str, str], clock: _Clock) -> web.Response:
         batcher = self._batchers.get(key)
+        if batcher is not None and req.timeout_us is None and batcher.idle():
+            # a lone request and an idle batcher: forwarded as it came, holding the batch
+            # slot so that requests arriving meanwhile queue behind it as behind any batch
+            with batcher.hold(req.batch_size):
+                return await self._forward(request, key[0], key[1], "/infer", body, headers,
+                                           clock=clock)
         if batcher is None:
             batcher = self._batchers[key] = DynamicBatcher(
                 self._batch_runner(key), self.config.batching, max_rows=meta.merge_rows,
