@@ -211,3 +211,48 @@ def test_trial_folders_name_their_pair_and_arm(tmp_path: Path) -> None:
                                                    "arm": None, "events": []}))
     doc = _trial_doc(folder)
     assert (doc["pair"], doc["arm"], doc["attempt"], doc["load"]) == (3, "B", 1, "closed:8")
+
+
+def test_a_regression_is_explained_only_by_what_its_day_measured(tmp_path: Path) -> None:
+    """next_steps marks a regression explained when its day recorded a reason for that
+    (workload, load, metric); any other stays on the list to find out."""
+    verdict = {"workload": "digits", "change_pct": 26.0, "ci_low_pct": 15.0, "ci_high_pct": 36.0,
+               "p_adjusted": 0.04, "verdict": "regressed", "n_pairs": 16}
+    (tmp_path / "thu").mkdir()
+    (tmp_path / "thu" / "results.json").write_text(json.dumps({
+        "title": "thu", "b": "loading", "verdicts": [
+            {**verdict, "load": "closed:8", "metric": "p99_ms"},
+            {**verdict, "load": "closed:8", "metric": "p50_ms"}],
+        "explained": [{"load": "closed:8", "metric": "p99_ms", "why": "only while a model loads"}]}))
+    steps = [s for s in next_steps(tmp_path) if s.startswith("thu:")]
+    assert any("p99_ms regressed +26.0 % at closed:8" in s and "explained: only while a model "
+               "loads" in s for s in steps)
+    assert any("p50_ms regressed" in s and "find out why" in s for s in steps)
+
+
+def test_load_costs_are_explained_only_when_the_arm_is_as_fast_between_loads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """explain_load_costs gives a reason for a latency regression only where arm B's
+    percentile outside loads is within the band of arm A's."""
+    from types import SimpleNamespace
+
+    from optkit.lab.week import _sessions
+
+    verdicts = pd.DataFrame([
+        {"load": "closed:8", "metric": "p99_ms", "verdict": "regressed", "delta": 0.05},
+        {"load": "closed:8", "metric": "p50_ms", "verdict": "regressed", "delta": 0.05},
+        {"load": "closed:8", "metric": "throughput_rps", "verdict": "improved", "delta": 0.02}])
+    cmp = SimpleNamespace(verdict_table=lambda: verdicts, a=SimpleNamespace(name="streaming"),
+                          b=SimpleNamespace(name="loading"))
+    during = pd.DataFrame([
+        {"load": "closed:8", "arm": "A", "share_during": 0.0, "p50_during_ms": 1044.0,
+         "p50_outside_ms": 1.00, "p99_during_ms": 1050.0, "p99_outside_ms": 2.10,
+         "p99_ratio": 500.0, "loaders_cpu_percent": 0.0, "server_cpu_percent": 80.0},
+        {"load": "closed:8", "arm": "B", "share_during": 0.75, "p50_during_ms": 1.30,
+         "p50_outside_ms": 1.20, "p99_during_ms": 3.10, "p99_outside_ms": 2.15,
+         "p99_ratio": 1.44, "loaders_cpu_percent": 50.0, "server_cpu_percent": 32.0}])
+    monkeypatch.setattr(_sessions, "during_loads", lambda _cmp: during)
+    (only,) = _sessions.explain_load_costs(cmp)  # p50 outside: 1.20 vs 1.00, beyond 5 %
+    assert (only["load"], only["metric"]) == ("closed:8", "p99_ms")
+    assert "3.10 ms during loads, 2.15 ms between them" in only["why"]
+    assert "50 % of a core" in only["why"] and "1,050 ms" in only["why"]

@@ -28,13 +28,14 @@ from ._service import (SERVICE_LAYERS, check_fronted, gateway_summary, record_se
                        service_headline, service_servers, service_settings_note, service_steps,
                        service_targets)
 from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
-                        layer_summary, load_events, load_timeline, pool_summary)
+                        layer_summary, load_events, load_timeline, pool_summary,
+                        during_loads, explain_load_costs)
 from ._summary import latest_report, summary_rows, week_summary
 
 __all__ = ["Day", "DAYS", "project_root", "experiment", "config", "ensure_repository",
            "day_settings", "plan_day", "CALIBRATION_PAIRS", "MIN_SESSION_PAIRS", "pool_summary",
            "batch_summary",
-           "batch_histogram", "layer_summary", "load_events", "load_timeline", "headline",
+           "batch_histogram", "layer_summary", "load_events", "load_timeline", "during_loads", "explain_load_costs", "headline",
            "key_figure", "startup_times", "bulk_scoring", "latency_curve", "slo_table",
            "conclusion", "record_day", "run_week", "week_summary", "summary_rows",
            "latest_report", "report", "check_reports", "check_report_folder", "ReportCheck",

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ...bench import load_run
@@ -18,7 +19,7 @@ from .._comparison import Comparison
 from ..stats import detectable_range
 
 __all__ = ["pool_summary", "batch_summary", "batch_histogram", "layer_summary", "load_events",
-           "load_timeline", "headline", "key_figure", "conclusion"]
+           "load_timeline", "during_loads", "explain_load_costs", "headline", "key_figure", "conclusion"]
 
 
 def pool_summary(cmp: Comparison) -> pd.DataFrame:
@@ -188,6 +189,89 @@ def load_timeline(cmp: Comparison, *, load: str | None = None,
         columns=["arm", "t_s", "latency_ms"])
     return requests.sort_values("arm", kind="stable"), pd.DataFrame(
         evs, columns=["arm", "start_s", "end_s", "model", "action"])
+
+
+def during_loads(cmp: Comparison) -> pd.DataFrame:
+    """The steady model's latency while a load was under way against outside loads, per load
+    and arm (median over valid trials), and the CPU the loads took.
+
+    Each request of a trial's window counts as *during* when it was scheduled between a load
+    event's start and end. Columns: load, arm, share_during (of the window's requests),
+    p50/p99 during and outside (ms), p99_ratio (during ÷ outside: 1 is a load nobody
+    noticed), loaders_cpu_percent (the model server's helper processes, % of a core) and
+    server_cpu_percent. Needs the built-in generator's per-request records.
+    """
+    rows = []
+    for folder in _trial_folders(cmp):
+        doc = _trial_doc(folder)
+        if not doc.get("valid", True):
+            continue
+        rec = load_run(folder / "bench")
+        if not rec.records:
+            continue
+        r, summary = rec.records, rec.summary
+        ws, we = summary["window_start_ns"], summary["window_end_ns"]
+        sched = r["scheduled_ns"]
+        keep = (sched >= ws) & (sched < we) & (r["error_code"] == 0)
+        sched, lat = sched[keep], (r["end_ns"][keep] - sched[keep]) / 1e6
+        during = np.zeros(len(sched), dtype=bool)
+        for ev in doc.get("events") or []:
+            during |= (sched >= ev["start_ns"]) & (sched < ev["end_ns"])
+        use = (doc.get("services") or {}).get("model-server") or {}
+        row = {"load": doc.get("load"), "arm": doc.get("arm"),
+               "share_during": float(during.mean()) if len(during) else math.nan,
+               "loaders_cpu_percent": use.get("children_cpu_percent"),
+               "server_cpu_percent": use.get("cpu_percent")}
+        for name, part in (("during", lat[during]), ("outside", lat[~during])):
+            row[f"p50_{name}_ms"] = float(pd.Series(part).quantile(0.5)) if len(part) else math.nan
+            row[f"p99_{name}_ms"] = float(pd.Series(part).quantile(0.99)) if len(part) else math.nan
+        row["p99_ratio"] = row["p99_during_ms"] / row["p99_outside_ms"] \
+            if row["p99_outside_ms"] > 0 else math.nan
+        rows.append(row)
+    columns = ["load", "arm", "share_during", "p50_during_ms", "p50_outside_ms", "p99_during_ms",
+               "p99_outside_ms", "p99_ratio", "loaders_cpu_percent", "server_cpu_percent"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows).groupby(["load", "arm"], sort=False).median(numeric_only=True)
+    return table.reset_index()[columns]
+
+
+def explain_load_costs(cmp: Comparison) -> list[dict[str, Any]]:
+    """A measured reason for each latency regression of a churn session, where the data gives
+    one: the arm that loads in the background is slower only *while* a model loads, and as
+    fast as the other arm between loads.
+
+    For every (load, metric) among p50/p99 judged *regressed*, :func:`during_loads` is read:
+    the reason is given when arm B's percentile outside loads is within the metric's noise
+    band δ of arm A's (so the layer costs nothing between loads); it names what B's requests
+    met during loads, what A's met (the stall), the share of the window under a load and the
+    CPU the loads took. A regression that fails the check gets no reason: the week's summary
+    then lists it as unexplained. Returns ``[{"load", "metric", "why"}]``.
+    """
+    table = cmp.verdict_table()
+    regressed = table[(table["verdict"] == "regressed") & table["metric"].isin(["p50_ms", "p99_ms"])]
+    if regressed.empty:
+        return []
+    during = during_loads(cmp)
+    out = []
+    for r in regressed.itertuples():
+        rows = {row.arm: row for row in during[during["load"] == r.load].itertuples()}
+        if set(rows) != {"A", "B"}:
+            continue
+        q = r.metric.split("_")[0]  # p50 / p99
+        a, b = rows["A"], rows["B"]
+        a_out, b_out = getattr(a, f"{q}_outside_ms"), getattr(b, f"{q}_outside_ms")
+        if not (b_out <= a_out * math.exp(float(r.delta))):
+            continue
+        out.append({"load": r.load, "metric": r.metric, "why": (
+            f"only while a model loads: {cmp.b.name}'s {q} {getattr(b, f'{q}_during_ms'):.2f} ms "
+            f"during loads, {b_out:.2f} ms between them, as {cmp.a.name} between its stalls "
+            f"({a_out:.2f} ms; noise band {100 * math.expm1(float(r.delta)):.0f} %); "
+            f"{cmp.a.name}'s requests met the stall itself ({getattr(a, f'{q}_during_ms'):,.0f} ms). "
+            f"Loads covered {100 * b.share_during:.0f} % of the window and took "
+            f"{b.loaders_cpu_percent:.0f} % of a core at idle priority: on 2 cores the steady "
+            "model shares the machine with them")})
+    return out
 
 
 _SLUG = re.compile(r"-p(\d+)-([AB])-(\d+)$")

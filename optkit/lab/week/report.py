@@ -440,9 +440,17 @@ def next_steps(run_dir: str | Path) -> list[str]:
         elif t.get("status") == "not measured":
             out.append(f"Target not measured: {t['target']}.")
     table = rollup(run_dir)
+    explained = {(day, e.get("workload", "digits"), e["load"], e["metric"]): e["why"]
+                 for day in table["day"].unique()
+                 for e in recorded(run_dir, day).get("explained") or []}
     for r in table[table["verdict"] == "regressed"].itertuples():
-        out.append(f"{r.day}: {r.metric} regressed {r.change_pct:+.1f} % at {r.load} "
-                   f"({r.workload}) with {r.b}: find out why before relying on it there.")
+        why = explained.get((r.day, r.workload, r.load, r.metric))
+        if why:  # a reason the day measured (e.g. week.explain_load_costs), not a note by hand
+            out.append(f"{r.day}: {r.metric} regressed {r.change_pct:+.1f} % at {r.load} "
+                       f"({r.workload}) with {r.b}, explained: {why}.")
+        else:
+            out.append(f"{r.day}: {r.metric} regressed {r.change_pct:+.1f} % at {r.load} "
+                       f"({r.workload}) with {r.b}: find out why before relying on it there.")
     for day, group in table[table["metric"] == "throughput_rps"].groupby("day"):
         if day != "fri" and not (group["verdict"] == "improved").any():
             out.append(f"{day}: no throughput gain detected ({', '.join(sorted(set(group['load'])))}): "
