@@ -27,6 +27,7 @@ model is never evicted, and an unload lets it finish).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from time import perf_counter_ns
@@ -204,6 +205,7 @@ class ModelServer:
                        inputs: Mapping[str, np.ndarray], req: Any,
                        clock: "_Clock") -> dict[str, np.ndarray]:
         """Run ``inputs`` through the model: directly, or riding its batcher."""
+        held: Any = contextlib.nullcontext()
         if self._batching.enabled:
             entry = self._batchers.get(name)
             batcher = entry[1] if entry is not None and entry[0] is model \
@@ -212,31 +214,26 @@ class ModelServer:
                 # a lone request, the model idle, computed on the loop without yielding:
                 # nobody could join its batch, so it skips the batcher's machinery (a lone
                 # client paid ~5 % of its latency for it) and is counted as a batch of one
-                rows = len(next(iter(inputs.values())))
-                with batcher.hold(rows):
-                    t = perf_counter_ns()
-                    outputs = _predict(model, inputs)
-                    infer_ns = perf_counter_ns() - t
-                self.counters.model_calls += 1
-                clock.infer_ns += infer_ns
-                self.stats_book.model(name, model.config.version).executed(rows, 0, infer_ns, 0)
+                held = batcher.hold(len(next(iter(inputs.values()))))
+            else:
+                transport = request.transport
+                ride = _Ride(inputs)
+                t = perf_counter_ns()
+                outputs = await batcher.submit(
+                    ride, rows=ride.rows,
+                    deadline=None if req.timeout_us is None
+                    else request_deadline(req, time.monotonic()),
+                    alive=None if transport is None else (lambda: not transport.is_closing()))
+                # waiting for its batch to start is queue; its batch's model call is its compute
+                clock.queue_ns += max(0, ride.started - t)
+                clock.infer_ns += ride.ended - ride.started
                 return outputs
-            transport = request.transport
-            ride = _Ride(inputs)
-            t = perf_counter_ns()
-            outputs = await batcher.submit(
-                ride, rows=ride.rows,
-                deadline=None if req.timeout_us is None else request_deadline(req, time.monotonic()),
-                alive=None if transport is None else (lambda: not transport.is_closing()))
-            # waiting for its batch to start is queue; its batch's model call is its compute
-            clock.queue_ns += max(0, ride.started - t)
-            clock.infer_ns += ride.ended - ride.started
-            return outputs
         self.counters.model_calls += 1
         rows = len(next(iter(inputs.values())))
-        t = perf_counter_ns()
-        outputs = _predict(model, inputs)
-        infer_ns = perf_counter_ns() - t
+        with held:
+            t = perf_counter_ns()
+            outputs = _predict(model, inputs)
+            infer_ns = perf_counter_ns() - t
         clock.infer_ns += infer_ns
         self.stats_book.model(name, model.config.version).executed(rows, 0, infer_ns, 0)
         return outputs
