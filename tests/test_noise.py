@@ -53,6 +53,29 @@ def test_each_workload_has_its_own_cells() -> None:
     assert not missing.sd_d and set(missing.sources.values()) == {"default"}
 
 
+def test_a_workload_file_is_one_cell_however_its_path_is_spelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrated from the root as ``experiments/w.yaml``, read from ``notebooks/`` as
+    ``../experiments/w.yaml`` (the week's notebooks): the same file, the same band; another
+    file of the same name elsewhere is another cell."""
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "experiments" / "w.yaml").write_text("name: w\n")
+    (tmp_path / "notebooks" / "w.yaml").write_text("name: other\n")
+    monkeypatch.chdir(tmp_path)
+    from optkit.lab._noise import cell_key
+    doc = {"schema_version": 2, "cells": {cell_key("experiments/w.yaml", "closed:32"):
+                                          cell(0.03, 0.06, 16)}}
+    monkeypatch.chdir(tmp_path / "notebooks")
+    band = noise_band(doc, workload="../experiments/w.yaml", load="closed:32", n_pairs=16)
+    assert band.deltas["throughput_rps"] == 0.03 and band.sources["throughput_rps"] == "measured"
+    assert noise_band(doc, workload="w.yaml", load="closed:32").deltas == dict(DEFAULT_DELTAS)
+    # a file written with the raw spelling (before the key was resolved) is still read there
+    raw = {"schema_version": 2, "cells": {"../experiments/w.yaml|closed:32": cell(0.05, 0.1, 16)}}
+    assert noise_band(raw, workload="../experiments/w.yaml", load="closed:32",
+                      n_pairs=16).deltas["throughput_rps"] == 0.05
+
+
 def test_a_file_of_the_first_schema_is_read_as_digits_cells(tmp_path: Path) -> None:
     """Schema 1 (``per_load``, one config, digits only) still reads, as digits cells."""
     path = tmp_path / "cal.json"

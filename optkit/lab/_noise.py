@@ -28,12 +28,25 @@ from typing import Any, Mapping
 
 from .stats import DEFAULT_DELTAS, METRICS, RETIRED_METRICS, metrics_for_load, scaled_delta
 
-__all__ = ["NoiseBand", "cell_key", "calibration_cells", "noise_band", "load_deltas"]
+__all__ = ["NoiseBand", "cell_key", "workload_key", "calibration_cells", "noise_band", "load_deltas"]
+
+
+def workload_key(workload: str) -> str:
+    """One spelling per workload: a workload file by its resolved path, a built-in by its name.
+
+    The week's notebooks run in ``notebooks/`` and name ``../experiments/x.yaml``, the CLI and
+    scripts run at the root and name ``experiments/x.yaml``: the same file, and so the same
+    noise band. A name that is no existing file (``digits``) is kept as it is.
+    """
+    if "/" not in workload and not workload.endswith((".yaml", ".yml", ".json")):
+        return workload
+    path = Path(workload)
+    return str(path.resolve()) if path.is_file() else workload
 
 
 def cell_key(workload: str, load: str) -> str:
     """The calibration's key of a (workload, load) cell: ``digits|closed:32``."""
-    return f"{workload}|{load}"
+    return f"{workload_key(workload)}|{load}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,10 @@ def calibration_cells(calibration: str | Path | Mapping[str, Any] | None
             return {}, f"{path} not found"
         doc, where = json.loads(path.read_text()), str(path)
     cells = dict(doc.get("cells") or {})
+    for key in list(cells):  # a cell written under another spelling of the same file
+        workload, sep, load = key.rpartition("|")
+        if sep and workload:
+            cells.setdefault(cell_key(workload, load), cells[key])
     for load, found in (doc.get("per_load") or {}).items():  # schema 1: digits only
         cells.setdefault(cell_key("digits", load), {"deltas": found,
                                                     "created": doc.get("created")})
