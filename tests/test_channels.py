@@ -261,6 +261,68 @@ async def test_a_restarted_upstream_is_reached_on_a_fresh_channel(repository: Pa
         await rest.close()
 
 
+class _CuttingProxy:
+    """A TCP relay in front of the gRPC upstream that can drop a connection the moment the
+    next bytes arrive on it: the stale-connection race (the close crosses a request)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.cut_next, self.accepted = target_port, False, 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, cut: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    # a request's frames, not a PING or WINDOW_UPDATE (13-17 bytes)
+                    if cut and self.cut_next and len(data) >= 200:
+                        self.cut_next = False
+                        writer.transport.abort()  # reset: nothing of this request goes on
+                        up_writer.transport.abort()
+                        return
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_stale_channel_is_resent_once_on_a_fresh_one(upstream: Upstream) -> None:
+    """Pooled, one channel: its connection dropped as the next infer arrives; the infer is
+    sent again on a fresh channel, answered, marked retried and counted (non-idempotent)."""
+    proxy = _CuttingProxy(int(upstream.grpc.rsplit(":", 1)[1]))
+    port = await proxy.start()
+    url = f"grpc://127.0.0.1:{port}/v2/models/digits-mlp/infer"
+    body = encode_infer_request({"pixels": np.zeros((1, 64), np.float32)})
+    pool = ChannelPool(PoolingConfig(enabled=True, transport="grpc", grpc_channels=1))
+    try:
+        first = await pool.request("POST", url, body=body)
+        assert first.status == 200 and not first.retried
+        proxy.cut_next = True
+        second = await pool.request("POST", url, body=body)
+        stats = pool.statistics()
+    finally:
+        await pool.aclose()
+        proxy.close()
+    assert second.status == 200 and second.retried
+    assert decode_infer_response(second.body)["label"].shape == (1, 1)
+    assert stats.retries == 1 and stats.non_idempotent_retries == 1 and stats.errors == 0
+    assert stats.connections_opened == 2 and proxy.accepted == 2
+
+
 def test_grpc_upstreams_and_settings_are_validated() -> None:
     """grpc://host:port upstreams are accepted alone, not mixed with HTTP ones nor with a
     path; pooling.transport and pooling.grpc_channels are checked naming the key."""

@@ -65,6 +65,7 @@ protobuf's ``InferParameter`` cannot hold (objects, lists, null) do not travel.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -120,6 +121,17 @@ class _Slot:
         self.calls: dict[str, Any] = {}  # rpc name -> its multicallable on this channel
         self.answered = False  # it carried an answer: a failure now may be staleness
         self.in_flight = 0
+
+
+class _Call:
+    """One REST call carried over gRPC: when it started (its deadline counts from there)
+    and whether one of its RPCs was sent twice (its answer is then marked ``retried``)."""
+
+    __slots__ = ("started", "resent")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.resent = False
 
 
 class _Attempt:
@@ -249,11 +261,12 @@ class ChannelPool(Layer):
             raise UpstreamError(f"{url}: not a grpc://host:port URL")
         self._requests += 1
         self._active += 1
-        started = time.monotonic()
+        rest = _Call()
         try:
-            return await self._route(method.upper(), parts.netloc, parts.path, body or b"",
+            resp = await self._route(method.upper(), parts.netloc, parts.path, body or b"",
                                      headers or {}, url, idempotent or method.upper() != "POST",
-                                     started)
+                                     rest)
+            return dataclasses.replace(resp, retried=True) if rest.resent else resp
         finally:
             self._active -= 1
 
@@ -297,10 +310,10 @@ class ChannelPool(Layer):
     # -- REST -> gRPC ---------------------------------------------------------------------
     async def _route(self, method: str, target: str, path: str, body: bytes,
                      headers: Mapping[str, str], url: str, repeatable: bool,
-                     started: float) -> UpstreamResponse:
+                     rest: _Call) -> UpstreamResponse:
         """The REST call ``method path`` as its gRPC call; the answer as REST's."""
         call = lambda rpc, msg, reply: self._call(target, rpc, msg, reply, url,  # noqa: E731
-                                                  repeatable, started)
+                                                  repeatable, rest)
         try:
             if method == "GET" and path == "/v2/health/live":
                 live = (await call("ServerLive", pb.ServerLiveRequest(),
@@ -412,14 +425,15 @@ class ChannelPool(Layer):
 
     # -- channels -----------------------------------------------------------------------
     async def _call(self, target: str, rpc: str, msg: Any, reply: Any, url: str,
-                    repeatable: bool, started: float) -> tuple[Any, tuple[Any, ...]]:
-        """One RPC within ``upstream_timeout_s`` from ``started``: (answer, trailing metadata).
+                    repeatable: bool, rest: _Call) -> tuple[Any, tuple[Any, ...]]:
+        """One RPC within ``upstream_timeout_s`` of the REST call's start: (answer, trailing
+        metadata).
 
         Raises:
             _Refused: the upstream's own refusal (an answer, not a failure).
             UpstreamUnavailable, UpstreamTimeout, UpstreamError: the transport's.
         """
-        attempt = _Attempt()
+        attempt, started = _Attempt(), rest.started
         slot, fresh = await self._acquire(target, attempt, url, started)
         while True:
             attempt.sends += 1
@@ -454,6 +468,7 @@ class ChannelPool(Layer):
             # the stale signature on a reused channel: once more, on a fresh one replacing it
             self._retries += 1
             self._unsafe_retries += not repeatable
+            rest.resent = True
             slot, fresh = self._retire(target, slot), True
             await self._connect(slot, attempt, url, started)
 
