@@ -215,7 +215,7 @@ class ChannelPool(Layer):
 
     Args:
         config: ``enabled`` picks the form (off: a new channel per request, the
-            baseline); ``grpc_channels`` per upstream when on; ``retry_stale`` the one
+            baseline; no config: pooled); ``grpc_channels`` per upstream when on; ``retry_stale`` the one
             resend on a fresh channel; ``keepalive_timeout`` a channel's idle timeout.
         server: ``upstream_timeout_s`` (each call's deadline, connecting included),
             ``upstream_connect_timeout_s`` (connecting), ``max_upstream_response_bytes``
@@ -224,7 +224,7 @@ class ChannelPool(Layer):
 
     def __init__(self, config: PoolingConfig | None = None,
                  server: ServerConfig | None = None) -> None:
-        self._config = config or PoolingConfig(transport="grpc")
+        self._config = config or PoolingConfig(enabled=True, transport="grpc")
         server = server or ServerConfig()
         self._pooled = self._config.enabled
         self._total_s = server.upstream_timeout_s
@@ -511,8 +511,10 @@ class ChannelPool(Layer):
         calls end, within ``upstream_timeout_s``); if another request replaced it
         already, that replacement."""
         group = self._slots.setdefault(target, [])
-        if slot not in group:
-            return next((s for s in group if not s.answered), None) or self._open(target)
+        if slot not in group:  # never a channel outside the group: aclose() closes the group
+            if not group:
+                raise RuntimeError("ChannelPool is closed")
+            return next((s for s in group if not s.answered), group[0])
         fresh = self._open(target)
         group[group.index(slot)] = fresh
         task = asyncio.get_running_loop().create_task(slot.channel.close(self._total_s))
