@@ -25,7 +25,7 @@ from optkit import (ChannelPool, ConfigError, PoolingConfig, ServerConfig, Servi
                     UpstreamUnavailable, decode_infer_response, encode_infer_request, load_model)
 from optkit.service import GrpcFront, ModelServer, create_gateway, parse_upstreams
 from optkit.v2 import encode_binary_infer_request
-from optkit.v2._proto.grpc_service_pb2_grpc import \
+from optkit.v2._proto.grpc_service_pb2_grpc import GRPCInferenceServiceServicer, \
     add_GRPCInferenceServiceServicer_to_server as add_servicer
 
 INFER = "/v2/models/digits-mlp/infer"
@@ -321,6 +321,45 @@ async def test_a_stale_channel_is_resent_once_on_a_fresh_one(upstream: Upstream)
     assert decode_infer_response(second.body)["label"].shape == (1, 1)
     assert stats.retries == 1 and stats.non_idempotent_retries == 1 and stats.errors == 0
     assert stats.connections_opened == 2 and proxy.accepted == 2
+
+
+class _Foreign(GRPCInferenceServiceServicer):
+    """A gRPC server that is not optkit's (no REST status in its trailing metadata)."""
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name}")
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy")
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not this one")
+
+
+async def test_a_foreign_servers_codes_map_back_through_the_table_inverted() -> None:
+    """Without optkit's status metadata a refusal's code is mapped back (NOT_FOUND 404,
+    FAILED_PRECONDITION 409, RESOURCE_EXHAUSTED 429) with its message; UNAVAILABLE is the
+    transport's (UpstreamUnavailable), as it cannot be told from a dropped connection."""
+    server = grpc.aio.server()
+    add_servicer(_Foreign(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    base = f"grpc://127.0.0.1:{port}"
+    try:
+        async with ChannelPool(PoolingConfig(enabled=True, transport="grpc")) as pool:
+            meta = await pool.request("GET", base + "/v2/models/m")
+            ready = await pool.request("GET", base + "/v2/models/m/ready")
+            busy = await pool.request("GET", base + "/v2/health/ready")
+            with pytest.raises(UpstreamUnavailable, match="going away"):
+                await pool.request("GET", base + "/v2/health/live")
+    finally:
+        await server.stop(None)
+    assert (meta.status, orjson.loads(meta.body)) == (404, {"error": "no model m"})
+    assert (ready.status, orjson.loads(ready.body)) == (409, {"error": "not this one"})
+    assert (busy.status, orjson.loads(busy.body)) == (429, {"error": "busy"})
 
 
 def test_grpc_upstreams_and_settings_are_validated() -> None:
