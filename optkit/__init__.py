@@ -35,7 +35,7 @@ _FACE: dict[str, tuple[str, ...]] = {
             "encode_infer_request", "encode_infer_response", "decode_infer_response"),
     ".models": ("Model", "ModelConfig", "load_model", "build_repository", "digits_split",
                 "MODEL_NAMES", "ModelRepository", "RepositoryStatistics"),
-    ".layers": ("ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
+    ".layers": ("ConnectionPool", "DirectClient", "ChannelPool", "PoolStatistics", "UpstreamClient",
                 "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics",
                 "ResponseStreamer", "StreamingStatistics", "UpstreamBalancer",
                 "BalancingStatistics"),
@@ -69,9 +69,10 @@ if _TYPE_CHECKING:  # what the names resolve to, for type checkers and editors
                       latency_vs_load)
     from .lab import plotting, stats, week
     from .lab.week import report
-    from .layers import (BalancingStatistics, BatchStatistics, ConnectionPool, DirectClient,
-                         DynamicBatcher, PoolStatistics, ResponseStreamer, StreamingStatistics,
-                         UpstreamBalancer, UpstreamClient, UpstreamResponse, UpstreamStream)
+    from .layers import (BalancingStatistics, BatchStatistics, ChannelPool, ConnectionPool,
+                         DirectClient, DynamicBatcher, PoolStatistics, ResponseStreamer,
+                         StreamingStatistics, UpstreamBalancer, UpstreamClient, UpstreamResponse,
+                         UpstreamStream)
     from .models import (MODEL_NAMES, Model, ModelConfig, ModelRepository, RepositoryStatistics,
                          build_repository, digits_split, load_model)
     from .v2 import (InferRequest, TensorSpec, decode_infer_response, encode_infer_request,

@@ -90,6 +90,17 @@ class PoolingConfig:
     ``limit_per_host`` per upstream (0 = no per-host cap), idle connections
     closed after ``keepalive_timeout`` seconds, which should be shorter than
     the upstream's own idle timeout so the pool, not the server, closes them.
+
+    ``transport`` is the door of the model server the gateway goes through:
+    ``http`` (REST, :class:`~optkit.layers.ConnectionPool` / ``DirectClient``) or
+    ``grpc`` (the v2 gRPC service, :class:`~optkit.layers.ChannelPool`). It is the
+    launcher's to read: it starts the model server with a gRPC port and points the
+    gateway at ``grpc://`` (a gateway itself follows its upstream URLs' scheme).
+    Over gRPC, ``enabled: false`` opens a new channel per request and
+    ``enabled: true`` keeps ``grpc_channels`` HTTP/2 channels per upstream, taken in
+    turn, each carrying many requests at once (``limit`` and ``limit_per_host``
+    do not apply: HTTP/2 multiplexes; ``keepalive_timeout`` is the channels' idle
+    timeout; ``acquire_timeout_s`` does not apply: there is no slot to wait for).
     """
 
     enabled: bool = False
@@ -98,6 +109,8 @@ class PoolingConfig:
     keepalive_timeout: float = 15.0
     acquire_timeout_s: float = 1.0
     retry_stale: bool = True
+    transport: Literal["http", "grpc"] = "http"
+    grpc_channels: int = 2
 
     def __post_init__(self) -> None:
         _bool("pooling.enabled", self.enabled)
@@ -106,6 +119,10 @@ class PoolingConfig:
         _integer("pooling.limit_per_host", self.limit_per_host, allow_zero=True)
         _positive("pooling.keepalive_timeout", self.keepalive_timeout)
         _positive("pooling.acquire_timeout_s", self.acquire_timeout_s)
+        if self.transport not in ("http", "grpc"):
+            raise ConfigError(f"pooling.transport must be 'http' or 'grpc', "
+                              f"got {self.transport!r}")
+        _integer("pooling.grpc_channels", self.grpc_channels)
 
 
 @dataclass(frozen=True, kw_only=True)

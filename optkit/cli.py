@@ -5,7 +5,7 @@
     optkit serve model-server --repository DIR [--host H] [--port P] [--config FILE] [--workers N]
                               [--grpc-port G]
     optkit serve gateway --upstream URL[,URL...] [--host H] [--port P] [--config FILE]
-                         [--grpc-port G]
+                         [--grpc-port G]      (URL: http://host:port, or grpc://host:port)
     optkit models build --repository DIR [--models a,b] [--seed S] [--force]
     optkit bench ...        (see optkit bench --help)
       the lab (pip install 'optkit[lab]'):
@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
             p.add_argument("--channel-fd", type=int, default=None, help=argparse.SUPPRESS)
         else:
-            p.add_argument("--upstream", required=True, help="URL[,URL...] of v2 server(s)")
+            p.add_argument("--upstream", required=True,
+                           help="URL[,URL...] of v2 server(s): http(s)://host:port, or "
+                                "grpc://host:port (their v2 gRPC service)")
         p.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
         p.add_argument("--port", type=int, default=8000 if kind == "gateway" else 8001)
         p.add_argument("--config", default=None, help="service config YAML")

@@ -170,6 +170,12 @@ def test_week_runs_the_monday_notebook(monday_run: tuple[Path, pd.DataFrame]) ->
     doc = json.loads((day / "results.json").read_text())
     assert doc["day"] == "mon" and {v["metric"] for v in doc["verdicts"]} >= {"throughput_rps"}
     assert "pool" in doc
+    # the same question over gRPC (the gateway's upstream): a channel per request vs pooled
+    grpc_pool = doc["grpc"]["pool"]
+    assert grpc_pool["A: baseline-grpc"]["opened_per_1000_requests"] == 1000.0
+    assert grpc_pool["B: pooling-grpc"]["reuse_ratio"] > 0.9
+    assert {v["metric"] for v in doc["grpc"]["session"]["verdicts"]["closed:32"]} \
+        >= {"throughput_rps"}
 
 
 @pytest.mark.slow

@@ -99,7 +99,7 @@ def test_cli_help_and_models_build(tmp_path: Path) -> None:
     assert "digits-mlp-s" in out and "accuracy" in out
     bad = subprocess.run(run + ["serve", "gateway", "--upstream", "ftp://nowhere", "--port", "0"],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "not an http(s) URL" in bad.stderr
+    assert bad.returncode == 2 and "not an http(s) or grpc:// URL" in bad.stderr
 
 
 def test_a_port_taken_before_the_model_server_binds_is_retried(

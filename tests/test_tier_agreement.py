@@ -3,7 +3,8 @@
 Every case of ``tests/bad_requests.py`` is sent to a model server and to a gateway
 in front of it (real processes on 127.0.0.1, every layer on:
 ``experiments/integrated.yaml``); the gateway must answer with the model server's
-status and error message, and every error body must be JSON with an ``error``.
+status and error message, and every error body must be JSON with an ``error``. Twice:
+the gateway reaching the model server over REST, and over gRPC (issue #33, item 2).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import json
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
+import urllib.request
+
 import aiohttp
 import pytest
+import yaml
 
 from optkit.service import Stack, launch_stack
 
@@ -24,9 +28,16 @@ from bad_requests import CASES, Case, good_request
 INTEGRATED = Path(__file__).resolve().parents[1] / "experiments" / "integrated.yaml"
 
 
-@pytest.fixture(scope="module")
-def integrated(repository: Path) -> Iterator[Stack]:
-    with launch_stack(INTEGRATED, repository=repository) as running:
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def integrated(repository: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The integrated stack, its gateway reaching the model server over REST, or over gRPC
+    (``pooling.transport: grpc``: the same corpus must get the same answers)."""
+    config = yaml.safe_load(INTEGRATED.read_text())
+    config["pooling"]["transport"] = request.param
+    with launch_stack(config, repository=repository) as running:
+        if request.param == "grpc":  # the launcher pointed the gateway at the gRPC door
+            stats = json.loads(urllib.request.urlopen(running.url + "/stats", timeout=10).read())
+            assert [u.split(":")[0] for u in stats["balancing"]["upstream"]] == ["grpc"]
         yield running
 
 

@@ -3,6 +3,8 @@
 ::
 
     layers/pooling.py    ConnectionPool (and the baseline DirectClient): upstream connections
+    layers/channels.py   ChannelPool: the same upstream calls over gRPC, on pooled HTTP/2
+                         channels or a new channel per request (the baseline)
     layers/batching.py   DynamicBatcher: concurrent requests for one model become one call
     layers/streaming.py  ResponseStreamer: large answers and server-sent events leave in
                          chunks at the client's pace (backpressure, write timeout, disconnect)
@@ -17,12 +19,13 @@ A layer never imports :mod:`optkit.service`; each has a frozen config section in
 
 from .balancing import BalancingStatistics, UpstreamBalancer
 from .batching import BatchStatistics, DynamicBatcher
+from .channels import ChannelPool
 from .loading import LoadingStatistics, ModelLoader
 from .pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                       UpstreamResponse, UpstreamStream)
 from .streaming import ChunkWriter, ResponseStreamer, StreamingStatistics
 
-__all__ = ["ConnectionPool", "DirectClient", "PoolStatistics", "UpstreamClient",
+__all__ = ["ConnectionPool", "DirectClient", "ChannelPool", "PoolStatistics", "UpstreamClient",
            "UpstreamResponse", "UpstreamStream", "DynamicBatcher", "BatchStatistics",
            "ResponseStreamer", "ChunkWriter", "StreamingStatistics", "ModelLoader",
            "LoadingStatistics", "UpstreamBalancer", "BalancingStatistics"]

@@ -345,6 +345,8 @@ class UpstreamBalancer(Layer):
 def _never_sent(exc: BaseException) -> bool:
     """The request failed before any byte left: a refused or timed-out connect, and no
     earlier send on a pooled connection (the pool's stale resend) that may have reached it."""
+    if getattr(exc, "unsent", False):  # a gRPC channel that never connected (layers.channels)
+        return True
     cause = exc.__cause__
     return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)) \
         and getattr(exc, "sends", 1) <= 1

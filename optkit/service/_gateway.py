@@ -27,7 +27,9 @@ fails the batch's items without resending.
 Upstream down → 502, slow → 504, both as JSON and within the configured bounds;
 the upstream's own 4xx/5xx answers are passed through unchanged. Which upstream
 client is used is the pooling layer's switch: ``pooling.enabled: false`` (the
-baseline) opens a new connection per upstream request.
+baseline) opens a new connection per upstream request. An upstream given as
+``grpc://host:port`` is called over the v2 gRPC service (``layers.channels``: the same
+REST calls, carried as gRPC; a new channel per request, or pooled channels).
 
 Streaming (``streaming.enabled``): a request forwarded alone (batching off, or one
 that cannot merge) uses the pool's ``stream()``; an answer over ``threshold_bytes``
@@ -70,6 +72,7 @@ from ..v2 import (BINARY_HEADER, InferRequest, decode_infer_result,
                   validate_inputs)
 from ..layers.balancing import BalancingStatistics, UpstreamBalancer
 from ..layers.batching import BatchStatistics, DynamicBatcher
+from ..layers.channels import ChannelPool
 from ..layers.pooling import (ConnectionPool, DirectClient, PoolStatistics, UpstreamClient,
                               UpstreamResponse, UpstreamStream)
 from ..layers.streaming import ResponseStreamer, StreamingStatistics
@@ -95,15 +98,23 @@ _JSON_PER_BINARY_BYTE = 2.5
 
 
 def parse_upstreams(spec: str | Sequence[str]) -> list[str]:
-    """Split ``URL[,URL...]`` and check each is an http(s) base URL."""
+    """Split ``URL[,URL...]`` and check each is an http(s) base URL or a ``grpc://host:port``
+    (the v2 gRPC service, :class:`~optkit.layers.ChannelPool`); one scheme for all."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     urls = [u.strip().rstrip("/") for u in items if u.strip()]
     if not urls:
         raise ConfigError("gateway needs at least one upstream URL")
     for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"upstream {url!r} is not an http(s) URL")
+        if parts.scheme not in ("http", "https", "grpc") or not parts.hostname:
+            raise ConfigError(f"upstream {url!r} is not an http(s) or grpc:// URL")
+        if parts.scheme == "grpc":
+            if parts.path or parts.query or parts.port is None:
+                raise ConfigError(f"upstream {url!r}: a gRPC upstream is grpc://host:port, "
+                                  f"nothing after the port")
+    if len({urlsplit(u).scheme == "grpc" for u in urls}) > 1:
+        raise ConfigError(f"upstreams mix gRPC and HTTP ({', '.join(urls)}): one transport "
+                          f"for all")
     return urls
 
 
@@ -216,6 +227,8 @@ class Gateway:
         await self._balancer.aclose()
 
     def _new_client(self) -> UpstreamClient:
+        if self.upstreams[0].startswith("grpc://"):  # pooled channels, or one per request
+            return ChannelPool(self.config.pooling, self.config.server)
         if self.config.pooling.enabled:
             return ConnectionPool(self.config.pooling, self.config.server)
         return DirectClient(self.config.server)

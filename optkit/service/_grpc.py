@@ -11,7 +11,11 @@ and the handler's answer is turned back into protobuf::
 
 So a bad request gets the same message over both transports; the REST status maps to
 the gRPC code as Triton maps its errors (:data:`STATUS_CODES`; a full batcher queue, a
-503 over REST, is RESOURCE_EXHAUSTED; an upstream's, passed on by a gateway, UNAVAILABLE). Answers are whole
+503 over REST, is RESOURCE_EXHAUSTED; an upstream's, passed on by a gateway, UNAVAILABLE).
+The REST status itself rides along in the refusal's trailing metadata
+(``optkit-http-status``), and ``ModelMetadata`` sends the REST document's ``parameters``
+(``optkit-parameters-bin``): a gateway reaching this server over gRPC
+(``optkit.layers.channels``) reads them back; standard clients ignore them. Answers are whole
 (one message: the streaming layer does not cut them). ``ModelStreamInfer`` answers each
 request of the stream in order, an error as the stream's ``error_message`` (Triton's
 form) without ending it. ``ModelConfig``, the shared-memory, trace and log calls are
@@ -40,26 +44,22 @@ from multidict import CIMultiDict
 from .._exceptions import OptkitError, ProtocolError, QueueFull
 from ..v2 import BINARY_HEADER, infer_request_body, infer_response_message, json_dumps, \
     json_loads
+from ..v2._grpc_codec import HTTP_STATUS_KEY, PARAMETERS_KEY, STATUS_CODES as _STATUS_NAMES
 from ..v2._proto import grpc_service_pb2 as pb
 from ..v2._proto import grpc_service_pb2_grpc as pb_grpc
 from ._http import ServerCounters, V2Handlers, guard
 
-__all__ = ["GrpcCall", "GrpcFront", "STATUS_CODES", "attach_grpc", "GRPC_PORT_FILE_KEY"]
+__all__ = ["GrpcCall", "GrpcFront", "STATUS_CODES", "attach_grpc", "GRPC_PORT_FILE_KEY",
+           "HTTP_STATUS_KEY", "PARAMETERS_KEY"]
 
 log = logging.getLogger("optkit.grpc")
 #: where the serving process wants the bound gRPC port written (the launcher reads it)
 GRPC_PORT_FILE_KEY: web.AppKey[str] = web.AppKey("optkit_grpc_port_file", str)
 _FRONT_KEY: web.AppKey["GrpcFront"] = web.AppKey("optkit_grpc_front", object)  # type: ignore[arg-type]
 
-#: REST status -> gRPC code, as Triton maps its errors
-STATUS_CODES: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED, 409: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED, 500: grpc.StatusCode.INTERNAL,
-    501: grpc.StatusCode.UNIMPLEMENTED, 502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+#: REST status -> gRPC code, as Triton maps its errors (the protocol package's table)
+STATUS_CODES: dict[int, grpc.StatusCode] = {status: grpc.StatusCode[name]
+                                            for status, name in _STATUS_NAMES.items()}
 _UNSUPPORTED = ("ModelConfig", "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
                 "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
                 "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister", "TraceSetting",
@@ -111,11 +111,11 @@ class GrpcCall:
 
 
 class _Refusal(Exception):
-    """A handler's error answer, as a gRPC status and the REST message."""
+    """A handler's error answer, as a gRPC status, the REST message and the REST status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, status: int) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.status = code, message, status
 
 
 def _refusal(response: web.Response, error: OptkitError | None) -> _Refusal:
@@ -129,7 +129,7 @@ def _refusal(response: web.Response, error: OptkitError | None) -> _Refusal:
     code = STATUS_CODES.get(response.status, grpc.StatusCode.UNKNOWN)
     if isinstance(error, QueueFull):  # a 503 with Retry-After over REST; Triton's code for it
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    return _Refusal(code, message)
+    return _Refusal(code, message, response.status)
 
 
 def _noting(handler: Callable[[Any], Awaitable[web.StreamResponse]]
@@ -183,7 +183,9 @@ class GrpcFront(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await work
         except _Refusal as exc:
-            await context.abort(exc.code, exc.message)
+            # the REST status too (the code alone cannot tell 400 from 422, 413 from 429):
+            # a gateway whose upstream is this server over gRPC answers its clients with it
+            await context.abort(exc.code, exc.message, ((HTTP_STATUS_KEY, str(exc.status)),))
 
     # -- health and metadata ----------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -212,6 +214,9 @@ class GrpcFront(pb_grpc.GRPCInferenceServiceServicer):
         path, match = _model_path(request.name, request.version)
         doc = await self._answer(context, self._doc("model_metadata",
                                                     GrpcCall("GET", path, match, context=context)))
+        if isinstance(doc.get("parameters"), dict) and doc["parameters"]:
+            # the message has no field for them (optkit's max_batch_size, the model's metrics)
+            context.set_trailing_metadata(((PARAMETERS_KEY, json_dumps(doc["parameters"])),))
         return json_format.ParseDict(doc, pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
@@ -232,7 +237,7 @@ class GrpcFront(pb_grpc.GRPCInferenceServiceServicer):
         except ProtocolError as exc:
             # what only protobuf can get wrong: the model's 404 still comes first, as over REST
             await self._doc("model_metadata", GrpcCall("GET", path, match, context=context))
-            raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc), 400) from None
         call = GrpcCall("POST", path + "/infer", match, body,
                         {"Content-Type": "application/octet-stream", BINARY_HEADER: str(head_len)},
                         context=context)
@@ -241,7 +246,7 @@ class GrpcFront(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return infer_response_message(response.body, None if raw is None else int(raw))
         except (ProtocolError, ValueError) as exc:  # an upstream's answer a gateway passed on
-            raise _Refusal(grpc.StatusCode.INTERNAL, f"unusable v2 answer: {exc}") from None
+            raise _Refusal(grpc.StatusCode.INTERNAL, f"unusable v2 answer: {exc}", 500) from None
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         return await self._answer(context, self._model_infer(request, context))

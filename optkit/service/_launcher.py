@@ -7,6 +7,11 @@
       │    wait for F1 (the port it bound), then GET /v2/health/ready == 200
       └─ gateway       python -m optkit serve gateway --upstream http://127.0.0.1:<p1> ...
            wait the same way
+
+With ``pooling.transport: grpc`` the model server is also given ``--grpc-port <g1>`` and
+the gateway ``--upstream grpc://127.0.0.1:<g1>``: its upstream calls go over the v2 gRPC
+service (``optkit.layers.ChannelPool``), its clients still come over REST (and gRPC if
+``server.grpc_port`` is set).
     stack.stop()  SIGTERM each (the server drains in-flight requests), SIGKILL after a bound
 
 Ports are picked by the servers themselves (port 0) and reported through a file,
@@ -395,24 +400,32 @@ def _launch_pair(stack: Stack, repo: Path, wd: Path, config_path: Path, ready_ti
                  pin: Mapping[str, set[int]], start: Start) -> None:
     """Both tiers started at once (each spends ~0.5 s importing; a trial starts a stack).
 
-    The model server gets a port picked beforehand so the gateway can be told it; if
-    another process takes that port in between, the model server cannot bind, and the
-    pair is started again on a new one (at most three times).
+    The model server gets a port picked beforehand so the gateway can be told it (and a
+    gRPC port, with ``pooling.transport: grpc``); if another process takes that port in
+    between, the model server cannot bind, and the pair is started again on a new one
+    (at most three times).
     """
+    grpc_upstream = stack.config.pooling.transport == "grpc"
     for attempt in range(3):
         port = _free_port()
+        server_args, upstream = ["--repository", str(repo)], f"http://127.0.0.1:{port}"
+        if grpc_upstream:
+            grpc_port = _free_port()
+            server_args += ["--grpc-port", str(grpc_port)]
+            upstream = f"grpc://127.0.0.1:{grpc_port}"
         server = stack.services["model-server"] = start_service(
-            "model-server", ["--repository", str(repo)], workdir=wd, config_path=config_path,
+            "model-server", server_args, workdir=wd, config_path=config_path,
             cpus=pin.get("model-server"), port=port, start=start)
         gw = stack.services["gateway"] = start_service(
-            "gateway", ["--upstream", f"http://127.0.0.1:{port}"], workdir=wd,
+            "gateway", ["--upstream", upstream], workdir=wd,
             config_path=config_path, cpus=pin.get("gateway"), start=start)
         deadline = time.monotonic() + ready_timeout_s
         try:
             server.url = _wait_ready(server, wd / "model-server.port", deadline)
         except LaunchError as exc:
             gw.stop(2)
-            if attempt < 2 and "address already in use" in str(exc).lower():
+            if attempt < 2 and any(sign in str(exc).lower() for sign in
+                                   ("address already in use", "failed to bind")):
                 continue
             raise
         gw.url = _wait_ready(gw, wd / "gateway.port", deadline)

@@ -32,7 +32,24 @@ from ._stream import datatype_of
 from ._proto import grpc_service_pb2 as pb
 
 __all__ = ["infer_request_body", "infer_response_message", "parameters_dict",
-           "encode_grpc_infer_request", "pb"]
+           "encode_grpc_infer_request", "pb", "STATUS_CODES", "HTTP_STATUS_KEY",
+           "PARAMETERS_KEY"]
+
+#: trailing metadata of a refusal: the REST status it stands for (``optkit.layers.channels``
+#: reads it back; standard clients ignore it)
+HTTP_STATUS_KEY = "optkit-http-status"
+#: trailing metadata of ModelMetadata: the REST document's ``parameters`` (JSON), which the
+#: protobuf message has no field for
+PARAMETERS_KEY = "optkit-parameters-bin"
+
+#: REST status -> the name of its gRPC code (``grpc.StatusCode[name]``), as Triton maps its
+#: errors: the service answers a refusal with it, ``optkit.layers.channels`` inverts it
+STATUS_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED", 409: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED", 422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 #: v2 datatype -> the InferTensorContents field its typed values travel in (Triton's table)
 CONTENTS_FIELD = {
