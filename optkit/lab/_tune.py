@@ -238,7 +238,8 @@ def _progress(k: int, n: str, trial: Any, attrs: dict[str, Any], best: tuple[flo
         got = "not measured"
     status = "meets the SLO" if attrs.get("feasible") else f"infeasible: {attrs.get('reason')}"
     holder = f"{best[0]:,.0f} req/s (#{best[1]})" if best[1] is not None else "none yet"
-    return f"candidate {k} of {n} ({settings}): {got}, {status} | best so far {holder}"
+    return (f"candidate {k} of {n} (#{trial.number}: {settings}): {got}, {status} | best so far "
+            f"{holder}")
 
 
 def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
