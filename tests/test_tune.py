@@ -218,3 +218,41 @@ def test_ctrl_c_keeps_the_candidates_measured_and_writes_the_best(
     assert (out / "tuned.yaml").exists() and (out / "history.csv").exists()
     assert yaml.safe_load((out / "tuned.yaml").read_text())["name"] == "base-tuned"
     assert isinstance(load_config(out / "tuned.yaml"), ServiceConfig)
+
+
+# -- the tables, from a study built by hand (no servers) --------------------------------------
+
+def _study(rows: list[tuple[int, float, float, bool]]) -> Any:
+    """An in-memory study of candidates (max_batch_size, throughput, p99, feasible)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for size, tput, p99, feasible in rows:
+        trial = study.ask({"batching.max_batch_size": optuna.distributions.IntDistribution(1, 64)})
+        for key, value in {"throughput_rps": tput, "p99_ms": p99, "valid": True,
+                           "feasible": feasible, "goodput_rps": tput if feasible else 0.0}.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, tput if feasible else 0.0)
+    return study
+
+
+def test_the_tables_of_a_study_known_answers() -> None:
+    """Pareto keeps exactly the undominated (throughput up, p99 down); the best-so-far curve
+    counts only candidates that met the SLO; importances say why they are missing under 5."""
+    from optkit.lab import _tune_report as report
+
+    study = _study([(8, 100.0, 5.0, True), (16, 120.0, 8.0, True), (4, 90.0, 9.0, True),
+                    (64, 130.0, 12.0, False)])
+    hist = report.history(study, ("batching.max_batch_size",))
+    front = report.pareto(hist, "p99_ms")
+    assert list(front["throughput_rps"]) == [100.0, 120.0, 130.0]  # (90, 9 ms) is dominated
+    curve = report.best_curve(hist)
+    assert list(curve["best_goodput_rps"]) == [100.0, 120.0, 120.0, 120.0]
+    assert list(curve["best_candidate"]) == [0, 1, 1, 1]
+    table, note = report.importances(study)
+    assert table.empty and "at least 5" in note
+    six = _study([(s, 10.0 * s, 1.0, True) for s in (1, 2, 4, 8, 16, 32)])
+    table, note = report.importances(six)
+    assert list(table["parameter"]) == ["batching.max_batch_size"] and "fANOVA" in note
+    assert table["importance"].iloc[0] == pytest.approx(1.0)
