@@ -19,9 +19,11 @@ curse): the candidate that ranked first is partly the one that drew the luckiest
 a fresh paired session, planned before it runs, says whether the winner beats the base.
 
 **The budget** is wall-clock time for the whole job: a candidate is started only while the
-time left can hold one more candidate (the longest one so far, or an estimate before the first)
-plus the validation session; Ctrl-C stops the search, keeps every candidate measured so far,
-and still writes the tables and the best so far (no validation: it could not be finished).
+time left can hold one more candidate (the longest one so far) plus the validation session
+(its 2 x pairs trials at the candidates' mean cost, a quarter more for re-runs); before the
+first candidate both are estimated from warm-up + window + start-up. Ctrl-C stops the search,
+keeps every candidate measured so far, and still writes the tables and the best so far (no
+validation: it could not be finished).
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
     repo = Path(repository)
     preflight(base_cfg, repository=repo, workload=workload)
     estimate = warmup_s + duration_s + STARTUP_ESTIMATE_S
-    validation_s = 2 * pairs * estimate if validate else 0.0
+    validation_s = 2 * pairs * 1.25 * estimate if validate else 0.0
     if budget_s is not None and budget_s < estimate + validation_s:
         raise ConfigError(f"--budget {budget_s:g} s cannot hold one candidate (~{estimate:.0f} s) "
                           f"plus the validation ({pairs} pairs, ~{validation_s:.0f} s)")
@@ -317,15 +319,19 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
     git = git_state()
     n_text = str(trials) if trials is not None else "? (until the budget)"
     best = _best_so_far(study)
-    stopped, interrupted, new, longest = "", False, 0, 0.0
+    stopped, interrupted, new = "", False, 0
+    took: list[float] = []  # seconds each candidate of this run took
     while True:
         if trials is not None and new >= trials:
             stopped = f"{trials} candidate(s) measured, as asked"
             break
         if budget_s is not None:
             left = budget_s - (clock() - started)
-            each = max(estimate, longest)  # the validation's trials cost what candidates do
-            need = each * (1 + (2 * pairs if validate else 0))
+            # the next candidate may be as slow as the slowest; the validation's 2 x pairs
+            # trials cost what candidates do on average (+25 % for re-runs of invalid pairs)
+            mean = sum(took) / len(took) if took else estimate
+            need = (max(took) if took else estimate) + (
+                2 * pairs * 1.25 * mean if validate else 0.0)
             if left < need:
                 stopped = (f"budget: {left:.0f} s left, a candidate plus the validation needs "
                            f"~{need:.0f} s")
@@ -337,7 +343,7 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
                                     duration_s=duration_s, engine=engine, seed=seed, out=out,
                                     git=git, base_candidate=base_candidate)
             attrs["duration_s"] = round(clock() - t0, 2)
-            longest = max(longest, attrs["duration_s"])
+            took.append(attrs["duration_s"])
             _tell(study, trial, attrs)
             new += 1
             if attrs["feasible"] and attrs["goodput_rps"] > best[0]:
