@@ -29,9 +29,9 @@ validation: it could not be finished).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -394,6 +394,13 @@ def _finish(study: Any, space: SearchSpace, base: Any, base_cfg: ServiceConfig, 
     if best_number is None:
         verdict = (f"no candidate met {slo} at {load}: nothing to validate; see the reasons "
                    f"in {out / 'history.csv'}")
+        measured = hist[hist["valid"].astype("boolean").fillna(False).astype(bool)
+                        & hist[slo.metric].notna()]
+        if len(measured):  # how far the SLO is: the closest any valid candidate came
+            near = measured.loc[measured[slo.metric].astype(float).idxmin()]
+            verdict += (f" (the closest: candidate #{int(near['candidate'])}, "
+                        f"{slo.metric.removesuffix('_ms')} {float(near[slo.metric]):.2f} ms at "
+                        f"{float(near['throughput_rps']):,.0f} req/s)")
     else:
         row = hist[hist["candidate"] == best_number].iloc[0]
         best_row = {k: _clean(row[k]) for k in ("candidate", *space.keys, "throughput_rps",
