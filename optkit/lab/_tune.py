@@ -318,6 +318,10 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
             base_candidate = 0
     git = git_state()
     n_text = str(trials) if trials is not None else "? (until the budget)"
+    say(f"searching {len(spc.params)} knob(s) for the best throughput at {slo}, {load}: "
+        + "; ".join(f"{p.key} {p.describe()}" for p in spc.params)
+        + (f" | {len(study.trials)} candidate(s) already in {out / 'study.db'}"
+           if study.trials and resume else ""))
     best = _best_so_far(study)
     stopped, interrupted, new = "", False, 0
     took: list[float] = []  # seconds each candidate of this run took
