@@ -40,7 +40,7 @@ _FACE: dict[str, tuple[str, ...]] = {
                 "ResponseStreamer", "StreamingStatistics", "UpstreamBalancer",
                 "BalancingStatistics"),
     ".lab": ("compare", "calibrate", "Comparison", "CompareSettings", "QUICK", "STANDARD",
-             "latency_vs_load"),
+             "latency_vs_load", "tune"),
 }
 
 #: public names that are modules: name -> module
@@ -66,7 +66,7 @@ if _TYPE_CHECKING:  # what the names resolve to, for type checkers and editors
                               OptkitError, PayloadTooLarge, PoolTimeout, ProtocolError, QueueFull,
                               UpstreamError, UpstreamTimeout, UpstreamUnavailable)
     from .lab import (QUICK, STANDARD, CompareSettings, Comparison, calibrate, compare,
-                      latency_vs_load)
+                      latency_vs_load, tune)
     from .lab import plotting, stats, week
     from .lab.week import report
     from .layers import (BalancingStatistics, BatchStatistics, ChannelPool, ConnectionPool,
@@ -80,7 +80,8 @@ if _TYPE_CHECKING:  # what the names resolve to, for type checkers and editors
 
 #: what the lab needs beyond the serving install (``optkit[lab]``)
 _LAB_DEPENDENCIES = frozenset({"scipy", "pandas", "matplotlib", "seaborn", "psutil", "papermill",
-                               "nbclient", "nbconvert", "nbformat", "ipykernel", "tqdm"})
+                               "nbclient", "nbconvert", "nbformat", "ipykernel", "tqdm",
+                               "optuna"})
 
 
 def __getattr__(name: str) -> object:

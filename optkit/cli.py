@@ -13,6 +13,9 @@
     optkit soak [--minutes N] ...
     optkit compare A.yaml B.yaml [--pairs N] [--load closed:32] [--load open:2000] [--quick] [--out DIR]
     optkit calibrate CONFIG.yaml [--pairs N] [--load ...] [--out FILE]
+    optkit tune BASE.yaml --space SPACE.yaml --slo p99<=10ms [--load closed:32|open:R]
+                [--budget 15m] [--trials N] [--pairs N] [--out DIR] [--resume] [--quick]
+                (0: the winner validated; 1: none met the SLO, or no verdict; 130: Ctrl-C)
     optkit gate --base REF --head REF [--spec perf-gate.yaml] [--out DIR]  (1: regressed)
     optkit gate --arms A.yaml B.yaml [--spec ...]  |  optkit gate --simulate [--spec ...]
     optkit week [--days mon,tue] [--quick] [--out DIR]
@@ -191,6 +194,48 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """Search, validate, write: exit 0 with a verdict, 1 when no candidate met the SLO or the
+    validation reached no verdict, 2 for bad input, 130 when interrupted (results written)."""
+    lab = _lab()
+    try:
+        import optuna  # noqa: F401 - the search engine; said here, before anything starts
+    except ModuleNotFoundError:
+        print("optkit: tune needs optuna: pip install 'optkit[lab]'", file=sys.stderr)
+        return 2
+
+    def interrupted(signum: int, frame: Any) -> None:  # SIGTERM stops it like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    out = args.out or f"runs/tune-{Path(args.base).stem}"
+    try:
+        result = lab.tune(args.base, args.space, slo=args.slo, repository=args.repository,
+                          load=args.load, trials=args.trials, budget=args.budget, out_dir=out,
+                          workload=args.workload, pairs=args.pairs, warmup_s=args.warmup,
+                          duration_s=args.duration, seed=args.seed,
+                          calibration=args.calibration,
+                          quick=args.quick, resume=args.resume,
+                          validate=not args.no_validate, log=lambda line: print(line, flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"stopped: {result.stopped}")
+    if len(result.importances):
+        print("importances: " + ", ".join(f"{r.parameter} {r.importance:.2f}"
+                                          for r in result.importances.itertuples()))
+    print(f"results in {out} (history.csv, pareto.csv, importances.csv, tune.md"
+          + (", tuned.yaml" if result.tuned_path else "") + ")")
+    if result.interrupted:
+        return 130
+    if result.best is None:
+        print(f"optkit tune: no candidate met {result.slo}", file=sys.stderr)
+        return 1
+    if not args.no_validate and not result.validated:  # (a base that won needs no session)
+        print("optkit tune: the validation reached no verdict", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _gate(args: argparse.Namespace) -> int:
     """A performance gate: exit 0 passed, 1 a gated metric regressed, 2 could not judge."""
     lab = _lab()
@@ -343,6 +388,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_options(cal)
     cal.add_argument("--out", default="runs/calibration.json")
     cal.set_defaults(func=_calibrate)
+
+    tn = sub.add_parser("tune", help="search a config space for the best throughput at a "
+                        "latency SLO (Optuna), then validate the winner against the base, paired")
+    tn.add_argument("base", help="the starting config, e.g. experiments/integrated.yaml")
+    tn.add_argument("--space", required=True, help="the space file: dotted config keys -> "
+                    "{int: [lo, hi]} | {float: [lo, hi], log: true} | {choices: [...]}")
+    tn.add_argument("--slo", required=True, help="the objective, e.g. p99<=10ms")
+    tn.add_argument("--load", default="closed:32", help="closed:N or open:RATE (default closed:32)")
+    tn.add_argument("--budget", default=None, help="wall clock for the whole job, validation "
+                    "included: 15m, 900s, 1h (default 15m when --trials is not given)")
+    tn.add_argument("--trials", type=int, default=None, help="the most candidates this run adds")
+    tn.add_argument("--pairs", type=int, default=16, help="pairs of the validation session")
+    tn.add_argument("--warmup", type=float, default=1.0, help="seconds discarded per trial")
+    tn.add_argument("--duration", type=float, default=2.0, help="measured seconds per trial")
+    tn.add_argument("--seed", type=int, default=0)
+    tn.add_argument("--workload", default="digits", help="built-in workload name or YAML file")
+    tn.add_argument("--repository", default="build/models")
+    tn.add_argument("--calibration", default="runs/calibration.json",
+                    help="noise bands for the validation (defaults if absent)")
+    tn.add_argument("--out", default=None, help="the study (study.db) and results "
+                    "(default runs/tune-<base>)")
+    tn.add_argument("--resume", action="store_true", help="continue the study in --out")
+    tn.add_argument("--no-validate", action="store_true", help="search only (no verdict)")
+    tn.add_argument("--quick", action="store_true",
+                    help="0.4 + 0.8 s trials, 2 validation pairs: provisional")
+    tn.set_defaults(func=_tune)
 
     gate = sub.add_parser("gate", help="base vs head on this runner, paired: exit 1 when "
                           "a gated metric regressed beyond its band, 2 when it could not judge")

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: the lab's libraries, as imported (``optkit[lab]`` in pyproject.toml)
 LAB_MODULES = ("scipy", "pandas", "matplotlib", "seaborn", "psutil", "tqdm", "papermill",
-               "nbclient", "nbconvert", "nbformat", "ipykernel", "IPython", "jupyter_client")
+               "nbclient", "nbconvert", "nbformat", "ipykernel", "IPython", "jupyter_client",
+               "optuna")
 
 #: a Python whose import system refuses the lab's libraries, as a serving install would lack them
 BLOCKER = textwrap.dedent(f"""

@@ -10,6 +10,8 @@
     run_gate(spec, base=REF, head=REF)     two git checkouts as arms of one session; exit 1
                                            when a gated metric regressed beyond its band
     throughput_at_slo, latency_vs_load      open-loop searches and curves
+    tune(base, space, slo="p99<=10ms")     an Optuna search of a config space for the best
+                                           goodput at the SLO, the winner validated vs the base
     week/                                   the days, the runner, the roll-up and the reports
     stats, plotting                         pure statistics, and figures drawn from results
     soak, smoke, simulate                   long checked load, a quick check, the method's test bed
@@ -38,6 +40,8 @@ from ._simulate import simulate_trials
 from ._slo import SloSearch, compare_at_slo, latency_vs_load, throughput_at_slo
 from ._smoke import run_smoke
 from ._soak import SoakSettings, run_soak
+from ._tune import STUDY_NAME, TuneResult, resumed_candidates, tune
+from ._tune_space import Param, SearchSpace, Slo, load_space, parse_budget, parse_slo
 from ._trial import (ROW_COLUMNS, ProcessSampler, TrialResult, flatten_stats, load_trial,
                      memory_held_mb, memory_per_client_kb, run_trial)
 from .week import report
@@ -60,6 +64,9 @@ __all__ = [
     # searches, soak, smoke, simulation
     "throughput_at_slo", "compare_at_slo", "latency_vs_load", "SloSearch", "SoakSettings",
     "run_soak", "run_smoke", "simulate_trials",
+    # tuning
+    "tune", "TuneResult", "load_space", "SearchSpace", "Param", "Slo", "parse_slo",
+    "parse_budget", "resumed_candidates", "STUDY_NAME",
     # namespaces
     "stats", "plotting", "week", "report",
 ]

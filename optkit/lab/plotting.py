@@ -27,7 +27,10 @@ __all__ = [
     "latency_vs_load",
     "load_timeline",
     "paired_trials",
+    "param_importances",
     "service_chain",
+    "tuning_history",
+    "tuning_pareto",
     "waterfall",
 ]
 
@@ -462,4 +465,71 @@ def load_timeline(requests: pd.DataFrame, events: pd.DataFrame, *,
         ax.set_title(str(arm), fontsize="medium")
         ax.legend(fontsize="small", loc="upper right")
     axes[-1].set_xlabel("time since the run started (s)")
+    return fig
+
+
+def tuning_history(history: pd.DataFrame) -> Figure:
+    """A tuning study's candidates in the order they ran: each one's throughput (filled when
+    it met the SLO, hollow when not, with why in the table) and the best goodput so far.
+
+    Args:
+        history: ``TuneResult.history`` (candidate, throughput_rps, feasible,
+            best_goodput_rps).
+    """
+    need = {"candidate", "throughput_rps", "feasible", "best_goodput_rps"}
+    if missing := need - set(history.columns):
+        raise ValueError(f"tuning_history needs columns {sorted(missing)}")
+    fig = Figure(figsize=(8, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ok = history["feasible"].astype("boolean").fillna(False).astype(bool)
+    tput = pd.to_numeric(history["throughput_rps"], errors="coerce")
+    ax.scatter(history.loc[ok, "candidate"], tput[ok], color=_PALETTE[2], zorder=3,
+               label="met the SLO")
+    ax.scatter(history.loc[~ok, "candidate"], tput[~ok], facecolors="none",
+               edgecolors=_PALETTE[3], zorder=3, label="infeasible (measured)")
+    ax.step(history["candidate"], history["best_goodput_rps"], where="post", color="0.3",
+            label="best goodput so far")
+    ax.set_xlabel("candidate")
+    ax.set_ylabel("throughput (req/s)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def tuning_pareto(history: pd.DataFrame, front: pd.DataFrame, *, metric: str = "p99_ms",
+                  slo_ms: float | None = None) -> Figure:
+    """Throughput against the SLO's latency for every measured candidate, the Pareto front
+    joined up, the SLO drawn: the best goodput is the front's highest point left of the line.
+
+    Args:
+        history: ``TuneResult.history``; front: ``TuneResult.pareto``.
+        metric: the latency column the SLO bounds; slo_ms: its bound.
+    """
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    measured = history[pd.to_numeric(history[metric], errors="coerce").notna()]
+    ax.scatter(measured[metric], measured["throughput_rps"], color=_PALETTE[0], alpha=0.6,
+               label="candidate")
+    if len(front):
+        ax.plot(front[metric], front["throughput_rps"], marker="o", color=_PALETTE[1],
+                label="Pareto front")
+    if slo_ms is not None:
+        ax.axvline(slo_ms, color="0.3", ls=":", lw=1, label=f"SLO {slo_ms:g} ms")
+    ax.set_xlabel(f"{metric.removesuffix('_ms')} latency (ms)")
+    ax.set_ylabel("throughput (req/s)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def param_importances(importances: pd.DataFrame) -> Figure:
+    """Each knob's share of the goodput's variance (``TuneResult.importances``), as bars."""
+    fig = Figure(figsize=(7, 0.5 + 0.45 * max(1, len(importances))), layout="constrained")
+    ax = fig.subplots()
+    rows = importances.sort_values("importance")
+    ax.barh(rows["parameter"], rows["importance"], color=_PALETTE[0])
+    ax.set_xlabel("importance (fANOVA, share of goodput variance)")
+    ax.set_xlim(0, 1)
+    if not len(rows):
+        ax.text(0.5, 0.5, "not enough candidates", ha="center", va="center",
+                transform=ax.transAxes)
     return fig
