@@ -25,10 +25,11 @@ BASE = {"name": "base", "pooling": {"enabled": True}, "batching": {"enabled": Tr
 #: first candidate takes the one from the base, and no candidate is the base itself
 SPACE = {"batching.max_batch_size": {"int": [4, 64], "log": True},
          "batching.max_concurrent_batches": {"choices": [2, 3]}}
-#: short trials at a light load, against an SLO every sane candidate meets (a 1 s window: its
-#: five 0.2 s stability windows hold enough requests not to read as unstable)
+#: short trials at a light load, against an SLO every sane candidate meets, the stability gate
+#: off: on a busy 2-core machine a 1 s window's per-window CV reads over 10 % now and then (a
+#: candidate then counts as infeasible), and these tests judge the tuner, not the machine)
 TINY = dict(load="closed:4", slo="p99<=250ms", workload="digits", warmup_s=0.3, duration_s=1.0,
-            engine="builtin", log=None)
+            engine="builtin", log=None, gates={"check_stability": False})
 
 
 # -- the space, without servers ---------------------------------------------------------------

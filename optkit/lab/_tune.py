@@ -36,7 +36,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import yaml
@@ -44,6 +44,7 @@ import yaml
 from .._config import ServiceConfig, load_config
 from .._exceptions import ConfigError, OptkitError
 from .._schema import read_mapping
+from ..bench import ValidityGates
 from . import _tune_report as report
 from ._arms import preflight
 from ._comparison import Comparison
@@ -174,8 +175,8 @@ def _open_study(out: Path, identity: dict[str, Any], *, resume: bool, fresh: boo
 
 def _measure(study: Any, space: SearchSpace, base: ServiceConfig, slo: Slo, *,
              repository: Path, load: str, workload: Any, warmup_s: float, duration_s: float,
-             engine: str, seed: int, out: Path, git: Any, base_candidate: int | None
-             ) -> tuple[Any, dict[str, Any]]:
+             engine: str, seed: int, out: Path, git: Any, base_candidate: int | None,
+             gates: Any = None) -> tuple[Any, dict[str, Any]]:
     """Ask for a candidate, run its trial, and return the trial with what to record."""
     trial = study.ask()
     values = {p.key: p.suggest(trial) for p in space.params}
@@ -191,7 +192,8 @@ def _measure(study: Any, space: SearchSpace, base: ServiceConfig, slo: Slo, *,
     try:
         result = run_trial(cfg, repository=repository, load=parse_load(load, engine=engine),
                            workload=workload, warmup_s=warmup_s, duration_s=duration_s,
-                           seed=seed * 1000 + trial.number, git=git, out_dir=folder)
+                           seed=seed * 1000 + trial.number, git=git, out_dir=folder,
+                           gates=gates)
     except OptkitError as exc:
         attrs.update(reason=f"trial failed: {exc}"[:500], violation=1e6)
         return trial, attrs
@@ -250,6 +252,7 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
          warmup_s: float = 1.0, duration_s: float = 2.0, seed: int = 0, engine: str = "auto",
          calibration: Any = None, quick: bool = False, resume: bool = False,
          fresh: bool = False, validate: bool = True, clock: Callable[[], float] = time.monotonic,
+         gates: ValidityGates | Mapping[str, Any] | None = None,
          log: Callable[[str], None] | None = print) -> TuneResult:
     """Search ``space`` around ``base`` for the highest goodput at ``slo``, then validate it.
 
@@ -272,6 +275,9 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
         fresh: start over: remove a study (and its trials) already in ``out_dir``.
         validate: run the validation session (off: the search only).
         clock: the wall clock the budget is kept by (tests pass a fake one).
+        gates: the validity gates of every trial, candidates and validation alike (None: the
+            defaults; a mapping of ``ValidityGates`` fields, e.g. ``{"check_stability": False}``
+            for windows too short to hold the stability gate's five sub-windows).
         log: where the progress lines go (None: nowhere).
 
     Raises:
@@ -294,7 +300,7 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
     settings = CompareSettings(pairs=pairs, warmup_s=warmup_s, duration_s=duration_s,
                                loads=(load,), workload=str(workload) if isinstance(
                                    workload, Path) else workload, seed=seed, engine=engine,
-                               quick=quick)
+                               quick=quick, gates=gates)
     base_cfg = load_config(base)
     spc = space if isinstance(space, SearchSpace) else load_space(space, base_cfg)
     repo = Path(repository)
@@ -345,7 +351,8 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
             trial, attrs = _measure(study, spc, base_cfg, slo, repository=repo, load=load,
                                     workload=workload, warmup_s=warmup_s,
                                     duration_s=duration_s, engine=engine, seed=seed, out=out,
-                                    git=git, base_candidate=base_candidate)
+                                    git=git, base_candidate=base_candidate,
+                                    gates=settings.gates)
             attrs["duration_s"] = round(clock() - t0, 2)
             took.append(attrs["duration_s"])
             _tell(study, trial, attrs)
