@@ -70,6 +70,8 @@ def test_a_workload_file_is_one_cell_however_its_path_is_spelled(
     band = noise_band(doc, workload="../experiments/w.yaml", load="closed:32", n_pairs=16)
     assert band.deltas["throughput_rps"] == 0.03 and band.sources["throughput_rps"] == "measured"
     assert noise_band(doc, workload="w.yaml", load="closed:32").deltas == dict(DEFAULT_DELTAS)
+    # a workload given as a Path (the lab passes them so) is the same cell
+    assert cell_key(Path("../experiments/w.yaml"), "closed:32") == next(iter(doc["cells"]))
     # a file written with the raw spelling (before the key was resolved) is still read there
     raw = {"schema_version": 2, "cells": {"../experiments/w.yaml|closed:32": cell(0.05, 0.1, 16)}}
     assert noise_band(raw, workload="../experiments/w.yaml", load="closed:32",

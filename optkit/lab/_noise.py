@@ -31,20 +31,21 @@ from .stats import DEFAULT_DELTAS, METRICS, RETIRED_METRICS, metrics_for_load, s
 __all__ = ["NoiseBand", "cell_key", "workload_key", "calibration_cells", "noise_band", "load_deltas"]
 
 
-def workload_key(workload: str) -> str:
+def workload_key(workload: str | Path) -> str:
     """One spelling per workload: a workload file by its resolved path, a built-in by its name.
 
     The week's notebooks run in ``notebooks/`` and name ``../experiments/x.yaml``, the CLI and
     scripts run at the root and name ``experiments/x.yaml``: the same file, and so the same
     noise band. A name that is no existing file (``digits``) is kept as it is.
     """
+    workload = str(workload)
     if "/" not in workload and not workload.endswith((".yaml", ".yml", ".json")):
         return workload
     path = Path(workload)
     return str(path.resolve()) if path.is_file() else workload
 
 
-def cell_key(workload: str, load: str) -> str:
+def cell_key(workload: str | Path, load: str) -> str:
     """The calibration's key of a (workload, load) cell: ``digits|closed:32``."""
     return f"{workload_key(workload)}|{load}"
 
