@@ -14,7 +14,7 @@ WEEK_ARGS ?=
 
 .PHONY: week test install models wrk chromium smoke calibrate clean faults soak ray-check fuzz \
 	external external-example third-party soak-short heavy \
-	mlserver vs-mlserver gate-check gate-demo triton triton-check jupyterlab-check grpc-proto
+	mlserver vs-mlserver gate-check tune-check gate-demo triton triton-check jupyterlab-check grpc-proto
 
 # Measure the baseline's cell (digits, closed:32) again; the other cells are kept.
 calibrate: models
@@ -195,6 +195,11 @@ triton-check: $(STAMP) models triton
 gate-check: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_gate.py tests/test_gate_workflow.py
 
+# optkit tune's live tests in full (tests/test_tune.py, ~1 min): resume, budget, Ctrl-C and an
+# SLO no candidate meets, on real stacks; make test keeps its tiny tune and notebook 07's quick mode.
+tune-check: $(STAMP) models
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_tune.py
+
 # Monday's notebook in JupyterLab as a person runs it (tests/test_jupyterlab.py, ~1 min):
 # JupyterLab on loopback, Chromium driven by Playwright, Run All Cells, then Save; progress
 # seen in the cell while the session runs, none left in the saved notebook. Screenshots in
@@ -210,7 +215,7 @@ gate-demo: $(STAMP)
 
 # Every heavy suite, one after another (each runs even if one before it failed), then a
 # line per suite with its outcome and time (also in runs/heavy.txt); fails if any failed.
-HEAVY_SUITES := faults fuzz ray-check external soak-short gate-check jupyterlab-check
+HEAVY_SUITES := faults fuzz ray-check external soak-short gate-check tune-check jupyterlab-check
 heavy: $(STAMP) models
 	@mkdir -p runs; : > runs/heavy.txt; failed=0; \
 	for suite in $(HEAVY_SUITES); do \

@@ -159,6 +159,7 @@ def test_a_tiny_tune_writes_a_study_a_tuned_experiment_and_a_verdict(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # make tune-check (make heavy): keeps make test under 10 min
 def test_resume_adds_candidates_to_the_same_study(repository: Path, tmp_path: Path) -> None:
     """A second run with resume continues the study (2 + 1 candidates, numbered on); without
     resume the folder is refused, and a resume with another space is refused."""
@@ -184,6 +185,7 @@ def test_resume_adds_candidates_to_the_same_study(repository: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # make tune-check (make heavy): keeps make test under 10 min
 def test_cli_exits_1_when_no_candidate_meets_the_slo(repository: Path, tmp_path: Path,
                                                       capsys: Any) -> None:
     """An SLO nothing can meet: exit 1, the reason recorded per candidate, no tuned.yaml."""
@@ -215,6 +217,7 @@ class TrialClock:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # make tune-check (make heavy): keeps make test under 10 min
 def test_the_budget_stops_starting_candidates(repository: Path, tmp_path: Path) -> None:
     """Each candidate costs 100 s of the clock; with 350 s and no validation the fourth would
     start with 50 s left, less than the 100 s the longest one took: three candidates run."""
@@ -226,6 +229,7 @@ def test_the_budget_stops_starting_candidates(repository: Path, tmp_path: Path) 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # make tune-check (make heavy): keeps make test under 10 min
 def test_ctrl_c_keeps_the_candidates_measured_and_writes_the_best(
         repository: Path, tmp_path: Path) -> None:
     """A KeyboardInterrupt after the second candidate: both stay in the study and the tables,
