@@ -201,6 +201,7 @@ def run_bench(target: str, load: LoadSpec,
     meta: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "engine": engine, "engine_requested": load.engine,
         "mode": load.mode, "load": load.label, "load_spec": load.to_dict(), "target": tgt.url,
+        "transport": tgt.transport,
         "models": list(pool.model_names), "workload": wl.to_dict(), "seed": seed,
         "warmup_s": warmup_s, "duration_s": duration_s, "timeout_s": timeout_s,
         "rate": load.rate if load.mode == "open" else None, "pool_size": len(pool),

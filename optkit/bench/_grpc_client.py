@@ -28,7 +28,8 @@ from ..v2 import encode_grpc_infer_request, parse_infer_request
 from ..v2._proto import grpc_service_pb2 as pb
 from ._workload import InputSpec
 
-__all__ = ["GrpcSlot", "MODEL_INFER", "grpc_request", "grpc_probe", "grpc_check_infer"]
+__all__ = ["GrpcSlot", "MODEL_INFER", "grpc_request", "grpc_probe", "grpc_check_infer",
+           "grpc_ready"]
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 #: gRPC code -> the REST status it stands for (the inverse of the servers' mapping)
@@ -116,6 +117,17 @@ def _stub_call(channel: grpc.Channel, name: str, request: Any, response: Any,
         return call(request, timeout=timeout_s)
     except grpc.RpcError as exc:
         raise BenchError(f"gRPC {name} failed: {exc.code().name}: {exc.details()}") from None
+
+
+def grpc_ready(target: str, timeout_s: float = 1.0) -> bool | None:
+    """``ServerReady`` of ``host:port``: True or False as it answers, None when it gives no
+    answer (not listening yet, or an error): a started server's readiness, polled."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            return bool(_stub_call(channel, "ServerReady", pb.ServerReadyRequest(),
+                                   pb.ServerReadyResponse, timeout_s).ready)
+    except BenchError:
+        return None
 
 
 def grpc_probe(target: str, models: Sequence[str], *, timeout_s: float = 2.0,
