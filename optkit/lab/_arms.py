@@ -27,7 +27,22 @@ batches on its own serves best behind a gateway that merges with its batching of
 ``service.log`` of the trial folder; it is ready when ``ready_url`` answers 200 (bounded by
 ``startup_timeout_s``) and is stopped after the trial (SIGTERM to the group, SIGKILL after
 ``stop_timeout_s``). ``{port}`` anywhere in ``command``, ``url``, ``ready_url`` or ``env``
-is a free loopback port picked per start, so two trials never race for one. A ``url`` arm is
+is a free loopback port picked per start, so two trials never race for one; ``{grpc_port}``
+is a second one, for a service's gRPC front end.
+
+**Over gRPC.** ``url: grpc://127.0.0.1:{grpc_port}`` makes the trials' load go to the v2 gRPC
+service (``GRPCInferenceService``, the built-in engine; wrk speaks HTTP only)::
+
+    kind: command
+    command: [optkit, serve, model-server, ..., --port, "{port}", --grpc-port, "{grpc_port}"]
+    url: grpc://127.0.0.1:{grpc_port}
+    ready_url: http://127.0.0.1:{port}/v2/models/digits-sklearn/ready   (or grpc://...: its
+                                            ServerReady; the default for a gRPC url is the url)
+
+When ``ready_url`` is HTTP, its origin (``http://127.0.0.1:{port}``) is the service's REST side,
+where a trial reads its Triton statistics (the breakdown); a gRPC-only service gives none.
+optkit's model server serves gRPC from one process: a command with ``--grpc-port`` and
+``--workers`` > 1 is refused when the arm is loaded. A ``url`` arm is
 never restarted: its trials share one process and are *not independent* (state, caches and
 memory carry over), which the results say. Relative ``cwd`` is taken from the arm file's
 folder. Only loopback URLs are accepted, like ``optkit bench``. :func:`preflight` finds,
@@ -52,6 +67,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from .._config import load_config
 from .._exceptions import BenchError, ConfigError, LaunchError, OptkitError
@@ -64,12 +80,29 @@ __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
 _KEYS = {"kind", "name", "command", "url", "ready_url", "env", "cwd", "startup_timeout_s",
          "stop_timeout_s", "description", "gateway", "fronted"}
 _KINDS = ("command", "url")
+#: the per-start port placeholders: the service's (REST) port, and a second for its gRPC
+_PLACEHOLDERS = ("{port}", "{grpc_port}")
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _free_ports(n: int) -> list[str]:
+    """``n`` distinct free loopback ports (held open together, so never the same one twice)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [str(sock.getsockname()[1]) for sock in socks]
+
+
+def _fill(text: str, port: str, grpc_port: str) -> str:
+    """``text`` with ``{port}`` and ``{grpc_port}`` replaced."""
+    return text.replace("{port}", port).replace("{grpc_port}", grpc_port)
 
 
 @dataclass(frozen=True)
@@ -83,6 +116,8 @@ class ExternalStack:
     gateway_url: str | None = None
     #: the service itself when optkit's gateway is in front of it (``url`` is the gateway's)
     upstream_url: str | None = None
+    #: the service's REST side when its url is gRPC (its statistics are read there), or None
+    stats_url: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,9 +166,13 @@ class ExternalArm:
             if extra:
                 raise ConfigError(f"{fields.where}: a url arm is never started; drop "
                                   f"{', '.join(sorted(extra))}")
-            if "{port}" in kw["url"]:
-                raise ConfigError(f"{fields.where}: a url arm needs a fixed port, not {{port}}")
-        kw["ready_url"] = fields.text("ready_url", kw["url"].rstrip("/") + "/v2/health/ready")
+            for placeholder in _PLACEHOLDERS:
+                if placeholder in kw["url"]:
+                    raise ConfigError(f"{fields.where}: a url arm needs a fixed port, not "
+                                      f"{placeholder}")
+        grpc_url = kw["url"].startswith("grpc://")
+        kw["ready_url"] = fields.text(
+            "ready_url", kw["url"] if grpc_url else kw["url"].rstrip("/") + "/v2/health/ready")
         if fields.get("description", None) is not None:
             kw["description"] = fields.text("description")
         if fields.get("gateway", None) is not None:
@@ -146,8 +185,32 @@ class ExternalArm:
                                   f"of the setting to put behind the gateway)")
             kw["fronted"] = str(path.resolve())
         arm = cls(**kw)
-        arm._check_urls(arm.url.replace("{port}", "1"), arm.ready_url.replace("{port}", "1"))
+        arm._check_urls(_fill(arm.url, "1", "2"), _fill(arm.ready_url, "1", "2"))
+        arm._check_grpc()
         return arm
+
+    @property
+    def transport(self) -> str:
+        """How the trials' load reaches the arm: "grpc" when it goes to a ``grpc://`` url, else
+        "http" (also with optkit's gateway in front: the gateway takes REST, and calls a gRPC
+        url as its upstream over gRPC)."""
+        return "grpc" if self.url.startswith("grpc://") and self.gateway is None else "http"
+
+    def _check_grpc(self) -> None:
+        """What cannot work over gRPC, said when the arm is loaded."""
+        where = f"arm {self.name!r}"
+        if self.kind != "command" or "--grpc-port" not in self.command:
+            return
+        command = list(self.command)
+        if "model-server" in command and "serve" in command:
+            workers = next((command[i + 1] for i, c in enumerate(command[:-1])
+                            if c == "--workers"), None)
+            workers = workers or next((c.split("=", 1)[1] for c in command
+                                       if c.startswith("--workers=")), "1")
+            if workers.isdigit() and int(workers) > 1:
+                raise ConfigError(f"{where}: optkit's model server serves gRPC from one process; "
+                                  f"--grpc-port with --workers {workers} cannot start (use "
+                                  f"--workers 1, or REST for {workers} workers)")
 
     def _check_urls(self, *urls: str) -> None:
         for url in urls:
@@ -217,10 +280,10 @@ class ExternalArm:
     def _service(self, log_dir: str | Path | None) -> Iterator[ExternalStack]:
         if self.kind == "url":
             self.preflight()
-            yield ExternalStack(self.url)
+            yield ExternalStack(self.url, stats_url=self._stats_url(self.url, self.ready_url))
             return
-        port = str(_free_port())
-        fill = lambda s: s.replace("{port}", port)  # noqa: E731 - one placeholder, one rule
+        port, grpc_port = _free_ports(2)
+        fill = lambda s: _fill(s, port, grpc_port)  # noqa: E731 - the placeholders, one rule
         url, ready = fill(self.url), fill(self.ready_url)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **{k: fill(v) for k, v in self.env.items()}}
         folder = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="optkit-arm-"))
@@ -236,11 +299,21 @@ class ExternalArm:
                                   f"{exc}") from None
             try:
                 self._wait_ready(proc, ready, log_path)
-                yield ExternalStack(url, _process_tree(proc.pid), log_path)
+                yield ExternalStack(url, _process_tree(proc.pid), log_path,
+                                    stats_url=self._stats_url(url, ready))
             finally:
                 _stop_group(proc, self.stop_timeout_s)
         if not log_dir:
             shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _stats_url(url: str, ready: str) -> str | None:
+        """Where a trial reads the service's statistics: its url when that is REST; for a gRPC
+        url, the origin of an HTTP ``ready_url`` (its REST side), else none."""
+        if not url.startswith("grpc://"):
+            return None  # the trial reads the url itself
+        parts = urlsplit(ready)
+        return f"{parts.scheme}://{parts.netloc}" if parts.scheme == "http" else None
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], ready: str, log_path: Path) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -285,7 +358,8 @@ def _gateway_in_front(upstream: ExternalStack, config: Mapping[str, Any],
                              config_path=config_path, ready_timeout_s=timeout_s)
     try:
         yield ExternalStack(gateway.url, {**upstream.pids, "gateway": gateway.pid},
-                            upstream.log_path, gateway_url=gateway.url, upstream_url=upstream.url)
+                            upstream.log_path, gateway_url=gateway.url, upstream_url=upstream.url,
+                            stats_url=upstream.stats_url)
     finally:
         gateway.stop(load_config(dict(config)).server.shutdown_timeout_s + 5)
         if not log_dir:
@@ -293,6 +367,13 @@ def _gateway_in_front(upstream: ExternalStack, config: Mapping[str, Any],
 
 
 def _get_status(url: str, timeout_s: float) -> int | None:
+    """The status a GET of ``url`` answers (None: no answer); for a ``grpc://host:port`` url,
+    200 when its ``ServerReady`` says ready, 503 when not, None when it does not answer."""
+    if url.startswith("grpc://"):
+        from ..bench._grpc_client import grpc_ready  # grpc only for gRPC arms
+
+        ready = grpc_ready(parse_target(url).grpc_target, timeout_s)
+        return None if ready is None else 200 if ready else 503
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback
             return int(resp.status)
