@@ -94,6 +94,10 @@ def compare(a: Any, b: Any, *, repository: str | Path,
         cfg_b = cfg_b.replace(name=cfg_b.name + "-B")
     settings = dataclasses.replace(settings or STANDARD, **overrides)
     preflight(cfg_a, cfg_b, repository=repository, workload=settings.workload)
+    # an arm over gRPC (a grpc:// url): the built-in generator for both arms, wrk refused now
+    grpc = any(getattr(cfg, "transport", "http") == "grpc" for cfg in (cfg_a, cfg_b))
+    for load_text in settings.loads:
+        parse_load(load_text, engine=settings.engine, grpc=grpc)
     started_arms: set[str] = set()  # arms that ran a trial at least once
     rng = np.random.default_rng(settings.seed)
     out = Path(out_dir) if out_dir else None
@@ -106,7 +110,7 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     bar = progress_bar(len(plan) * 2, progress, f"{cfg_a.name} vs {cfg_b.name}")
     invalid_ids = 0
     for load_text, pair in plan:
-        load = parse_load(load_text, engine=settings.engine)
+        load = parse_load(load_text, engine=settings.engine, grpc=grpc)
         for attempt in range(settings.max_reruns + 1):
             order = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
             pair_rows = []

@@ -81,16 +81,23 @@ class CompareSettings:
         return metrics if load is None else metrics_for_load(metrics, load)
 
 
-def parse_load(text: str, *, engine: str = "auto") -> Any:
+def parse_load(text: str, *, engine: str = "auto", grpc: bool = False) -> Any:
     """``closed:32`` -> closed loop at 32 connections; ``open:2000`` -> 2,000 req/s offered.
 
     ``engine="auto"`` uses wrk for closed loops when it is installed, else the built-in
     generator; open loops always use the built-in one (wrk cannot keep a schedule) with
-    Poisson arrivals, the realistic model of independent clients.
+    Poisson arrivals, the realistic model of independent clients. ``grpc``: an arm of the
+    session is measured over gRPC, which wrk cannot speak: "auto" is then the built-in
+    generator (for both arms, so they are measured alike) and "wrk" a ConfigError.
     """
     spec = LoadSpec.parse(str(text))
     if spec.mode == "open":
         return dataclasses.replace(spec, arrival="poisson", engine="builtin")
+    if grpc and engine == "wrk":
+        raise ConfigError("engine 'wrk' speaks HTTP only, and an arm of this session is "
+                          "measured over gRPC (a grpc:// url): use engine 'builtin' (or 'auto')")
+    if grpc and engine == "auto":
+        engine = "builtin"
     chosen = engine if engine != "auto" else ("wrk" if wrk_available() else "builtin")
     return dataclasses.replace(spec, engine=chosen)
 

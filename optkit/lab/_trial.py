@@ -66,9 +66,9 @@ from ._manifest import environment_manifest
 __all__ = ["TrialResult", "ROW_COLUMNS", "run_trial", "load_trial", "memory_per_client_kb",
            "memory_held_mb", "ProcessSampler", "flatten_stats"]
 
-ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "throughput_rps", "p50_ms", "p90_ms",
-               "p99_ms", "p999_ms", "max_ms", "mem_per_client_kb", "mem_held_mb", "ttfb_p50_ms",
-               "ttfb_p99_ms",
+ROW_COLUMNS = ("pair", "position", "arm", "label", "load", "transport", "throughput_rps",
+               "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mem_per_client_kb",
+               "mem_held_mb", "ttfb_p50_ms", "ttfb_p99_ms",
                "gateway_peak_mb", "model_server_peak_mb", "gateway_grown_mb",
                "model_server_grown_mb", "offered_rps", "achieved_fraction", "dropped", "errors",
                "valid", "invalid_reasons", "gateway_cpu_percent", "model_server_cpu_percent",
@@ -279,14 +279,23 @@ class TrialResult:
 
     def __repr__(self) -> str:
         s = self.bench.summary
-        return (f"<TrialResult {self.label} {self.load} [{s.get('throughput_rps', 0):,.0f} req/s,"
+        return (f"<TrialResult {self.label} {self.load} {self.transport} "
+                f"[{s.get('throughput_rps', 0):,.0f} req/s,"
                 f" p99 {s.get('p99_ms')} ms | {'valid' if self.valid else 'INVALID'}]>")
+
+    @property
+    def transport(self) -> str:
+        """How the load generator reached the service: "http" (REST) or "grpc" (the v2 gRPC
+        service), as its run recorded (runs before 2026-12-06 say it by their target)."""
+        s = self.bench.summary
+        return str(s.get("transport") or
+                   ("grpc" if str(s.get("target", "")).startswith("grpc://") else "http"))
 
     def row(self, **overrides: Any) -> dict[str, Any]:
         """One row of the tidy trial table (``pair``/``position``/``arm`` may be given)."""
         s = self.bench.summary
         row = {"pair": self.pair, "position": self.position, "arm": self.arm,
-               "label": self.label, "load": self.load,
+               "label": self.label, "load": self.load, "transport": self.transport,
                "throughput_rps": s.get("throughput_rps"), "p50_ms": s.get("p50_ms"),
                "p90_ms": s.get("p90_ms"), "p99_ms": s.get("p99_ms"), "p999_ms": s.get("p999_ms"),
                "max_ms": s.get("max_ms"), "mem_per_client_kb": self.mem_per_client_kb,
@@ -333,7 +342,8 @@ class TrialResult:
     def to_dict(self) -> dict[str, Any]:
         """Everything but the raw records, JSON-ready (``trial.json``)."""
         return {"schema_version": self.bench.summary.get("schema_version"), "label": self.label,
-                "load": self.load, "services": self.services, "stats_before": self.stats_before,
+                "load": self.load, "transport": self.transport, "services": self.services,
+                "stats_before": self.stats_before,
                 "stats_after": self.stats_after, "mem_per_client_kb": self.mem_per_client_kb,
                 "mem_held_mb": self.mem_held_mb,
                 "manifest": self.manifest, "valid": self.valid,
@@ -357,6 +367,7 @@ def load_trial(path: str | Path) -> TrialResult:
     except (OSError, orjson.JSONDecodeError) as exc:
         raise BenchError(f"{folder} is not a trial folder: {exc}") from None
     doc.pop("schema_version", None)
+    doc.pop("transport", None)  # the run's own summary says it
     doc["invalid_reasons"] = tuple(doc.get("invalid_reasons") or ())
     doc["events"] = tuple(doc.get("events") or ())
     # trials recorded before 2026-12-06 hold mem_per_request_kb (÷ requests in flight), never
@@ -394,6 +405,9 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         the :class:`TrialResult`, written to ``out_dir`` when given.
     """
     cfg = load_arm(config)  # an optkit config, or an external arm (command / url)
+    if getattr(cfg, "transport", "http") == "grpc" and load.engine == "wrk":
+        raise ConfigError(f"arm {cfg.name!r} is measured over gRPC ({cfg.url}): engine 'wrk' "
+                          f"speaks HTTP only; use engine 'builtin'")
     label = label or cfg.name
     pins = dict(cpus or {})
     bench_cpus = pins.pop("bench", None)
@@ -455,11 +469,13 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
 
 def _stats_tiers(stack: Any) -> dict[str, str]:
     """The URLs whose statistics a trial polls: the gateway's, and the server's behind it (an
-    external arm's own URL when nothing is in front of it)."""
+    external arm's own URL when nothing is in front of it; its REST side, ``stats_url``, when
+    that URL is gRPC). Statistics are read over REST only: a gRPC-only server gives none."""
     gateway = getattr(stack, "gateway_url", None)
-    server = (getattr(stack, "model_server_url", None) or getattr(stack, "upstream_url", None)
-              or (None if gateway else stack.url))
-    return {tier: url for tier, url in (("gateway", gateway), ("model-server", server)) if url}
+    server = (getattr(stack, "model_server_url", None) or getattr(stack, "stats_url", None)
+              or getattr(stack, "upstream_url", None) or (None if gateway else stack.url))
+    return {tier: url for tier, url in (("gateway", gateway), ("model-server", server))
+            if url and not url.startswith("grpc://")}
 
 
 def _breakdown(bench: BenchResult, pollers: Mapping[str, StatsPoller]
