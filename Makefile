@@ -184,7 +184,7 @@ ray-check: $(STAMP)
 external: $(STAMP) models third-party
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_external_arms.py \
 	    tests/test_bench_any_target.py tests/test_vs_mlserver.py tests/test_triton.py \
-	    tests/test_third_party_gateway.py
+	    tests/test_third_party_gateway.py tests/test_lab_grpc.py
 
 # Triton's arm alone (make triton, then its test; ~20 s).
 triton-check: $(STAMP) models triton

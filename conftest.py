@@ -27,7 +27,7 @@ INTEGRATION_MODULES = frozenset({
     "test_crosstalk", "test_fault_disconnect", "test_fault_overflow",
     "test_fault_balancing", "test_model_server_workers", "test_external_arms",
     "test_bench_any_target", "test_descriptors", "test_vs_mlserver", "test_gate", "test_onnx",
-    "test_grpc", "test_bench_grpc_client", "test_channels",
+    "test_grpc", "test_bench_grpc_client", "test_channels", "test_lab_grpc",
 })
 
 #: test modules that assert bounds on time, rate or CPU, or run work under load: ``make test``

@@ -100,6 +100,36 @@ def test_presets_hold_what_their_names_say() -> None:
     assert yaml.safe_load(config.read_text())["batching"]["enabled"] is True
 
 
+def test_grpc_arms_measure_the_same_servers_over_grpc() -> None:
+    """grpc/: optkit's model server (1 process: gRPC serves one) and MLServer pw0-batch-lean,
+    the load on {grpc_port}, readiness over HTTP; MLServer's gRPC preset is pw0-batch-lean's
+    settings without "grpc_port" (settings.json beats MLSERVER_GRPC_PORT), same model."""
+    grpc = ARMS / "grpc"
+    optkit, mlserver = (lab.load_arm(grpc / f"{name}-grpc.yaml")
+                        for name in ("optkit-1p-batching", "mlserver-pw0-batch-lean"))
+    for arm in (optkit, mlserver):
+        assert arm.transport == "grpc" and arm.url == "grpc://127.0.0.1:{grpc_port}"
+        assert arm.ready_url == "http://127.0.0.1:{port}/v2/models/digits-sklearn/ready"
+    command = list(optkit.command)
+    assert "--workers" not in command and command[command.index("--grpc-port") + 1] == \
+        "{grpc_port}"
+    rest = lab.load_arm(ARMS / "optkit-1p-batching.yaml")
+    assert [c for c in command if c not in ("--grpc-port", "{grpc_port}")] == [
+        "../" + c if c.startswith("../") else c for c in rest.command]  # one folder deeper
+    assert mlserver.env["MLSERVER_GRPC_PORT"] == "{grpc_port}"
+    folder, preset = Path(mlserver.cwd or ""), ARMS / "mlserver-pw0-batch-lean"
+    settings = json.loads((folder / "settings.json").read_text())
+    assert "grpc_port" not in settings
+    assert settings == {k: v for k, v in json.loads((preset / "settings.json").read_text()).items()
+                        if k != "grpc_port"}
+    model = json.loads((folder / "digits-sklearn" / "model-settings.json").read_text())
+    same = json.loads((preset / "digits-sklearn" / "model-settings.json").read_text())
+    assert {k: v for k, v in model.items() if k != "parameters"} == \
+        {k: v for k, v in same.items() if k != "parameters"}
+    assert (folder / "digits-sklearn" / model["parameters"]["uri"]).resolve() == \
+        (preset / "digits-sklearn" / same["parameters"]["uri"]).resolve()
+
+
 def test_a_missing_mlserver_venv_is_named(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """An MLServer arm without its venv stops before any trial, saying how to make it."""
