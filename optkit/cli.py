@@ -391,9 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tn = sub.add_parser("tune", help="search a config space for the best throughput at a "
                         "latency SLO (Optuna), then validate the winner against the base, paired")
-    tn.add_argument("base", help="the starting config, e.g. experiments/integrated.yaml")
-    tn.add_argument("--space", required=True, help="the space file: dotted config keys -> "
-                    "{int: [lo, hi]} | {float: [lo, hi], log: true} | {choices: [...]}")
+    tn.add_argument("base", help="the starting config, e.g. experiments/integrated.yaml, or "
+                    "an arm file (kind: command) whose parameters: the space names as arm.NAME")
+    tn.add_argument("--space", required=True, help="the space file: dotted config keys (or "
+                    "arm.NAME) -> {int: [lo, hi]} | {float: [lo, hi], log: true} | "
+                    "{choices: [...]}")
     tn.add_argument("--slo", required=True, help="the objective, e.g. p99<=10ms")
     tn.add_argument("--load", default="closed:32", help="closed:N or open:RATE (default closed:32)")
     tn.add_argument("--budget", default=None, help="wall clock for the whole job, validation "

@@ -147,6 +147,10 @@ def _check_key(key: Any, where: str) -> None:
         raise ConfigError(f"{where}: {key!r} must be a config key as section.key "
                           f"(e.g. batching.max_batch_size)")
     section, field = key.split(".")
+    if section == "arm":
+        raise ConfigError(f"{where}: {key}: arm.NAME keys search an arm file's own parameters, "
+                          f"but the base is an optkit config: tune the arm file (kind: command, "
+                          f"parameters: ...) instead")
     if section not in _SECTIONS:
         raise ConfigError(f"{where}: {key}: unknown section {section!r} "
                           f"(known: {', '.join(sorted(_SECTIONS))})")
