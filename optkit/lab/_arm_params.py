@@ -26,6 +26,7 @@ checked when the file loads:
 
 from __future__ import annotations
 
+import math
 import re
 from numbers import Real
 from typing import Any, Iterable, Mapping
@@ -60,7 +61,7 @@ def render(text: str, values: Mapping[str, Any]) -> str:
 def _is_value(value: Any) -> bool:
     if isinstance(value, (str, bool)):
         return True
-    return isinstance(value, Real) and value == value and abs(float(value)) != float("inf")
+    return isinstance(value, Real) and math.isfinite(value)
 
 
 def check_parameters(declared: Any, texts: Iterable[tuple[str, str]], *, where: str

@@ -44,11 +44,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
-import yaml
 
-from .._config import ServiceConfig, load_config
+from .._config import ServiceConfig
 from .._exceptions import ConfigError, OptkitError
-from .._schema import read_mapping
 from ..bench import ValidityGates
 from . import _tune_report as report
 from ._arms import ExternalArm, preflight
@@ -58,7 +56,8 @@ from ._session import compare
 from ._settings import CompareSettings, parse_load
 from ._trial import run_trial
 from ._tune_arm import load_arm_space, load_tune_base, write_tuned_arm
-from ._tune_space import SearchSpace, Slo, load_space, parse_budget, parse_slo, set_values
+from ._tune_space import (SearchSpace, Slo, load_space, parse_budget, parse_slo,
+                          write_tuned_config)
 
 __all__ = ["tune", "TuneResult", "resumed_candidates", "STUDY_NAME", "STARTUP_ESTIMATE_S"]
 
@@ -436,8 +435,8 @@ def _finish(study: Any, space: SearchSpace, base: Any, base_cfg: ServiceConfig |
             tuned_path = write_tuned_arm(out / "tuned.yaml", base, base_cfg, overrides, best_row,
                                          slo, load)
         else:
-            tuned_path = _write_tuned(out / "tuned.yaml", base, base_cfg, overrides, best_row,
-                                      slo, load)
+            tuned_path = write_tuned_config(out / "tuned.yaml", base, base_cfg, overrides,
+                                            best_row, slo, load)
         verdict = (f"best found: candidate #{best_number}, {best_score:,.0f} req/s at "
                    f"{slo.metric.removesuffix('_ms')} {best_row[slo.metric]:.2f} ms "
                    f"(one trial: not yet a claim)")
@@ -498,26 +497,6 @@ def _judge(cmp: Comparison, slo: Slo, load: str) -> tuple[str, dict[str, Any]]:
         text += (f"; note: the tuned config's mean {slo.metric.removesuffix('_ms')} in the "
                  f"validation was {tuned_latency:.2f} ms, over the SLO")
     return text, data
-
-
-def _write_tuned(path: Path, base: Any, base_cfg: ServiceConfig, overrides: dict[str, Any],
-                 best: dict[str, Any], slo: Slo, load: str) -> Path:
-    """The base experiment file with the winning keys set, named ``<base>-tuned``."""
-    if isinstance(base, (str, Path)):
-        doc = read_mapping(base, what="config")
-    else:
-        doc = base_cfg.to_dict()
-    doc = set_values(doc, overrides)
-    doc = {"name": f"{base_cfg.name}-tuned", **{k: v for k, v in doc.items() if k != "name"}}
-    load_config(doc)  # what is written loads as an experiment
-    old = {k: base_cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] for k in overrides}
-    head = (f"# optkit tune: {base_cfg.name} + the winning candidate #{best['candidate']} at "
-            f"{slo}, {load}\n" + "".join(
-                f"#   {k}: {old[k]!r} -> {v!r}\n" if old[k] != v
-                else f"#   {k}: {v!r} (the base's)\n" for k, v in overrides.items()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def _save(result: TuneResult) -> None:
