@@ -16,6 +16,7 @@
     optkit tune BASE.yaml --space SPACE.yaml --slo p99<=10ms [--load closed:32|open:R]
                 [--budget 15m] [--trials N] [--pairs N] [--out DIR] [--resume] [--quick]
                 (0: the winner validated; 1: none met the SLO, or no verdict; 130: Ctrl-C)
+                BASE.yaml may be an arm file (kind: command) with parameters: (arm.NAME)
     optkit gate --base REF --head REF [--spec perf-gate.yaml] [--out DIR]  (1: regressed)
     optkit gate --arms A.yaml B.yaml [--spec ...]  |  optkit gate --simulate [--spec ...]
     optkit week [--days mon,tue] [--quick] [--out DIR]
