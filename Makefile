@@ -195,10 +195,11 @@ triton-check: $(STAMP) models triton
 gate-check: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_gate.py tests/test_gate_workflow.py
 
-# optkit tune's live tests in full (tests/test_tune.py, ~1 min): resume, budget, Ctrl-C and an
-# SLO no candidate meets, on real stacks; make test keeps its tiny tune and notebook 07's quick mode.
+# optkit tune's live tests in full (tests/test_tune.py, test_tune_arm.py, ~1 min): resume, budget,
+# Ctrl-C, an SLO no candidate meets, a templated arm, on real stacks; make test keeps its tiny tune
+# and notebook 07's quick mode.
 tune-check: $(STAMP) models
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_tune.py
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_tune.py tests/test_tune_arm.py
 
 # Monday's notebook in JupyterLab as a person runs it (tests/test_jupyterlab.py, ~1 min):
 # JupyterLab on loopback, Chromium driven by Playwright, Run All Cells, then Save; progress

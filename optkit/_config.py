@@ -239,6 +239,12 @@ class BatchingConfig:
     event loop: requests that arrive while it computes are parsed right after
     and form the next batch) or ``thread`` (a pool of ``max_concurrent_batches``
     threads, the loop parsing meanwhile as far as the GIL lets it).
+
+    ``release_first``: a batch whose work ran off the event loop (the gateway's
+    upstream call, the model server's ``thread`` executor) gives its slot back
+    before its requests are answered, so the next batch is on its way while they
+    are; false: after. On the model server's ``loop`` executor it does nothing (the
+    next batch would compute before this one's answers are written).
     """
 
     enabled: bool = False
@@ -247,9 +253,11 @@ class BatchingConfig:
     max_queue: int = 1024
     max_concurrent_batches: int = 1
     executor: Literal["loop", "thread"] = "loop"
+    release_first: bool = True
 
     def __post_init__(self) -> None:
         _bool("batching.enabled", self.enabled)
+        _bool("batching.release_first", self.release_first)
         _integer("batching.max_batch_size", self.max_batch_size)
         _positive("batching.max_delay_ms", self.max_delay_ms, allow_zero=True)
         _integer("batching.max_queue", self.max_queue)

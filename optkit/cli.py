@@ -16,6 +16,7 @@
     optkit tune BASE.yaml --space SPACE.yaml --slo p99<=10ms [--load closed:32|open:R]
                 [--budget 15m] [--trials N] [--pairs N] [--out DIR] [--resume] [--quick]
                 (0: the winner validated; 1: none met the SLO, or no verdict; 130: Ctrl-C)
+                BASE.yaml may be an arm file (kind: command) with parameters: (arm.NAME)
     optkit gate --base REF --head REF [--spec perf-gate.yaml] [--out DIR]  (1: regressed)
     optkit gate --arms A.yaml B.yaml [--spec ...]  |  optkit gate --simulate [--spec ...]
     optkit week [--days mon,tue] [--quick] [--out DIR]
@@ -391,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tn = sub.add_parser("tune", help="search a config space for the best throughput at a "
                         "latency SLO (Optuna), then validate the winner against the base, paired")
-    tn.add_argument("base", help="the starting config, e.g. experiments/integrated.yaml")
-    tn.add_argument("--space", required=True, help="the space file: dotted config keys -> "
-                    "{int: [lo, hi]} | {float: [lo, hi], log: true} | {choices: [...]}")
+    tn.add_argument("base", help="the starting config, e.g. experiments/integrated.yaml, or "
+                    "an arm file (kind: command) whose parameters: the space names as arm.NAME")
+    tn.add_argument("--space", required=True, help="the space file: dotted config keys (or "
+                    "arm.NAME) -> {int: [lo, hi]} | {float: [lo, hi], log: true} | "
+                    "{choices: [...]}")
     tn.add_argument("--slo", required=True, help="the objective, e.g. p99<=10ms")
     tn.add_argument("--load", default="closed:32", help="closed:N or open:RATE (default closed:32)")
     tn.add_argument("--budget", default=None, help="wall clock for the whole job, validation "

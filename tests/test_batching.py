@@ -55,7 +55,8 @@ class Model:
 
 
 def batcher(run: Any, clock: FakeClock | None = None, **config: Any) -> DynamicBatcher[Any, Any]:
-    extra = {k: config.pop(k) for k in ("max_rows", "split_on_error") if k in config}
+    extra = {k: config.pop(k) for k in ("max_rows", "split_on_error", "release_first")
+             if k in config}
     return DynamicBatcher(run, BatchingConfig(enabled=True, **config), name="m",
                           clock=clock or FakeClock(), **extra)
 
@@ -210,6 +211,39 @@ async def test_items_accumulate_while_busy_then_leave_together() -> None:
         model.gate.set()
         assert await asyncio.gather(first, *rest) == ["first!", "b!", "c!", "d!"]
         assert model.calls == [["first"], ["b", "c", "d"]]
+
+
+@pytest.mark.parametrize("release_first", [False, True])
+async def test_release_first_sends_the_next_batch_before_answering(release_first: bool) -> None:
+    """``release_first``: a batch done gives its slot back before its items are answered, so
+    the next batch's ``run`` starts before the done batch's submitters resume; without it,
+    after them. Either way every item gets its own result."""
+    log: list[str] = []
+    model = Model()
+
+    async def run(items: Sequence[Any]) -> list[Any]:
+        log.append(f"run {','.join(items)}")
+        return await model(items)
+
+    async def submit(b: DynamicBatcher[Any, Any], x: str) -> Any:
+        result = await b.submit(x)
+        log.append(f"answered {x}")
+        return result
+
+    async with batcher(run, max_delay_ms=0, release_first=release_first) as b:
+        model.gate.clear()  # a batch of two (a lone item runs in its caller's own task)
+        first = [asyncio.create_task(submit(b, x)) for x in ("a", "c")]
+        await model.wait_calls(1)
+        second = asyncio.create_task(submit(b, "b"))
+        await ticks()
+        model.gate.set()
+        assert await asyncio.gather(*first, second) == ["a!", "c!", "b!"]
+    done = ["answered a", "answered c"]
+    order = ["run a,c", "run b", *done] if release_first else ["run a,c", *done, "run b"]
+    assert log[:4] == order
+    assert log[4:] == ["answered b"]
+    s = b.statistics()
+    assert (s.batches, s.items, s.running) == (2, 3, 0)
 
 
 async def test_row_cap_and_oversized_item() -> None:

@@ -18,7 +18,8 @@ from optkit._exceptions import ConfigError
 from optkit.bench import LoadSpec
 from optkit.bench._validity import ValidityGates
 from optkit.lab import compare, load_trial, run_trial
-from optkit.lab._arms import ExternalArm, _fill, _free_ports, _get_status, load_arm
+from optkit.lab._arm_params import render
+from optkit.lab._arms import ExternalArm, _free_ports, _get_status, load_arm
 from optkit.lab._settings import parse_load
 
 #: a shared 2-core machine: the short trials here check the plumbing, not the timing
@@ -72,6 +73,8 @@ def test_grpc_arms_are_checked_when_loaded(tmp_path: Path) -> None:
         command = [c for c in doc["command"] if c not in ("--workers", "1")]  # type: ignore
         with pytest.raises(ConfigError, match="serves gRPC from one process"):
             ExternalArm.from_dict({**doc, "command": [*command, *workers]})
+    with pytest.raises(ConfigError, match="cannot be declared"):  # filled per trial, like {port}
+        ExternalArm.from_dict({**doc, "parameters": {"grpc_port": 8001}})
     with pytest.raises(ConfigError, match="fixed port, not {grpc_port}"):
         ExternalArm.from_dict({"kind": "url", "url": "grpc://127.0.0.1:{grpc_port}"})
     fixed = ExternalArm.from_dict({"kind": "url", "url": "grpc://127.0.0.1:8001"})
@@ -80,7 +83,8 @@ def test_grpc_arms_are_checked_when_loaded(tmp_path: Path) -> None:
     assert fronted.transport == "http"  # the gateway takes REST; its upstream call is gRPC
     port, grpc_port = _free_ports(2)
     assert port != grpc_port
-    assert _fill("{port}/{grpc_port}", port, grpc_port) == f"{port}/{grpc_port}"
+    assert render("{port}/{grpc_port}", {"port": port, "grpc_port": grpc_port}) == \
+        f"{port}/{grpc_port}"
     assert _get_status(f"grpc://127.0.0.1:{grpc_port}", 0.5) is None  # nothing listens
 
 

@@ -323,7 +323,7 @@ def test_check_fronted_starts_both_and_compares_their_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both settings are started once: each must serve the workload's models and give the
     same answers to the same requests; nothing is started when the setting is the service."""
-    from optkit.lab.week import _service
+    from optkit.lab.week import _fronted
 
     alone = service_arm(STUB)
     assert check_fronted(alone, alone, workload=WORKLOAD)["checked"] is False
@@ -332,7 +332,7 @@ def test_check_fronted_starts_both_and_compares_their_answers(
     assert done == {"checked": True, "models": ["digits-sklearn"], "requests": 3,
                     "alone": "stub", "fronted": "stub-lean"}
     assert (tmp_path / "logs" / "stub-lean" / "service.log").is_file()
-    real = _service._post_json
+    real = _fronted._post_json
     calls: list[str] = []
 
     def ones_from_the_second(url: str, body: bytes) -> tuple[int, bytes]:
@@ -342,7 +342,7 @@ def test_check_fronted_starts_both_and_compares_their_answers(
             answer = answer.replace(b"[0", b"[1")
         return status, answer
 
-    monkeypatch.setattr(_service, "_post_json", ones_from_the_second)
+    monkeypatch.setattr(_fronted, "_post_json", ones_from_the_second)
     with pytest.raises(ConfigError, match="answer differently .*not the same model"):
         check_fronted(alone, lean, workload=WORKLOAD, requests=2)
     monkeypatch.undo()

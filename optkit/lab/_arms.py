@@ -48,6 +48,12 @@ memory carry over), which the results say. Relative ``cwd`` is taken from the ar
 folder. Only loopback URLs are accepted, like ``optkit bench``. :func:`preflight` finds,
 before a session's first trial, what would make every trial fail (no model repository, a
 missing program, a URL that does not answer).
+
+``parameters: {NAME: DEFAULT, ...}`` declares a command arm's own placeholders: ``{NAME}`` in
+``command``, ``env``, ``url`` or ``ready_url`` is rendered with the arm's value at every start
+(the default, or a candidate's when ``optkit tune`` searches ``arm.NAME``). An undeclared
+placeholder, a parameter without a default and one no placeholder uses are errors when the
+file loads (``optkit.lab._arm_params``).
 """
 
 from __future__ import annotations
@@ -74,14 +80,15 @@ from .._exceptions import BenchError, ConfigError, LaunchError, OptkitError
 from .._schema import Document, read_mapping
 from ..bench import Workload
 from ..bench._target import parse_target
+from ._arm_params import RESERVED, check_parameters, render
 
 __all__ = ["ExternalArm", "ExternalStack", "load_arm", "is_arm", "preflight"]
 
 _KEYS = {"kind", "name", "command", "url", "ready_url", "env", "cwd", "startup_timeout_s",
-         "stop_timeout_s", "description", "gateway", "fronted"}
+         "stop_timeout_s", "description", "gateway", "fronted", "parameters"}
 _KINDS = ("command", "url")
 #: the per-start port placeholders: the service's (REST) port, and a second for its gRPC
-_PLACEHOLDERS = ("{port}", "{grpc_port}")
+_PLACEHOLDERS = tuple(f"{{{name}}}" for name in RESERVED)
 
 
 def _free_port() -> int:
@@ -99,10 +106,6 @@ def _free_ports(n: int) -> list[str]:
             sock.bind(("127.0.0.1", 0))
         return [str(sock.getsockname()[1]) for sock in socks]
 
-
-def _fill(text: str, port: str, grpc_port: str) -> str:
-    """``text`` with ``{port}`` and ``{grpc_port}`` replaced."""
-    return text.replace("{port}", port).replace("{grpc_port}", grpc_port)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ class ExternalArm:
     gateway: Mapping[str, Any] | None = None
     #: ``fronted:``, the arm file (absolute) of the setting to put behind the gateway, or None
     fronted: str | None = None
+    #: ``parameters:``, the arm's own placeholders and their values (the defaults, or a
+    #: candidate's): rendered into command, env, url and ready_url at every start
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, base: Path | None = None,
@@ -162,7 +168,8 @@ class ExternalArm:
                 if key in fields:
                     kw[key] = fields.number(key)
         else:
-            extra = {"command", "cwd", "env", "startup_timeout_s", "stop_timeout_s"} & set(doc)
+            extra = {"command", "cwd", "env", "startup_timeout_s", "stop_timeout_s",
+                     "parameters"} & set(doc)
             if extra:
                 raise ConfigError(f"{fields.where}: a url arm is never started; drop "
                                   f"{', '.join(sorted(extra))}")
@@ -173,6 +180,11 @@ class ExternalArm:
         grpc_url = kw["url"].startswith("grpc://")
         kw["ready_url"] = fields.text(
             "ready_url", kw["url"] if grpc_url else kw["url"].rstrip("/") + "/v2/health/ready")
+        kw["parameters"] = check_parameters(
+            fields.get("parameters", None), [
+                *((f"command[{i}]", c) for i, c in enumerate(kw.get("command", ()))),
+                *((f"env.{k}", v) for k, v in kw.get("env", {}).items()),
+                ("url", kw["url"]), ("ready_url", kw["ready_url"])], where=fields.where)
         if fields.get("description", None) is not None:
             kw["description"] = fields.text("description")
         if fields.get("gateway", None) is not None:
@@ -185,7 +197,8 @@ class ExternalArm:
                                   f"of the setting to put behind the gateway)")
             kw["fronted"] = str(path.resolve())
         arm = cls(**kw)
-        arm._check_urls(_fill(arm.url, "1", "2"), _fill(arm.ready_url, "1", "2"))
+        probe = {"port": 1, "grpc_port": 2, **arm.parameters}
+        arm._check_urls(render(arm.url, probe), render(arm.ready_url, probe))
         arm._check_grpc()
         return arm
 
@@ -234,9 +247,12 @@ class ExternalArm:
         """Plain data for result files."""
         doc = dataclasses.asdict(self)
         doc["command"], doc["env"] = list(self.command), dict(self.env)
+        doc["parameters"] = dict(self.parameters)
         for key in ("gateway", "fronted"):
             if doc[key] is None:
                 del doc[key]
+        if not doc["parameters"]:
+            del doc["parameters"]
         return doc
 
     @property
@@ -283,7 +299,8 @@ class ExternalArm:
             yield ExternalStack(self.url, stats_url=self._stats_url(self.url, self.ready_url))
             return
         port, grpc_port = _free_ports(2)
-        fill = lambda s: _fill(s, port, grpc_port)  # noqa: E731 - the placeholders, one rule
+        values = {**self.parameters, "port": port, "grpc_port": grpc_port}
+        fill = lambda s: render(s, values)  # noqa: E731 - the ports and the arm's parameters
         url, ready = fill(self.url), fill(self.ready_url)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **{k: fill(v) for k, v in self.env.items()}}
         folder = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="optkit-arm-"))

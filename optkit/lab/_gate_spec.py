@@ -156,7 +156,9 @@ def load_gate_spec(source: str | Path | Mapping[str, Any] | None = None, *,
         inner.strings("command", split=shlex.split)
         inner.text("url")
         service = dict(inner.data)
-        ExternalArm.from_dict({"kind": "command", "name": "service", **service})  # checks it
+        # checks it, with the gate's own {python} and {checkout} filled as arm() fills them
+        ExternalArm.from_dict({"kind": "command", "name": "service",
+                               **_fill_any(service, _filler("."))})
     gate = dict(doc.mapping("gate", DEFAULT_GATE))
     known = {**METRICS, **EXTRA_METRICS}
     for metric, allowed in gate.items():

@@ -14,6 +14,11 @@ then prove the winner against the base in a paired session.
     DIR/tuned.yaml (base + the winning overrides), history.csv, pareto.csv, importances.csv,
     validation/ (the session), tune.json, tune.md
 
+**A service optkit does not own**: the base may be a ``kind: command`` arm file whose
+``parameters:`` declare its own placeholders; the space then names them ``arm.NAME``, a
+candidate is a fresh start of that server with those values, and ``tuned.yaml`` is the arm
+file with the winning defaults (``optkit.lab._tune_arm``).
+
 **Why validate.** The best of N noisy one-trial measurements is biased upward (the winner's
 curse): the candidate that ranked first is partly the one that drew the luckiest trial. Only
 a fresh paired session, planned before it runs, says whether the winner beats the base.
@@ -39,20 +44,20 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pandas as pd
-import yaml
 
-from .._config import ServiceConfig, load_config
+from .._config import ServiceConfig
 from .._exceptions import ConfigError, OptkitError
-from .._schema import read_mapping
 from ..bench import ValidityGates
 from . import _tune_report as report
-from ._arms import preflight
+from ._arms import ExternalArm, preflight
 from ._comparison import Comparison
 from ._manifest import git_state
 from ._session import compare
 from ._settings import CompareSettings, parse_load
 from ._trial import run_trial
-from ._tune_space import SearchSpace, Slo, load_space, parse_budget, parse_slo, set_values
+from ._tune_arm import load_arm_space, load_tune_base, write_tuned_arm
+from ._tune_space import (SearchSpace, Slo, load_space, parse_budget, parse_slo,
+                          write_tuned_config)
 
 __all__ = ["tune", "TuneResult", "resumed_candidates", "STUDY_NAME", "STARTUP_ESTIMATE_S"]
 
@@ -173,7 +178,7 @@ def _open_study(out: Path, identity: dict[str, Any], *, resume: bool, fresh: boo
     return study
 
 
-def _measure(study: Any, space: SearchSpace, base: ServiceConfig, slo: Slo, *,
+def _measure(study: Any, space: SearchSpace, base: ServiceConfig | ExternalArm, slo: Slo, *,
              repository: Path, load: str, workload: Any, warmup_s: float, duration_s: float,
              engine: str, seed: int, out: Path, git: Any, base_candidate: int | None,
              gates: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -257,8 +262,10 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
     """Search ``space`` around ``base`` for the highest goodput at ``slo``, then validate it.
 
     Args:
-        base: the starting config (an experiment file, a mapping, a ServiceConfig).
-        space: the space file or mapping (``optkit.lab._tune_space``).
+        base: the starting config (an experiment file, a mapping, a ServiceConfig), or a
+            ``kind: command`` arm file (or ExternalArm) whose ``parameters:`` are searched.
+        space: the space file or mapping (``optkit.lab._tune_space``; over an arm,
+            ``arm.NAME`` keys: ``optkit.lab._tune_arm``).
         slo: the objective, ``"p99<=10ms"``.
         repository: the model repository.
         load: the objective's load (``closed:N`` or ``open:RATE``), for the search and the
@@ -301,8 +308,13 @@ def tune(base: Any, space: Any, *, slo: str | Slo, repository: str | Path,
                                loads=(load,), workload=str(workload) if isinstance(
                                    workload, Path) else workload, seed=seed, engine=engine,
                                quick=quick, gates=gates)
-    base_cfg = load_config(base)
-    spc = space if isinstance(space, SearchSpace) else load_space(space, base_cfg)
+    base_cfg = load_tune_base(base)  # an optkit config, or a command arm
+    if isinstance(space, SearchSpace):
+        spc = space
+    elif isinstance(base_cfg, ExternalArm):
+        spc = load_arm_space(space, base_cfg)
+    else:
+        spc = load_space(space, base_cfg)
     repo = Path(repository)
     preflight(base_cfg, repository=repo, workload=workload)
     estimate = warmup_s + duration_s + STARTUP_ESTIMATE_S
@@ -387,8 +399,9 @@ def _best_so_far(study: Any) -> tuple[float, int | None]:
     return best
 
 
-def _finish(study: Any, space: SearchSpace, base: Any, base_cfg: ServiceConfig, slo: Slo,
-            settings: CompareSettings, out: Path, repo: Path, calibration: Any, *, stopped: str,
+def _finish(study: Any, space: SearchSpace, base: Any, base_cfg: ServiceConfig | ExternalArm,
+            slo: Slo, settings: CompareSettings, out: Path, repo: Path, calibration: Any, *,
+            stopped: str,
             interrupted: bool, new: int, validate: bool, started: float,
             clock: Callable[[], float], seed: int, say: Callable[[str], None]) -> TuneResult:
     """The tables, tuned.yaml, the validation session and the result files."""
@@ -418,8 +431,12 @@ def _finish(study: Any, space: SearchSpace, base: Any, base_cfg: ServiceConfig, 
                                                 slo.metric)}
         overrides = {k: best_row[k] for k in space.keys}
         tuned_cfg = space.apply(base_cfg, overrides, name=f"{base_cfg.name}-tuned")
-        tuned_path = _write_tuned(out / "tuned.yaml", base, base_cfg, overrides, best_row, slo,
-                                  load)
+        if isinstance(base_cfg, ExternalArm):
+            tuned_path = write_tuned_arm(out / "tuned.yaml", base, base_cfg, overrides, best_row,
+                                         slo, load)
+        else:
+            tuned_path = write_tuned_config(out / "tuned.yaml", base, base_cfg, overrides,
+                                            best_row, slo, load)
         verdict = (f"best found: candidate #{best_number}, {best_score:,.0f} req/s at "
                    f"{slo.metric.removesuffix('_ms')} {best_row[slo.metric]:.2f} ms "
                    f"(one trial: not yet a claim)")
@@ -480,26 +497,6 @@ def _judge(cmp: Comparison, slo: Slo, load: str) -> tuple[str, dict[str, Any]]:
         text += (f"; note: the tuned config's mean {slo.metric.removesuffix('_ms')} in the "
                  f"validation was {tuned_latency:.2f} ms, over the SLO")
     return text, data
-
-
-def _write_tuned(path: Path, base: Any, base_cfg: ServiceConfig, overrides: dict[str, Any],
-                 best: dict[str, Any], slo: Slo, load: str) -> Path:
-    """The base experiment file with the winning keys set, named ``<base>-tuned``."""
-    if isinstance(base, (str, Path)):
-        doc = read_mapping(base, what="config")
-    else:
-        doc = base_cfg.to_dict()
-    doc = set_values(doc, overrides)
-    doc = {"name": f"{base_cfg.name}-tuned", **{k: v for k, v in doc.items() if k != "name"}}
-    load_config(doc)  # what is written loads as an experiment
-    old = {k: base_cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] for k in overrides}
-    head = (f"# optkit tune: {base_cfg.name} + the winning candidate #{best['candidate']} at "
-            f"{slo}, {load}\n" + "".join(
-                f"#   {k}: {old[k]!r} -> {v!r}\n" if old[k] != v
-                else f"#   {k}: {v!r} (the base's)\n" for k, v in overrides.items()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def _save(result: TuneResult) -> None:

@@ -29,11 +29,14 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from .._config import _SECTIONS, ServiceConfig, load_config
 from .._exceptions import ConfigError
 from .._schema import read_mapping
 
-__all__ = ["Param", "SearchSpace", "load_space", "Slo", "parse_slo", "parse_budget"]
+__all__ = ["Param", "SearchSpace", "load_space", "Slo", "parse_slo", "parse_budget",
+           "write_tuned_config"]
 
 _KINDS = ("int", "float", "choices")
 _OPTIONS = {"int": {"log", "step"}, "float": {"log", "step"}, "choices": set()}
@@ -138,6 +141,27 @@ def set_values(doc: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+def write_tuned_config(path: Path, base: Any, base_cfg: ServiceConfig,
+                       overrides: dict[str, Any], best: dict[str, Any], slo: Slo,
+                       load: str) -> Path:
+    """The base experiment file with the winning keys set, named ``<base>-tuned``."""
+    if isinstance(base, (str, Path)):
+        doc = read_mapping(base, what="config")
+    else:
+        doc = base_cfg.to_dict()
+    doc = set_values(doc, overrides)
+    doc = {"name": f"{base_cfg.name}-tuned", **{k: v for k, v in doc.items() if k != "name"}}
+    load_config(doc)  # what is written loads as an experiment
+    old = {k: base_cfg.to_dict()[k.split(".")[0]][k.split(".")[1]] for k in overrides}
+    head = (f"# optkit tune: {base_cfg.name} + the winning candidate #{best['candidate']} at "
+            f"{slo}, {load}\n" + "".join(
+                f"#   {k}: {old[k]!r} -> {v!r}\n" if old[k] != v
+                else f"#   {k}: {v!r} (the base's)\n" for k, v in overrides.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def _fields(section: str) -> list[str]:
     return [f.name for f in dataclasses.fields(_SECTIONS[section])]
 
@@ -147,6 +171,10 @@ def _check_key(key: Any, where: str) -> None:
         raise ConfigError(f"{where}: {key!r} must be a config key as section.key "
                           f"(e.g. batching.max_batch_size)")
     section, field = key.split(".")
+    if section == "arm":
+        raise ConfigError(f"{where}: {key}: arm.NAME keys search an arm file's own parameters, "
+                          f"but the base is an optkit config: tune the arm file (kind: command, "
+                          f"parameters: ...) instead")
     if section not in _SECTIONS:
         raise ConfigError(f"{where}: {key}: unknown section {section!r} "
                           f"(known: {', '.join(sorted(_SECTIONS))})")

@@ -146,11 +146,12 @@ class DynamicBatcher(Layer, Generic[T, R]):
                  config: BatchingConfig, *, max_rows: int | None = None, name: str = "",
                  split_on_error: Callable[[BaseException], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 alone: Callable[[], bool] | None = None) -> None:
+                 alone: Callable[[], bool] | None = None, release_first: bool = False) -> None:
         if max_rows is not None:
             check_int("max_rows", max_rows)
         self._run, self._name, self._clock, self._alone = run, name, clock, alone
         self._split = split_on_error or (lambda exc: True)
+        self._release_first = release_first
         self._cap = min(config.max_batch_size, max_rows or config.max_batch_size)
         self._delay = config.max_delay_ms / 1000.0
         self._max_queue = config.max_queue
@@ -390,8 +391,9 @@ class DynamicBatcher(Layer, Generic[T, R]):
     async def _run_batch(self, batch: list[_Item]) -> None:
         """Hold a slot while ``batch`` runs (and is split); answer every item."""
         start = self._clock()
+        released = False
         try:
-            await self._attempt(batch, split=False)
+            released = await self._attempt(batch, split=False, start=start)
         except Exception as exc:  # a bug around run (split_on_error raised): nobody hangs
             self._fail(batch, exc, isolated=False)
         except BaseException:
@@ -399,7 +401,8 @@ class DynamicBatcher(Layer, Generic[T, R]):
                 entry.future.cancel()
             raise
         finally:
-            self._finish(start)
+            if not released:
+                self._finish(start)
 
     def _finish(self, start: float) -> None:
         """A batch gave its slot back: record how long it held it; the next bus leaves now."""
@@ -412,26 +415,32 @@ class DynamicBatcher(Layer, Generic[T, R]):
         elif not self._running and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    async def _attempt(self, batch: list[_Item], *, split: bool) -> None:
-        """Run ``batch``, splitting it on failure; ``split``: it is a half of a failed one."""
+    async def _attempt(self, batch: list[_Item], *, split: bool,
+                       start: float | None = None) -> bool:
+        """Run ``batch``, splitting it on failure; ``split``: it is a half of a failed one.
+
+        True: the slot was given back here (``release_first``, a whole batch answered)."""
         try:
             results = await self._run([entry.value for entry in batch])
         except Exception as exc:
             if len(batch) == 1 or not self._split(exc):
                 self._fail(batch, exc, isolated=split and len(batch) == 1)
-                return
+                return False
             live = [entry for entry in batch if not entry.future.done()]
             middle = (len(live) + 1) // 2
             for half in (live[:middle], live[middle:]):
                 if half:
                     self._split_retries += 1
                     await self._attempt(half, split=True)
-            return
+            return False
         if len(results) != len(batch):
             self._fail(batch, InferenceError(
                 f"{self._label()}: run returned {len(results)} results for "
                 f"{len(batch)} items"), isolated=False)
-            return
+            return False
+        released = self._release_first and start is not None
+        if released:  # the next bus is on its way before this one's passengers are answered
+            self._finish(start)  # type: ignore[arg-type]
         for entry, result in zip(batch, results):
             future = entry.future
             if future.done():
@@ -441,6 +450,7 @@ class DynamicBatcher(Layer, Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        return released
 
     def _fail(self, batch: list[_Item], exc: BaseException, *, isolated: bool) -> None:
         for entry in batch:

@@ -483,7 +483,8 @@ class Gateway:
                 self._batch_runner(key), self.config.batching, max_rows=meta.merge_rows,
                 name=_batcher_label(key),
                 split_on_error=lambda exc: isinstance(exc, (_Refused, _Misfit)),
-                alone=self.counters.alone)
+                alone=self.counters.alone,
+                release_first=self.config.batching.release_first)
         pending = _Pending(req, body, headers)
         transport = request.transport
         t = perf_counter_ns()

@@ -277,7 +277,8 @@ class ModelServer:
         max_rows = model.config.max_batch_size or None
         batcher: DynamicBatcher[Mapping[str, np.ndarray], dict[str, np.ndarray]] = \
             DynamicBatcher(self._runner(model), cfg, max_rows=max_rows, name=name,
-                           alone=self.counters.alone)
+                           alone=self.counters.alone,
+                           release_first=cfg.release_first and cfg.executor == "thread")
         if entry is not None:  # the model was reloaded: the old batcher drains, then goes
             old = entry[1]
             asyncio.get_running_loop().create_task(self._retire(name, old))

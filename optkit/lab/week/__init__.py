@@ -22,9 +22,10 @@ from ._days import (CALIBRATION_PAIRS, DAYS, MIN_SESSION_PAIRS, SERVICE_DAY, Day
                     day_settings, ensure_repository, experiment, plan_day, project_root)
 from ._measures import bulk_scoring, latency_curve, slo_table, startup_times
 from ._runner import record_day, run_week
-from ._service import (SERVICE_LAYERS, check_fronted, gateway_summary, record_service,
-                       same_answers, service_arm, service_calibration, service_sessions,
-                       service_target, service_chain, service_conclusion, service_fronted,
+from ._fronted import check_fronted, same_answers, service_fronted
+from ._service import (SERVICE_LAYERS, gateway_summary, record_service,
+                       service_arm, service_calibration, service_sessions,
+                       service_target, service_chain, service_conclusion,
                        service_headline, service_servers, service_settings_note, service_steps,
                        service_targets)
 from ._sessions import (batch_histogram, batch_summary, conclusion, headline, key_figure,
