@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -257,11 +257,16 @@ def _client_gone(request: web.Request) -> bool:
 
 
 def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
-              statistics: Callable[[], Any], max_body_bytes: int) -> web.Application:
+              statistics: Callable[[], Any], max_body_bytes: int,
+              models: Iterable[str] = ()) -> web.Application:
     """The aiohttp app of a tier: the v2 routes, ``/stats``, ``/metrics``, JSON 404/405.
 
     Every route is guarded (counted, errors as JSON); a request no route matches is
     answered 404, or 405 with ``Allow`` when the path exists for other methods, as JSON.
+    ``models``: names known when the app is built; each gets its own exact
+    ``/v2/models/<name>/infer`` route (the same handler and match_info), which the router
+    finds at its first lookup, where the ``{model}`` route is tried two lookups and a
+    regex later (~1 us a request). Any other name takes the ``{model}`` route.
     """
     app = web.Application(client_max_size=max_body_bytes)
     app[STATS_KEY] = counters
@@ -270,6 +275,16 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
     def add(method: str, path: str, handler: Handler, *, infer: bool = False) -> None:
         router.add_route(method, path, guard(handler, counters, infer=infer))
 
+    if models:
+        infer = guard(component.infer, counters, infer=True)
+        for name in models:
+            try:
+                validate_model_name(name)
+            except ProtocolError:  # a folder no request could name: the {model} route's 400
+                continue
+            resource = _ModelPath(name, "infer")
+            router.register_resource(resource)
+            resource.add_route("POST", infer)
     # inference first: the router tries resources in order, and this is the hot path
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         add("POST", base + "/infer", component.infer, infer=True)
@@ -303,6 +318,18 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
 
     router.add_route("*", "/{tail:.*}", guard(unmatched, counters))
     return app
+
+
+class _ModelPath(web.PlainResource):
+    """``/v2/models/<name>/<action>`` for one model: an exact path, matched with the
+    ``match_info`` the ``{model}`` route would give (``{"model": name}``)."""
+
+    def __init__(self, name: str, action: str) -> None:
+        super().__init__(f"/v2/models/{name}/{action}")
+        self._match_info = {"model": name}
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return self._match_info if path == self._path else None  # aiohttp copies it
 
 
 def streamable(request: web.Request) -> bool:

@@ -113,7 +113,8 @@ class ModelServer:
     def make_app(self) -> web.Application:
         """The aiohttp app serving this model server."""
         app = build_app(self, prefix="optkit_model_server", counters=self.counters,
-                        statistics=self.statistics, max_body_bytes=self._limit)
+                        statistics=self.statistics, max_body_bytes=self._limit,
+                        models=self.repository.names())
         app[MODEL_SERVER_KEY] = self
         app.on_startup.append(lambda _app: self.start())
         app.on_cleanup.append(lambda _app: self.aclose())
