@@ -45,7 +45,7 @@ from ..v2 import BINARY_HEADER, InferRequest, encode_infer_response, error_body,
 from ._openapi import OPENAPI_PATH, openapi_json
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
-           "at_step", "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
+           "at_step", "build_app", "infer_response", "mark", "read_body", "binary_header_length", "model_ref", "V2Handlers",
            "STATS_KEY", "streamable"]
 
 log = logging.getLogger("optkit.service")
@@ -81,7 +81,7 @@ class ServerCounters:
     __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
                  "server_errors", "infer_requests", "infer_ok", "infer_refused",
                  "infer_cancelled", "infer_rows", "model_calls", "started_at", "connections",
-                 "busy", "handed")
+                 "busy", "handed", "marks")
 
     def __init__(self) -> None:
         self.accepted = self.completed = self.in_flight = self.cancelled = 0
@@ -99,6 +99,9 @@ class ServerCounters:
         #: requests handed to the handlers by a front end other than aiohttp's (gRPC):
         #: the runner's count of requests in hand adds them
         self.handed = 0
+        #: headers every answer carries (a worker's ``optkit-worker``), set by the runner:
+        #: the guard adds them, and :func:`mark` to an answer a handler streams
+        self.marks: tuple[tuple[str, str], ...] = ()
 
     def alone(self) -> bool:
         """The asking handler's request is the only one this server holds (read and not
@@ -232,6 +235,8 @@ def guard(handler: Handler, counters: ServerCounters, *, infer: bool = False) ->
                 return _error(400, "the client closed the connection")
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = _error(500, f"internal error: {type(exc).__name__}")
+        if counters.marks and not response.prepared:  # a streamed one got them in mark()
+            response.headers.update(counters.marks)
         # counted only once a response exists, so the drain receipt can show a loss
         counters.in_flight -= 1
         counters.completed += 1
@@ -248,6 +253,15 @@ def guard(handler: Handler, counters: ServerCounters, *, infer: bool = False) ->
         return response
 
     return guarded
+
+
+def mark(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Give ``response``, which its handler prepares itself (a streamed answer), the
+    headers the guard adds to every other answer (``ServerCounters.marks``)."""
+    counters = request.app.get(STATS_KEY)
+    if counters is not None and counters.marks:
+        response.headers.update(counters.marks)
+    return response
 
 
 def _client_gone(request: web.Request) -> bool:
