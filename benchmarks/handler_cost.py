@@ -55,6 +55,12 @@ async def _measure(args: argparse.Namespace) -> None:
     from sklearn.datasets import load_digits
 
     body = encode_infer_request({"pixels": load_digits().data[:1].astype(np.float32)})
+    if args.stub_model:  # the framework alone: fixed outputs for any rows, no model call
+        import optkit.service._model_server as model_server
+        proba, label = np.full((4096, 10), 0.1, np.float32), np.zeros((4096, 1), np.int64)
+        model_server._predict = lambda model, inputs: {  # type: ignore[assignment]
+            "probabilities": proba[:len(next(iter(inputs.values())))],
+            "label": label[:len(next(iter(inputs.values())))]}
     server = ModelServer(args.repository, load_config(args.config))
     app = server.make_app()
     await server.start()
@@ -87,6 +93,8 @@ def main() -> None:
     p.add_argument("--concurrent", type=int, default=10)
     p.add_argument("--requests", type=int, default=30_000)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--stub-model", action="store_true",
+                   help="replace the model call by fixed outputs: the framework's cost alone")
     args = p.parse_args()
     if args.concurrent < 1 or args.requests < args.concurrent or args.repeat < 1:
         p.error("need --concurrent >= 1, --requests >= --concurrent, --repeat >= 1")

@@ -370,9 +370,20 @@ class ModelLoader(Layer):
             ModelNotFound: no such model or version.
             ModelNotReady: not loaded (or still loading: ``retry_after_s`` is set).
         """
+        model = self.acquire_nowait(name, version)
+        if model is None:
+            model = await self._wait_lazy(name, version)
+            self._in_use[name] = self._in_use.get(name, 0) + 1
+            self._last_use[name] = self._clock()
+        return model
+
+    def acquire_nowait(self, name: str, version: str | None = None) -> Model | None:
+        """:meth:`acquire` where it needs no wait (that model and version are loaded): the
+        model, counted until :meth:`release`; else None and nothing counted. The hot path
+        calls it first and saves a coroutine per request."""
         model = self.repository.loaded(name)
         if model is None or (version is not None and version != model.config.version):
-            model = await self._wait_lazy(name, version)
+            return None
         self._in_use[name] = self._in_use.get(name, 0) + 1
         self._last_use[name] = self._clock()
         return model

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -45,7 +45,7 @@ from ..v2 import BINARY_HEADER, InferRequest, encode_infer_response, error_body,
 from ._openapi import OPENAPI_PATH, openapi_json
 
 __all__ = ["ServerCounters", "ServerStatistics", "json_response", "error_response", "guard",
-           "at_step", "build_app", "infer_response", "read_body", "binary_header_length", "model_ref", "V2Handlers",
+           "at_step", "build_app", "infer_response", "mark", "read_body", "binary_header_length", "model_ref", "V2Handlers",
            "STATS_KEY", "streamable"]
 
 log = logging.getLogger("optkit.service")
@@ -81,7 +81,7 @@ class ServerCounters:
     __slots__ = ("accepted", "completed", "in_flight", "cancelled", "client_errors",
                  "server_errors", "infer_requests", "infer_ok", "infer_refused",
                  "infer_cancelled", "infer_rows", "model_calls", "started_at", "connections",
-                 "busy", "handed")
+                 "busy", "handed", "marks")
 
     def __init__(self) -> None:
         self.accepted = self.completed = self.in_flight = self.cancelled = 0
@@ -99,6 +99,9 @@ class ServerCounters:
         #: requests handed to the handlers by a front end other than aiohttp's (gRPC):
         #: the runner's count of requests in hand adds them
         self.handed = 0
+        #: headers every answer carries (a worker's ``optkit-worker``), set by the runner:
+        #: the guard adds them, and :func:`mark` to an answer a handler streams
+        self.marks: tuple[tuple[str, str], ...] = ()
 
     def alone(self) -> bool:
         """The asking handler's request is the only one this server holds (read and not
@@ -232,6 +235,8 @@ def guard(handler: Handler, counters: ServerCounters, *, infer: bool = False) ->
                 return _error(400, "the client closed the connection")
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = _error(500, f"internal error: {type(exc).__name__}")
+        if counters.marks and not response.prepared:  # a streamed one got them in mark()
+            response.headers.update(counters.marks)
         # counted only once a response exists, so the drain receipt can show a loss
         counters.in_flight -= 1
         counters.completed += 1
@@ -250,6 +255,15 @@ def guard(handler: Handler, counters: ServerCounters, *, infer: bool = False) ->
     return guarded
 
 
+def mark(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Give ``response``, which its handler prepares itself (a streamed answer), the
+    headers the guard adds to every other answer (``ServerCounters.marks``)."""
+    counters = request.app.get(STATS_KEY)
+    if counters is not None and counters.marks:
+        response.headers.update(counters.marks)
+    return response
+
+
 def _client_gone(request: web.Request) -> bool:
     """The request's own client connection is closed (or closing)."""
     transport = request.transport
@@ -257,11 +271,16 @@ def _client_gone(request: web.Request) -> bool:
 
 
 def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
-              statistics: Callable[[], Any], max_body_bytes: int) -> web.Application:
+              statistics: Callable[[], Any], max_body_bytes: int,
+              models: Iterable[str] = ()) -> web.Application:
     """The aiohttp app of a tier: the v2 routes, ``/stats``, ``/metrics``, JSON 404/405.
 
     Every route is guarded (counted, errors as JSON); a request no route matches is
     answered 404, or 405 with ``Allow`` when the path exists for other methods, as JSON.
+    ``models``: names known when the app is built; each gets its own exact
+    ``/v2/models/<name>/infer`` route (the same handler and match_info), which the router
+    finds at its first lookup, where the ``{model}`` route is tried two lookups and a
+    regex later (~1 us a request). Any other name takes the ``{model}`` route.
     """
     app = web.Application(client_max_size=max_body_bytes)
     app[STATS_KEY] = counters
@@ -270,6 +289,16 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
     def add(method: str, path: str, handler: Handler, *, infer: bool = False) -> None:
         router.add_route(method, path, guard(handler, counters, infer=infer))
 
+    if models:
+        infer = guard(component.infer, counters, infer=True)
+        for name in models:
+            try:
+                validate_model_name(name)
+            except ProtocolError:  # a folder no request could name: the {model} route's 400
+                continue
+            resource = _ModelPath(name, "infer")
+            router.register_resource(resource)
+            resource.add_route("POST", infer)
     # inference first: the router tries resources in order, and this is the hot path
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         add("POST", base + "/infer", component.infer, infer=True)
@@ -303,6 +332,18 @@ def build_app(component: "V2Handlers", *, prefix: str, counters: ServerCounters,
 
     router.add_route("*", "/{tail:.*}", guard(unmatched, counters))
     return app
+
+
+class _ModelPath(web.PlainResource):
+    """``/v2/models/<name>/<action>`` for one model: an exact path, matched with the
+    ``match_info`` the ``{model}`` route would give (``{"model": name}``)."""
+
+    def __init__(self, name: str, action: str) -> None:
+        super().__init__(f"/v2/models/{name}/{action}")
+        self._match_info = {"model": name}
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return self._match_info if path == self._path else None  # aiohttp copies it
 
 
 def streamable(request: web.Request) -> bool:

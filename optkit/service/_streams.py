@@ -48,7 +48,7 @@ from .._exceptions import InferenceError, OptkitError
 from ..v2 import (BINARY_HEADER, InferRequest, binary_data_piece, encode_infer_response_frames,
                   json_data_piece, json_dumps)
 from ..layers.streaming import ChunkWriter, ResponseStreamer
-from ._http import infer_response
+from ._http import infer_response, mark
 
 __all__ = ["stream_infer", "stream_generate", "EVENT_STREAM"]
 
@@ -119,7 +119,7 @@ async def stream_infer(streamer: ResponseStreamer, request: web.Request, model: 
     frames, head_len = encode_infer_response_frames(model, version, [(name, dtype, shape)],
                                                     request_id=req.id, binary=binary)
     response = web.StreamResponse(headers=_headers(head_len))
-    async with streamer.open(request, response) as out:
+    async with streamer.open(request, mark(request, response)) as out:
         await out.write(frames[0] if binary else frames[0] + b"[")
         start = 0
         while True:
@@ -150,7 +150,7 @@ async def _write_whole(streamer: ResponseStreamer, request: web.Request, model: 
         whole = infer_response(model, version, outputs, req)
         response = web.StreamResponse(headers={BINARY_HEADER: whole.headers[BINARY_HEADER],
                                                "Content-Type": "application/octet-stream"})
-        async with streamer.open(request, response) as out:
+        async with streamer.open(request, mark(request, response)) as out:
             assert whole.body is not None
             await out.write(whole.body)  # type: ignore[arg-type]
         return response
@@ -161,7 +161,7 @@ async def _write_whole(streamer: ResponseStreamer, request: web.Request, model: 
         request_id=req.id, binary=binary)
     response = web.StreamResponse(headers=_headers(head_len))
     step_bytes = streamer.config.chunk_bytes
-    async with streamer.open(request, response) as out:
+    async with streamer.open(request, mark(request, response)) as out:
         await out.write(frames[0])
         for i, (_, arr) in enumerate(arrays):
             row_bytes = max(1, arr.nbytes // max(1, arr.shape[0]))
@@ -205,7 +205,7 @@ async def stream_generate(streamer: ResponseStreamer, request: web.Request, mode
         return web.Response(body=b"".join(b"data: " + json_dumps(e) + b"\n\n" for e in events),
                             headers=headers)
     response = web.StreamResponse(headers=headers)
-    async with streamer.open(request, response) as out:
+    async with streamer.open(request, mark(request, response)) as out:
         stop = min(sub_rows, n)
         await out.event(event(0, stop, first))
         try:

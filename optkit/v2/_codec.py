@@ -76,6 +76,7 @@ _FLOAT_LIMIT = {dt: float(np.finfo(dt).max) + 2.0 ** (np.finfo(dt).maxexp - 2 - 
                 for dt in DATATYPES.values() if dt.kind == "f"}
 
 _F64 = DATATYPES["FP64"]
+_NO_BLOB = memoryview(b"")  # a JSON-only body's binary part (read-only, shared)
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -234,7 +235,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             raise ProtocolError(f"{BINARY_HEADER} {header_length} is outside the body")
         head, blob = body[:header_length], memoryview(body)[header_length:]
     else:
-        head, blob = body, memoryview(b"")
+        head, blob = body, _NO_BLOB
     doc = _json_object(head, "request body must be a JSON object")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -325,7 +326,9 @@ def validate_inputs(request: InferRequest, specs: Sequence[TensorSpec], max_batc
         ProtocolError: missing/unexpected input, wrong datatype or shape, batch too large.
     """
     inputs = request.inputs
-    if len(inputs) == len(specs) and all(i.name == s.name for i, s in zip(inputs, specs)):
+    n = len(specs)
+    if len(inputs) == n and (inputs[0].name == specs[0].name if n == 1  # one input: no genexpr
+                             else all(i.name == s.name for i, s in zip(inputs, specs))):
         pairs: Iterable[tuple[TensorSpec, InferInput]] = zip(specs, inputs)  # the usual order
     else:
         given, wanted = {item.name: item for item in inputs}, {spec.name for spec in specs}
