@@ -10,6 +10,7 @@ mapped to its gRPC code.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -361,3 +362,21 @@ async def test_refusals_map_to_tritons_codes(error: Exception, code: grpc.Status
         assert counters.infer_requests == 1 and counters.handed == counters.completed == 1
     finally:
         await server.stop(None)
+
+
+@pytest.mark.parametrize("executor, warned", [("loop", True), ("thread", False)])
+def test_a_model_server_on_grpc_says_when_its_batching_cannot_merge_grpc_calls(
+        repository: Path, caplog: pytest.LogCaptureFixture, executor: str, warned: bool) -> None:
+    """gRPC with batching computed on the loop merges nothing (grpc.aio hands the loop one call
+    at a time): the server says so at start, naming the setting that does (a thread)."""
+    from optkit import load_config
+    from optkit.service import create_model_server
+
+    config = load_config({"server": {"grpc_port": 0},
+                          "batching": {"enabled": True, "executor": executor}})
+    with caplog.at_level(logging.WARNING, logger="optkit.model_server"):
+        create_model_server(repository, config)
+    said = [r.getMessage() for r in caplog.records if "not merged" in r.getMessage()]
+    assert bool(said) is warned
+    if warned:
+        assert "batching.executor: thread" in said[0]

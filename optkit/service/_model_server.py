@@ -120,6 +120,13 @@ class ModelServer:
         app.on_cleanup.append(lambda _app: self.aclose())
         # gRPC beside REST when server.grpc_port is set; it starts after the models load
         attach_grpc(app, self, self.counters, self.config.server)
+        if (self.config.server.grpc_port is not None and self._batching.enabled
+                and self._batching.executor == "loop"):
+            # grpc.aio hands the loop one call at a time: a model computing on the loop
+            # finds no company, so every gRPC request runs as a batch of one (measured)
+            log.warning("gRPC requests are not merged with batching.executor: loop (every "
+                        "one runs as a batch of one); set batching.executor: thread to batch "
+                        "them (docs/performance.md, Over gRPC)")
         return app
 
     async def start(self) -> None:
