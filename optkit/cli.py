@@ -140,7 +140,8 @@ def _session_settings(lab: types.ModuleType, args: argparse.Namespace) -> Any:
     changes = {k: v for k, v in {"pairs": args.pairs, "warmup_s": args.warmup,
                                  "duration_s": args.duration, "seed": args.seed,
                                  "workload": args.workload, "engine": args.engine,
-                                 "max_reruns": args.max_reruns}.items()
+                                 "max_reruns": args.max_reruns,
+                                 "transport": getattr(args, "transport", None)}.items()
                if v is not None}
     if args.load:
         changes["loads"] = tuple(args.load)
@@ -312,6 +313,9 @@ def _add_session_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workload", default=None, help="built-in workload name or YAML file")
     p.add_argument("--engine", default=None, choices=["auto", "builtin", "wrk"])
+    p.add_argument("--transport", default=None, choices=["http", "grpc"],
+                   help="how the load reaches an optkit config's stack: REST (default) or its "
+                        "front tier's v2 gRPC service; an arm file's url decides its own")
     p.add_argument("--max-reruns", type=int, default=None,
                    help="times an invalid pair is run again (default 3)")
     p.add_argument("--quick", action="store_true", help="few short trials; provisional verdicts")

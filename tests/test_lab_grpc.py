@@ -20,7 +20,7 @@ from optkit.bench._validity import ValidityGates
 from optkit.lab import compare, load_trial, run_trial
 from optkit.lab._arm_params import render
 from optkit.lab._arms import ExternalArm, _free_ports, _get_status, load_arm
-from optkit.lab._settings import parse_load
+from optkit.lab._settings import CompareSettings, parse_load
 
 #: a shared 2-core machine: the short trials here check the plumbing, not the timing
 LENIENT = ValidityGates(check_stability=False, max_generator_cpu_percent=100.0,
@@ -61,6 +61,34 @@ def test_a_trial_over_grpc_is_recorded_and_says_so(repository: Path, tmp_path: P
     assert result.breakdown is not None and result.breakdown["tiers"]["model-server"]["requests"]
     again = load_trial(tmp_path / "trial")
     assert again.transport == "grpc" and again.row()["transport"] == "grpc"
+
+
+def test_an_optkit_config_runs_over_grpc_on_its_front_tier(repository: Path,
+                                                            tmp_path: Path) -> None:
+    """transport="grpc": an experiment config's stack gets a gRPC port per tier (the config
+    named none) and the load goes to the gateway's, the tier clients meet; the gateway's
+    statistics are still read over REST. An arm served over HTTP is refused for it, and
+    so is a transport that is neither."""
+    config = {"name": "pooling-over-grpc", "pooling": {"enabled": True},
+              "loading": {"models": ["digits-mlp"]}}
+    result = run_trial(config, repository=repository, load=LoadSpec.closed(4),
+                       workload="digits", warmup_s=0.3, duration_s=1.0, gates=LENIENT,
+                       transport="grpc")
+    s = result.bench.summary
+    assert result.valid, result.invalid_reasons
+    assert s["errors_total"] == 0 and s["requests"] > 0
+    assert result.transport == "grpc" and s["target"].startswith("grpc://127.0.0.1:")
+    assert result.breakdown is not None and result.breakdown["tiers"]["gateway"]["requests"]
+    http_arm = ExternalArm.from_dict({"kind": "url", "name": "rest",
+                                      "url": "http://127.0.0.1:9"})
+    with pytest.raises(ConfigError, match="served over HTTP"):
+        run_trial(http_arm, repository=repository, load=LoadSpec.closed(1), duration_s=0.5,
+                  transport="grpc")
+    with pytest.raises(ConfigError, match="transport must be"):
+        run_trial(config, repository=repository, load=LoadSpec.closed(1), duration_s=0.5,
+                  transport="quic")
+    with pytest.raises(ConfigError, match="transport must be"):
+        CompareSettings(transport="quic")
 
 
 def test_grpc_arms_are_checked_when_loaded(tmp_path: Path) -> None:

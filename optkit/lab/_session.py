@@ -95,7 +95,8 @@ def compare(a: Any, b: Any, *, repository: str | Path,
     settings = dataclasses.replace(settings or STANDARD, **overrides)
     preflight(cfg_a, cfg_b, repository=repository, workload=settings.workload)
     # an arm over gRPC (a grpc:// url): the built-in generator for both arms, wrk refused now
-    grpc = any(getattr(cfg, "transport", "http") == "grpc" for cfg in (cfg_a, cfg_b))
+    grpc = settings.transport == "grpc" or any(getattr(cfg, "transport", "http") == "grpc"
+                                               for cfg in (cfg_a, cfg_b))
     for load_text in settings.loads:
         parse_load(load_text, engine=settings.engine, grpc=grpc)
     started_arms: set[str] = set()  # arms that ran a trial at least once
@@ -127,6 +128,7 @@ def compare(a: Any, b: Any, *, repository: str | Path,
                                        duration_s=settings.duration_s,
                                        seed=settings.seed * 1000 + pair, churn=settings.churn,
                                        gates=settings.gates, git=git,
+                                       transport=settings.transport,
                                        out_dir=out / "trials" / slug if out else None)
                 except OptkitError as exc:  # a trial that could not run is an invalid trial
                     if arm not in started_arms:  # ...unless the arm never ran: then none will

@@ -47,6 +47,9 @@ class CompareSettings:
     #: validity gates of every trial (None: the defaults). A churn session switches the
     #: stability gate off: load stalls make throughput uneven across windows by design.
     gates: ValidityGates | None = None
+    #: how the load reaches an optkit config's stack: "http" (REST) or "grpc" (the front
+    #: tier's v2 gRPC service, on a free port per trial); an external arm's url decides its own
+    transport: str = "http"
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, Mapping):
@@ -60,6 +63,8 @@ class CompareSettings:
                               f"{sorted(EXTRA_METRICS)}")
         if self.pairs < 2:
             raise ConfigError(f"pairs must be >= 2, got {self.pairs}")
+        if self.transport not in ("http", "grpc"):
+            raise ConfigError(f"transport must be 'http' or 'grpc', got {self.transport!r}")
         if self.duration_s <= 0 or self.warmup_s < 0:
             raise ConfigError("duration_s must be > 0 and warmup_s >= 0")
         if isinstance(self.loads, str) or not self.loads:

@@ -388,7 +388,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
               label: str | None = None, launcher: Callable[..., ContextManager[Any]] | None = None,
               sample_interval_s: float = 0.1, ready_timeout_s: float = 30.0,
               churn: ChurnPlan | None = None,
-              git: Mapping[str, Any] | None = None) -> TrialResult:
+              git: Mapping[str, Any] | None = None, transport: str = "http") -> TrialResult:
     """Run one trial of ``config`` under ``load`` on a fresh stack.
 
     Args:
@@ -405,9 +405,10 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         the :class:`TrialResult`, written to ``out_dir`` when given.
     """
     cfg = load_arm(config)  # an optkit config, or an external arm (command / url)
-    if getattr(cfg, "transport", "http") == "grpc" and load.engine == "wrk":
-        raise ConfigError(f"arm {cfg.name!r} is measured over gRPC ({cfg.url}): engine 'wrk' "
-                          f"speaks HTTP only; use engine 'builtin'")
+    cfg, over_grpc = _transport(cfg, transport)
+    if over_grpc and load.engine == "wrk":
+        raise ConfigError(f"arm {cfg.name!r} is measured over gRPC: engine 'wrk' speaks HTTP "
+                          f"only; use engine 'builtin'")
     label = label or cfg.name
     pins = dict(cpus or {})
     bench_cpus = pins.pop("bench", None)
@@ -419,7 +420,9 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
         urls = {"model-server": stack.model_server_url, "gateway": stack.gateway_url}
         before = {name: _stats(url) for name, url in urls.items() if url}
         common = dict(workload=workload, seed=seed, cpus=bench_cpus, gates=gates)
-        prepare(stack.url, workload, seed=seed)  # one request per model: lazy set-up done
+        target = _grpc_front(stack, gateway) if over_grpc and not isinstance(cfg, ExternalArm) \
+            else stack.url
+        prepare(target, workload, seed=seed)  # one request per model: lazy set-up done
         pollers = {tier: StatsPoller(url, poll_interval_s(duration_s))
                    for tier, url in _stats_tiers(stack).items()}
         sampler = ProcessSampler(stack.pids, sample_interval_s)
@@ -435,7 +438,7 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
                 polling.enter_context(poller)
             # one generator run: the warm-up flows straight into the window (no idle gap,
             # no second probe); five windows so the stability gate (>= 3) always applies
-            bench = run_bench(stack.url, load, warmup_s=warmup_s, duration_s=duration_s,
+            bench = run_bench(target, load, warmup_s=warmup_s, duration_s=duration_s,
                               window_s=max(0.1, duration_s / 5),
                               out_dir=Path(out_dir) / "bench" if out_dir else None, **common)
         after = {name: _stats(url) for name, url in urls.items() if url}
@@ -465,6 +468,35 @@ def run_trial(config: Any, *, repository: str | Path, load: LoadSpec,
             result.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         result = dataclasses.replace(result, path=folder)
     return result
+
+
+def _transport(cfg: Any, transport: str) -> tuple[Any, bool]:
+    """The arm as it runs and whether its load goes over gRPC. An external arm's url decides
+    (a ``grpc://`` url); ``transport="grpc"`` puts an optkit config's load on its front tier's
+    v2 gRPC service, turned on (``server.grpc_port: 0``, a free port per tier) if it is not."""
+    if transport not in ("http", "grpc"):
+        raise ConfigError(f"transport must be 'http' or 'grpc', got {transport!r}")
+    if isinstance(cfg, ExternalArm):
+        own = getattr(cfg, "transport", "http")
+        if transport == "grpc" and own != "grpc":
+            raise ConfigError(f"arm {cfg.name!r} is served over HTTP ({cfg.url}): transport "
+                              f"'grpc' drives optkit configs over their gRPC port; give the "
+                              f"arm a grpc:// url to measure it over gRPC")
+        return cfg, own == "grpc"
+    if transport == "http":
+        return cfg, False
+    if cfg.server.grpc_port is None:
+        cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, grpc_port=0))
+    return cfg, True
+
+
+def _grpc_front(stack: Any, gateway: bool) -> str:
+    """``grpc://`` target of the tier clients meet: the gateway, else the model server."""
+    tier = "gateway" if gateway and "gateway" in stack.services else "model-server"
+    target = stack.services[tier].grpc_target
+    if not target:
+        raise ConfigError(f"the {tier} serves no gRPC port (its log says why)")
+    return f"grpc://{target}"
 
 
 def _stats_tiers(stack: Any) -> dict[str, str]:
